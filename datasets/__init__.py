@@ -1,0 +1,1 @@
+"""Image folders with indices, the bag dataset, transforms and demo-data preparation."""

@@ -1,0 +1,130 @@
+"""ImageNet-layout folders read in torchvision ``ImageFolder`` order, and the BINGO bag dataset.
+
+The neighbour ``.npy`` refers to images by their position in this order (classes sorted, files sorted within each
+class), so every step of the pipeline reads folders through ``IndexedImageFolder``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.datasets import ImageFolder
+
+__all__ = [
+    "DatasetError",
+    "IndexedImageFolder",
+    "BagDataset",
+    "open_split",
+    "file_list_sha256",
+    "per_item_seed",
+]
+
+
+class DatasetError(RuntimeError):
+    """A data folder or image that cannot be used; the message names the path."""
+
+
+def _load_rgb(path: str) -> Image.Image:
+    try:
+        with open(path, "rb") as handle:
+            image = Image.open(handle)
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise DatasetError(f"cannot read image {path}: {error}. Remove or replace the file.") from error
+
+
+def open_split(data_dir: str | os.PathLike, split: str) -> Path:
+    """``<data_dir>/<split>``, or a clear error when it is missing."""
+    root = Path(data_dir) / split
+    if not root.is_dir():
+        raise DatasetError(
+            f"{root} is not a folder. --data_dir must hold {split}/<class>/<image> (the ImageNet layout)."
+        )
+    return root
+
+
+class IndexedImageFolder(ImageFolder):
+    """``torchvision.datasets.ImageFolder`` whose items are ``(image, target, index)``."""
+
+    def __init__(self, root: str | os.PathLike, transform: Callable | None = None) -> None:
+        if not Path(root).is_dir():
+            raise DatasetError(f"{root} is not a folder")
+        try:
+            super().__init__(str(root), transform=transform, loader=_load_rgb)
+        except FileNotFoundError as error:
+            raise DatasetError(f"{root} holds no images in class folders ({error})") from error
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        path, target = self.samples[index]
+        image = self.loader(path)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, target, index
+
+    def relative_paths(self) -> list[str]:
+        return [os.path.relpath(path, self.root) for path, _ in self.samples]
+
+
+def file_list_sha256(dataset: IndexedImageFolder) -> str:
+    """Hash of the ordered list of (relative path, class index): what the neighbour indices refer to."""
+    digest = hashlib.sha256()
+    for rel, (_, target) in zip(dataset.relative_paths(), dataset.samples):
+        digest.update(f"{rel}\t{target}\n".encode())
+    return digest.hexdigest()
+
+
+def per_item_seed(seed: int, epoch: int, index: int) -> int:
+    """A seed that depends only on (run seed, epoch, image index): the same views on any number of processes or
+    loader workers, and after a resume."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class BagDataset(IndexedImageFolder):
+    """Anchor plus one neighbour drawn uniformly from the first ``clus_pos_num`` columns of its ``.npy`` row.
+
+    ``views="bag"`` gives (anchor query, anchor key, neighbour query, neighbour key, index), four independent draws
+    of ``transform``; ``views="pair"`` gives (anchor query, anchor key, index) for the MoCo baseline. Randomness
+    comes from ``per_item_seed`` so it is reproducible; call ``set_epoch`` every epoch.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: Callable,
+        neighbours: np.ndarray | None,
+        clus_pos_num: int = 5,
+        seed: int = 0,
+        views: str = "bag",
+    ) -> None:
+        super().__init__(root, transform)
+        if views not in ("bag", "pair"):
+            raise ValueError(f"views must be 'bag' or 'pair', not {views!r}")
+        if views == "bag":
+            if neighbours is None:
+                raise ValueError("the bag dataset needs the neighbour array")
+            neighbours = np.ascontiguousarray(neighbours[:, :clus_pos_num])
+        self.neighbours = neighbours
+        self.views = views
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> Sequence:  # type: ignore[override]
+        seed = per_item_seed(self.seed, self.epoch, index)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            anchor = self.loader(self.samples[index][0])
+            anchor_q, anchor_k = self.transform(anchor), self.transform(anchor)
+            if self.views == "pair":
+                return anchor_q, anchor_k, index
+            row = self.neighbours[index]
+            neighbour = int(row[np.random.default_rng(seed).integers(len(row))])
+            image = self.loader(self.samples[neighbour][0])
+            return anchor_q, anchor_k, self.transform(image), self.transform(image), index

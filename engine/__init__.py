@@ -1,0 +1,1 @@
+"""Shared machinery: processes, gathers, checkpoints, schedules, logging, embedding and exact search."""

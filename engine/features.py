@@ -1,0 +1,253 @@
+"""Embedding a dataset with a frozen network, and exact nearest-neighbour search on the embeddings.
+
+Shared by the kNN step (``run_knn.py``) and the k-NN classifier (``main_lincls.py --protocol=knn``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from engine import dist as edist
+from engine.logs import Progress, log
+
+__all__ = ["embed", "exact_knn", "faiss_info", "SEARCH_BACKENDS"]
+
+SEARCH_BACKENDS = ("auto", "faiss", "torch")
+# Bound on |fp16 dot product - exact dot product| for unit vectors (inputs rounded to fp16, fp32 accumulation,
+# fp16 output rounding), with a safety factor: used to certify the fast GPU search (see _torch_gpu_knn).
+_FP16_DOT_ERROR = 4e-3
+_CANDIDATE_MARGIN = 16
+
+
+@torch.no_grad()
+def embed(
+    network: nn.Module,
+    dataset: Dataset,
+    ctx: edist.Context,
+    batch_size: int,
+    num_workers: int = 4,
+    channels_last: bool = False,
+    amp: bool = False,
+    report_every: float = 10.0,
+    label: str = "embed",
+) -> torch.Tensor | None:
+    """L2-normalised ``network`` outputs for every item of ``dataset`` (items are ``(image, target, index)``).
+
+    Each process embeds the strided shard ``rank, rank + world, ...`` (no padding duplicates); batches are gathered
+    as they are made and rank 0 returns all ``N`` features, float32 on the CPU, in dataset order, each exactly once.
+    Other ranks return ``None``.
+    """
+    network.eval()
+    n = len(dataset)
+    shard = list(range(ctx.rank, n, ctx.world_size))
+    steps = math.ceil(math.ceil(n / ctx.world_size) / batch_size)
+    loader = DataLoader(
+        Subset(dataset, shard),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=ctx.device.type == "cuda",
+        persistent_workers=False,
+    )
+    width = _width(network)
+    out = torch.empty(n, width, dtype=torch.float32) if ctx.is_main else None
+    seen = torch.zeros(n, dtype=torch.int32) if ctx.is_main else None
+    progress = Progress(n, label)
+    last = time.perf_counter()
+    batches = iter(loader)
+    for _ in range(steps):
+        batch = next(batches, None)
+        index = torch.full((batch_size,), -1, dtype=torch.int64)
+        features_pad = torch.zeros(batch_size, width, device=ctx.device)
+        if batch is not None:
+            images, _, idx = batch
+            index[: len(idx)] = idx
+            features_pad[: len(idx)] = _forward(network, images, ctx.device, channels_last, amp)
+        all_features = edist.all_gather(features_pad).cpu()
+        all_index = edist.all_gather(index.to(ctx.device)).cpu()
+        if ctx.is_main:
+            valid = all_index >= 0
+            out[all_index[valid]] = all_features[valid]
+            seen[all_index[valid]] += 1
+            progress.update(int(valid.sum()))
+            if time.perf_counter() - last > report_every:
+                log(progress.line())
+                last = time.perf_counter()
+    if ctx.is_main:
+        log(progress.line())
+        if not bool((seen == 1).all()):
+            raise RuntimeError(f"embedding bookkeeping error: {int((seen != 1).sum())} images not embedded once")
+    return out
+
+
+def _width(network: nn.Module) -> int:
+    width = getattr(network, "feature_dim", None)
+    if width is None:
+        raise TypeError("the network to embed with must carry feature_dim (its output width)")
+    return width
+
+
+def _forward(network: nn.Module, images: torch.Tensor, device: torch.device, channels_last: bool, amp: bool):
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+        features = network(images)
+    return F.normalize(features.float(), dim=1)
+
+
+def faiss_info() -> tuple[bool, bool]:
+    """(faiss importable, faiss has GPU support)."""
+    try:
+        import faiss
+    except ImportError:
+        return False, False
+    return True, hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def exact_knn(
+    features: torch.Tensor,
+    k: int,
+    backend: str = "auto",
+    device: torch.device | str = "cpu",
+    chunk: int | None = None,
+    report: Callable[[str], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Exact ``k`` nearest neighbours by inner product of each row of ``features`` among all rows, itself excluded.
+
+    Rows should be L2-normalised (inner product = cosine). Returns ``(indices int64 [N, k], similarities float32
+    [N, k], backend used)``, nearest first. The row itself is excluded by index, never by position, so duplicate
+    images cannot list themselves. ``auto`` picks faiss on the GPU when a faiss GPU build is installed, else the
+    torch search on ``device``; on a CPU it picks faiss-cpu when installed, else torch.
+    """
+    n = features.shape[0]
+    if not 0 < k < n:
+        raise ValueError(f"K={k} neighbours need 0 < K < N, the number of images ({n})")
+    if backend not in SEARCH_BACKENDS:
+        raise ValueError(f"unknown search backend {backend!r}; choose one of {SEARCH_BACKENDS}")
+    device = torch.device(device)
+    has_faiss, faiss_gpu = faiss_info()
+    if backend == "auto":
+        backend = "faiss" if has_faiss and (faiss_gpu or device.type == "cpu") else "torch"
+    if backend == "faiss":
+        if not has_faiss:
+            raise RuntimeError("--search=faiss, but faiss is not installed (pip install faiss-cpu or faiss-gpu-cu12)")
+        idx, sims = _faiss_knn(features, k, use_gpu=faiss_gpu and device.type == "cuda", report=report)
+        return idx, sims, "faiss-gpu" if faiss_gpu and device.type == "cuda" else "faiss-cpu"
+    if device.type == "cuda":
+        idx, sims = _torch_gpu_knn(features, k, device, chunk, report)
+        return idx, sims, "torch-cuda"
+    idx, sims = _torch_cpu_knn(features, k, chunk, report)
+    return idx, sims, "torch-cpu"
+
+
+def _report_chunk(report, start: int, end: int, n: int, t0: float) -> None:
+    if report is not None:
+        elapsed = time.perf_counter() - t0
+        rate = end / elapsed if elapsed > 0 else 0.0
+        report(f"search {end}/{n} queries, {rate:.0f} queries/s, eta {(n - end) / rate if rate else 0:.0f} s")
+
+
+def _exclude_self(sims: torch.Tensor, start: int) -> None:
+    rows = torch.arange(sims.shape[0], device=sims.device)
+    sims[rows, rows + start] = float("-inf")
+
+
+def _torch_cpu_knn(features, k, chunk, report):
+    features = features.float().cpu()
+    n = features.shape[0]
+    chunk = chunk or max(1, min(n, (1 << 28) // (4 * n)))  # ~256 MB of similarities at a time
+    indices = torch.empty(n, k, dtype=torch.int64)
+    sims_out = torch.empty(n, k, dtype=torch.float32)
+    t0 = time.perf_counter()
+    for start in range(0, n, chunk):
+        end = min(n, start + chunk)
+        sims = features[start:end] @ features.T
+        _exclude_self(sims, start)
+        values, idx = sims.topk(k, dim=1)
+        indices[start:end], sims_out[start:end] = idx, values
+        _report_chunk(report, start, end, n, t0)
+    return indices, sims_out
+
+
+def _torch_gpu_knn(features, k, device, chunk, report):
+    """fp16 tensor-core search for ``k + margin`` candidates, exact fp32 re-ranking of the candidates, and an exact
+    fp32 search for every row whose result the fp16 error bound cannot certify. The result equals a full fp32
+    search up to exact ties."""
+    n, d = features.shape
+    exact = features.to(device, torch.float32)
+    half = exact.half()
+    c = min(n - 1, k + _CANDIDATE_MARGIN)
+    if chunk is None:
+        free, _ = torch.cuda.mem_get_info(device)
+        chunk = max(1, min(n, int(free * 0.4) // (n * 8)))
+    indices = torch.empty(n, k, dtype=torch.int64, device=device)
+    sims_out = torch.empty(n, k, dtype=torch.float32, device=device)
+    uncertified = []
+    old_reduced = torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction
+    old_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        t0 = time.perf_counter()
+        for start in range(0, n, chunk):
+            end = min(n, start + chunk)
+            sims = half[start:end] @ half.T
+            _exclude_self(sims, start)
+            approx, cand = sims.topk(c, dim=1)
+            del sims
+            query = exact[start:end]
+            rescored = torch.einsum("qd,qcd->qc", query, exact[cand])
+            order = rescored.argsort(dim=1, descending=True)[:, :k]
+            top = rescored.gather(1, order)
+            indices[start:end] = cand.gather(1, order)
+            sims_out[start:end] = top
+            if c < n - 1:
+                bad = top[:, -1] < approx[:, -1].float() + _FP16_DOT_ERROR
+                uncertified.append(torch.nonzero(bad).flatten() + start)
+            _report_chunk(report, start, end, n, t0)
+        redo = torch.cat(uncertified) if uncertified else torch.zeros(0, dtype=torch.long, device=device)
+        if report is not None and redo.numel():
+            report(f"search: {redo.numel()} rows re-searched in fp32 (near-ties beyond the fp16 error bound)")
+        for start in range(0, redo.numel(), chunk):
+            rows = redo[start:start + chunk]
+            sims = exact[rows] @ exact.T
+            sims[torch.arange(rows.numel(), device=device), rows] = float("-inf")
+            values, idx = sims.topk(k, dim=1)
+            indices[rows], sims_out[rows] = idx, values
+    finally:
+        torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = old_reduced
+        torch.backends.cuda.matmul.allow_tf32 = old_tf32
+    return indices.cpu(), sims_out.cpu()
+
+
+def _faiss_knn(features, k, use_gpu, report):
+    import faiss
+    import numpy as np
+
+    data = np.ascontiguousarray(features.float().cpu().numpy())
+    n, d = data.shape
+    index = faiss.IndexFlatIP(d)
+    if use_gpu:
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    index.add(data)
+    extra = 1
+    while True:
+        # Search K+extra and drop the row itself by value; grow only if a row has >extra exact duplicates of
+        # itself that pushed it out of its own list.
+        t0 = time.perf_counter()
+        sims, idx = index.search(data, min(n, k + extra))
+        _report_chunk(report, 0, n, n, t0)
+        keep = idx != np.arange(n)[:, None]
+        if (keep.sum(1) >= k).all():
+            break
+        extra *= 4
+    rows = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    out_idx = np.take_along_axis(idx, rows, 1).astype(np.int64)
+    out_sims = np.take_along_axis(sims, rows, 1).astype(np.float32)
+    return torch.from_numpy(out_idx), torch.from_numpy(out_sims)

@@ -1,0 +1,102 @@
+"""Files: atomic writes, run folders, RNG state capture and checkpoint discovery for ``--resume``."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+__all__ = [
+    "atomic_write",
+    "atomic_torch_save",
+    "atomic_json",
+    "rng_state",
+    "set_rng_state",
+    "resolve_resume",
+    "check_writable",
+]
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    A crash leaves either the old file or the new one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_json(obj: Any, path: str | os.PathLike) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as handle:
+            json.dump(obj, handle, indent=2, sort_keys=True, default=str)
+            handle.write("\n")
+
+    atomic_write(path, write)
+
+
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and prove a file can be written there, before any long work starts."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise OSError(f"cannot write to {folder}: {error}. Choose another output folder.") from error
+    return folder
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG this project draws from, in a form ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": list(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def resolve_resume(resume: str, output_dir: str | os.PathLike, name: str = "checkpoint.pth") -> Path | None:
+    """``--resume``: empty means start fresh, ``auto`` the latest checkpoint in ``output_dir`` (or fresh if there is
+    none yet), anything else a path that must exist."""
+    if not resume:
+        return None
+    if resume == "auto":
+        candidate = Path(output_dir) / name
+        return candidate if candidate.is_file() else None
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume={resume}: no such checkpoint file")
+    return path

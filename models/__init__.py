@@ -1,0 +1,1 @@
+"""Networks, checkpoint formats, losses and the distiller."""

@@ -1,0 +1,194 @@
+"""Read every supported checkpoint format and load it strictly.
+
+Formats recognised (``detect_format``):
+
+- ``bingo``: this project's checkpoints (``main_distill.py``); a ``bingo`` metadata dict and a ``state_dict`` whose
+  student keys are ``module.encoder_q.*`` with the head under ``module.encoder_q.fc.*``, as the official code writes.
+- ``moco``: MoCo-v2 releases and official BINGO checkpoints (``state_dict`` with ``module.encoder_q.*``).
+- ``swav``: SwAV releases (a raw ``module.*`` state_dict with ``projection_head.*`` and ``prototypes.*``).
+- ``torchvision``: a plain backbone state_dict (a torchvision classifier, or this project's exported backbone).
+
+Loading never skips a weight silently: any missing, unexpected or wrongly shaped key raises ``CheckpointError``
+naming the file, the detected format and the first offending keys.
+"""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.backbones import build_backbone
+from models.heads import mlp_head, swav_head
+
+__all__ = [
+    "CheckpointError",
+    "Weights",
+    "read_weights",
+    "strict_load",
+    "load_backbone",
+    "load_teacher",
+    "file_sha256",
+]
+
+# Keys of a network's own classifier, which a backbone does not have.
+_CLASSIFIER_PREFIXES = ("fc.", "_fc.", "classifier.")
+_SHOWN = 5
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded as asked; the message says what is wrong and what to do."""
+
+
+@dataclass
+class Weights:
+    """A checkpoint split into its parts."""
+
+    path: str
+    fmt: str
+    backbone: dict[str, torch.Tensor]
+    head: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+
+
+def torch_load(path: str | Path) -> object:
+    """``torch.load`` on the CPU, with ``weights_only=True`` where the file allows it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        warnings.warn(f"{path} holds Python objects besides tensors; loading it with weights_only=False", stacklevel=2)
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _split_head(state: dict[str, torch.Tensor], head_prefix: str) -> tuple[dict, dict]:
+    head = _strip(state, head_prefix)
+    backbone = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
+    return backbone, head
+
+
+def detect_format(obj: object) -> str:
+    """Name the format of a loaded checkpoint object (see the module docstring)."""
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"expected a dict, found {type(obj).__name__}")
+    if "bingo" in obj and "state_dict" in obj:
+        return "bingo"
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        keys = obj["state_dict"].keys()
+        if any(k.startswith(("module.encoder_q.", "encoder_q.")) for k in keys):
+            return "moco"
+        return "torchvision"
+    if any(k.startswith(("module.projection_head.", "projection_head.", "module.prototypes.")) for k in obj):
+        return "swav"
+    return "torchvision"
+
+
+def read_weights(path: str | Path) -> Weights:
+    """Load a checkpoint file and split it into backbone and (if it has one) projection-head weights."""
+    path = str(path)
+    obj = torch_load(path)
+    fmt = detect_format(obj)
+    if fmt in ("bingo", "moco"):
+        state = obj["state_dict"]
+        prefix = "module.encoder_q." if any(k.startswith("module.encoder_q.") for k in state) else "encoder_q."
+        backbone, head = _split_head(_strip(state, prefix), "fc.")
+        meta = dict(obj.get("bingo", {})) if fmt == "bingo" else {"epoch": obj.get("epoch"), "arch": obj.get("arch")}
+        return Weights(path, fmt, backbone, head, meta)
+    if fmt == "swav":
+        state = {k.removeprefix("module."): v for k, v in obj.items()}
+        backbone, head = _split_head(state, "projection_head.")
+        prototypes = [k for k in backbone if k.startswith("prototypes.")]
+        backbone = {k: v for k, v in backbone.items() if k not in prototypes}
+        return Weights(path, fmt, backbone, head, dropped=prototypes)
+    state = obj["state_dict"] if "state_dict" in obj else obj
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    dropped = [k for k in state if k.startswith(_CLASSIFIER_PREFIXES)]
+    backbone = {k: v for k, v in state.items() if k not in dropped}
+    return Weights(path, fmt, backbone, dropped=dropped)
+
+
+def strict_load(module: nn.Module, state: dict[str, torch.Tensor], where: str, what: str) -> None:
+    """Copy ``state`` into ``module`` or raise ``CheckpointError`` listing missing/unexpected/mis-shaped keys.
+
+    Only BatchNorm's ``num_batches_tracked`` counters may be absent (old releases lack them; they change nothing
+    when a momentum is set).
+    """
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape (file vs model)", wrong)):
+            if keys:
+                parts.append(f"{len(keys)} {label}: {', '.join(keys[:_SHOWN])}{' ...' if len(keys) > _SHOWN else ''}")
+        raise CheckpointError(
+            f"{where}: the {what} does not match the checkpoint; " + "; ".join(parts)
+            + ". Check that the architecture flag names the network this file was trained with."
+        )
+    full = {k: state.get(k, expected[k]) for k in expected}
+    module.load_state_dict(full, strict=True)
+
+
+def load_backbone(arch: str, path: str | Path, pool: str = "avg") -> tuple[nn.Module, Weights]:
+    """Build ``arch`` and load its backbone weights from any supported checkpoint, strictly."""
+    weights = read_weights(path)
+    meta_arch = weights.meta.get("arch")
+    if weights.fmt == "bingo" and meta_arch and meta_arch != arch:
+        raise CheckpointError(f"{path}: this project's checkpoint holds a {meta_arch} backbone, but {arch} was asked for")
+    net = build_backbone(arch, pool=pool)
+    strict_load(net, weights.backbone, f"{path} (detected format: {weights.fmt})", f"{arch} backbone")
+    return net, weights
+
+
+def head_from_state(state: dict[str, torch.Tensor], where: str) -> nn.Sequential:
+    """Build the projection head whose weights are ``state`` (its shapes decide the sizes) and load it strictly."""
+    if "1.running_mean" in state and "3.weight" in state:
+        head = swav_head(state["0.weight"].shape[1], state["0.weight"].shape[0], state["3.weight"].shape[0])
+    elif "2.weight" in state and "0.weight" in state:
+        head = mlp_head(state["0.weight"].shape[1], state["0.weight"].shape[0], state["2.weight"].shape[0])
+    elif set(state) == {"weight", "bias"}:
+        state = {f"0.{k}": v for k, v in state.items()}
+        head = nn.Sequential(nn.Linear(state["0.weight"].shape[1], state["0.weight"].shape[0]))
+    else:
+        raise CheckpointError(f"{where}: unrecognised projection head with keys {sorted(state)[:_SHOWN]}")
+    strict_load(head, state, where, "projection head")
+    return head
+
+
+def load_teacher(arch: str, path: str | Path) -> tuple[nn.Module, nn.Module, Weights]:
+    """Backbone and its own pretrained projection head, both loaded strictly; raises if the file has no head."""
+    backbone, weights = load_backbone(arch, path)
+    if not weights.head:
+        raise CheckpointError(
+            f"{path} (detected format: {weights.fmt}) has no projection head; distillation needs the teacher's own "
+            "head (a MoCo-v2, SwAV or this project's checkpoint)"
+        )
+    head = head_from_state(weights.head, f"{path} (detected format: {weights.fmt})")
+    if head[0].in_features != backbone.feature_dim:
+        raise CheckpointError(f"{path}: head expects {head[0].in_features}-d input, {arch} gives {backbone.feature_dim}")
+    return backbone, head, weights

@@ -1,0 +1,131 @@
+"""Data-relation step: embed every training image with the frozen teacher and write its K nearest neighbours.
+
+    torchrun --nproc_per_node=8 run_knn.py --arch=resnet50w2 --ckpt_name=swav_RN50w2_400ep_pretrain.pth.tar \
+        --data_dir=/data/imagenet --corr_name=imgs_corr_swav_epoch400.npy
+
+Writes ``[N, K]`` int64 neighbour indices (ImageFolder order, nearest first, the image itself excluded by index) and
+beside it a JSON file saying what made them; ``main_distill.py`` checks that JSON against its own dataset.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from absl import app, flags
+from torch import nn
+
+from datasets.folders import IndexedImageFolder, file_list_sha256, open_split
+from datasets.transforms import eval_transform
+from engine import dist as edist
+from engine.features import SEARCH_BACKENDS, embed, exact_knn
+from engine.io import atomic_json, atomic_write, check_writable
+from engine.logs import log
+from models.backbones import BACKBONES
+from models.checkpoints import file_sha256, head_from_state, load_backbone
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("arch", "resnet50", sorted(BACKBONES), "Teacher network.")
+flags.DEFINE_string("ckpt_name", "", "Teacher checkpoint (MoCo-v2, SwAV, torchvision or this project's).")
+flags.DEFINE_string("data_dir", None, "Dataset root; <data_dir>/train is embedded.")
+flags.DEFINE_string("corr_name", "imgs_corr_moco_epoch800.npy",
+                    "Output .npy: a bare name is written under ./imgs_corr/, a path is used as given.")
+flags.DEFINE_integer("clus_pos_num", 5, "K: neighbours kept per image (itself excluded).")
+flags.DEFINE_integer("batch_size", 32, "Images per process per batch.")
+flags.DEFINE_integer("image_size", 224, "Centre-crop size S (Resize round(S*256/224) first).")
+flags.DEFINE_integer("num_workers", 8, "Data-loading workers per process.")
+flags.DEFINE_enum("feature", "backbone", ["backbone", "head"],
+                  "Embed with the pooled backbone feature (official) or the teacher's projection-head output.")
+flags.DEFINE_enum("search", "auto", list(SEARCH_BACKENDS), "Exact search backend.")
+flags.DEFINE_bool("save_distances", False, "Also write the neighbours' cosine similarities (<name>_sims.npy).")
+flags.DEFINE_enum("device", "auto", ["auto", "cuda", "cpu"], "Where to run (auto: CUDA when available).")
+flags.DEFINE_bool("channels_last", False, "Run the teacher in channels_last memory format (CUDA speed switch).")
+flags.mark_flag_as_required("data_dir")
+
+
+def output_path(corr_name: str) -> Path:
+    """The official rule: a bare file name goes under ./imgs_corr/, a path is used as given."""
+    path = Path(corr_name)
+    if path.parent == Path("."):
+        path = Path("imgs_corr") / path
+    return path if path.suffix == ".npy" else path.with_suffix(".npy")
+
+
+def build_network(arch: str, ckpt: str, feature: str) -> nn.Module:
+    if not ckpt:
+        raise app.UsageError("--ckpt_name is required: neighbours from a random teacher are meaningless")
+    backbone, weights = load_backbone(arch, ckpt)
+    log(f"teacher {arch} from {ckpt} (format: {weights.fmt})")
+    if feature == "backbone":
+        return backbone
+    if not weights.head:
+        raise app.UsageError(f"--feature=head, but {ckpt} (format {weights.fmt}) has no projection head")
+    head = head_from_state(weights.head, ckpt)
+    network = nn.Sequential(backbone, head)
+    network.feature_dim = head[-1].out_features
+    return network
+
+
+def save_npy(array: np.ndarray, path: Path) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+
+    atomic_write(path, write)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    ctx = edist.init(FLAGS.device)
+    out = output_path(FLAGS.corr_name)
+    if ctx.is_main:
+        check_writable(out.parent)
+    network = build_network(FLAGS.arch, FLAGS.ckpt_name, FLAGS.feature).to(ctx.device).eval()
+    if FLAGS.channels_last:
+        network = network.to(memory_format=torch.channels_last)
+    dataset = IndexedImageFolder(open_split(FLAGS.data_dir, "train"), eval_transform(FLAGS.image_size))
+    n, k = len(dataset), FLAGS.clus_pos_num
+    if not 0 < k < n:
+        raise app.UsageError(f"--clus_pos_num={k} must be at least 1 and below the number of images ({n})")
+    log(f"{n} images in {dataset.root}, {len(dataset.classes)} classes; K={k}; {ctx.world_size} process(es)",
+        ctx.is_main)
+
+    t0 = time.perf_counter()
+    features = embed(network, dataset, ctx, FLAGS.batch_size, FLAGS.num_workers,
+                     channels_last=FLAGS.channels_last, label="embed")
+    embed_seconds = time.perf_counter() - t0
+    if ctx.is_main:
+        t1 = time.perf_counter()
+        neighbours, sims, backend = exact_knn(features, k, FLAGS.search, ctx.device, report=log)
+        search_seconds = time.perf_counter() - t1
+        save_npy(neighbours.numpy().astype(np.int64), out)
+        if FLAGS.save_distances:
+            save_npy(sims.numpy(), out.with_name(out.stem + "_sims.npy"))
+        atomic_json(
+            {
+                "num_images": n,
+                "k": k,
+                "feature": FLAGS.feature,
+                "feature_dim": int(features.shape[1]),
+                "teacher_arch": FLAGS.arch,
+                "checkpoint": Path(FLAGS.ckpt_name).name,
+                "checkpoint_sha256": file_sha256(FLAGS.ckpt_name),
+                "data_root": str(Path(dataset.root).resolve()),
+                "file_list_sha256": file_list_sha256(dataset),
+                "image_size": FLAGS.image_size,
+                "search_backend": backend,
+                "world_size": ctx.world_size,
+                "embed_seconds": round(embed_seconds, 3),
+                "search_seconds": round(search_seconds, 3),
+            },
+            out.with_suffix(".json"),
+        )
+        log(f"wrote {out} {tuple(neighbours.shape)} and {out.with_suffix('.json')} "
+            f"(embed {embed_seconds:.1f} s, search {search_seconds:.1f} s with {backend})")
+    edist.barrier()
+    edist.shutdown()
+
+
+if __name__ == "__main__":
+    app.run(main)

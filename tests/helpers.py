@@ -1,0 +1,85 @@
+"""Small synthetic data for the tests: image folders and release-format checkpoints made on the spot."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models.backbones import build_backbone
+from models.heads import mlp_head, swav_head
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: int = 40, seed: int = 0,
+                      splits: tuple[str, ...] = ("train",)) -> Path:
+    """``root/<split>/class_<c>/img_<i>.png``: class c is a noisy image of one colour, so classes are separable."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(0, 256, size=(classes, 3))
+    for split in splits:
+        for c in range(classes):
+            folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                noise = rng.normal(0, 40, size=(size, size, 3))
+                pixels = np.clip(colours[c] + noise, 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"img_{i:03d}.png")
+    return root
+
+
+def moco_release(arch: str, path: Path, seed: int = 0, prefix: str = "module.encoder_q.") -> dict:
+    """A file in the MoCo-v2 release layout (backbone + fc.0/fc.2 head under module.encoder_q., plus encoder_k)."""
+    torch.manual_seed(seed)
+    backbone = build_backbone(arch)
+    head = mlp_head(backbone.feature_dim, 2048 if backbone.feature_dim >= 2048 else 64, 128)
+    state = {f"{prefix}{k}": v for k, v in backbone.state_dict().items()}
+    state.update({f"{prefix}fc.{k}": v for k, v in head.state_dict().items()})
+    state.update({k.replace("encoder_q", "encoder_k"): v.clone() for k, v in state.items()})
+    state["module.queue"] = torch.randn(128, 16)
+    torch.save({"epoch": 200, "arch": arch, "state_dict": state, "optimizer": {}}, path)
+    return {"backbone": backbone.state_dict(), "head": head.state_dict()}
+
+
+def swav_release(path: Path, seed: int = 0, arch: str = "resnet50w2", hidden: int = 8192) -> dict:
+    torch.manual_seed(seed)
+    backbone = build_backbone(arch)
+    head = swav_head(backbone.feature_dim, hidden, 128)
+    state = {f"module.{k}": v for k, v in backbone.state_dict().items()}
+    state.update({f"module.projection_head.{k}": v for k, v in head.state_dict().items()})
+    state["module.prototypes.weight"] = torch.randn(3000, 128)
+    torch.save(state, path)
+    return {"backbone": backbone.state_dict(), "head": head.state_dict()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_env(tmp_path: Path) -> dict:
+    env = dict(os.environ)
+    env.update(TORCH_HOME=str(tmp_path / "torch_home"), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
+               CUDA_VISIBLE_DEVICES="")
+    return env
+
+
+def run_script(script: str, args: list[str], tmp_path: Path, nproc: int = 1, timeout: int = 600,
+               check: bool = True) -> subprocess.CompletedProcess:
+    """Run an entry point as a user would: plain python for one process, torchrun (gloo) for several."""
+    if nproc == 1:
+        cmd = [sys.executable, str(REPO / script), *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+               f"--master_port={free_port()}", str(REPO / script), *args]
+    result = subprocess.run(cmd, cwd=tmp_path, env=test_env(tmp_path), capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
