@@ -104,14 +104,18 @@ class BagDataset(IndexedImageFolder):
         super().__init__(root, transform)
         if views not in ("bag", "pair"):
             raise ValueError(f"views must be 'bag' or 'pair', not {views!r}")
-        if views == "bag":
-            if neighbours is None:
-                raise ValueError("the bag dataset needs the neighbour array")
-            neighbours = np.ascontiguousarray(neighbours[:, :clus_pos_num])
-        self.neighbours = neighbours
         self.views = views
+        self.neighbours: np.ndarray | None = None
+        if neighbours is not None:
+            self.set_neighbours(neighbours, clus_pos_num)
         self.seed = seed
         self.epoch = 0
+
+    def set_neighbours(self, neighbours: np.ndarray, clus_pos_num: int) -> None:
+        """Use the first ``clus_pos_num`` columns of the ``[N, K]`` neighbour array."""
+        if neighbours.shape[0] != len(self.samples):
+            raise ValueError(f"{neighbours.shape[0]} neighbour rows for {len(self.samples)} images")
+        self.neighbours = np.ascontiguousarray(neighbours[:, :clus_pos_num])
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -124,6 +128,8 @@ class BagDataset(IndexedImageFolder):
             anchor_q, anchor_k = self.transform(anchor), self.transform(anchor)
             if self.views == "pair":
                 return anchor_q, anchor_k, index
+            if self.neighbours is None:
+                raise RuntimeError("BagDataset(views='bag') needs set_neighbours() before use")
             row = self.neighbours[index]
             neighbour = int(row[np.random.default_rng(seed).integers(len(row))])
             image = self.loader(self.samples[neighbour][0])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -112,7 +113,9 @@ class ShuffleGroup:
             self.first_rank = rank - self.group_rank
 
     @torch.no_grad()
-    def __call__(self, network: torch.nn.Module, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(
+        self, network: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         if self.size == 1:
             return network(images)
         batch = images.shape[0]

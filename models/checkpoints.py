@@ -192,3 +192,23 @@ def load_teacher(arch: str, path: str | Path) -> tuple[nn.Module, nn.Module, Wei
     if head[0].in_features != backbone.feature_dim:
         raise CheckpointError(f"{path}: head expects {head[0].in_features}-d input, {arch} gives {backbone.feature_dim}")
     return backbone, head, weights
+
+
+STUDENT_PREFIX = "module.encoder_q."
+MOMENTUM_PREFIX = "module.encoder_k."
+
+
+def to_official_keys(embedder: nn.Module, prefix: str = STUDENT_PREFIX) -> dict[str, torch.Tensor]:
+    """An ``Embedder``'s weights under the official names: ``module.encoder_q.<backbone>`` and
+    ``module.encoder_q.fc.<head>``, which MoCo/BINGO linear-evaluation tools read."""
+    state = {f"{prefix}{k}": v for k, v in embedder.backbone.state_dict().items()}
+    state.update({f"{prefix}fc.{k}": v for k, v in embedder.head.state_dict().items()})
+    return state
+
+
+def from_official_keys(embedder: nn.Module, state: dict[str, torch.Tensor], where: str,
+                       prefix: str = STUDENT_PREFIX) -> None:
+    """Load what ``to_official_keys`` wrote back into an ``Embedder``, strictly."""
+    backbone, head = _split_head(_strip(state, prefix), "fc.")
+    strict_load(embedder.backbone, backbone, where, "student backbone")
+    strict_load(embedder.head, head, where, "student head")

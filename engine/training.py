@@ -1,0 +1,155 @@
+"""The distillation loop's parts: loaders, one epoch, checkpoints and exact resume."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from engine import dist as edist
+from engine.io import atomic_torch_save, rng_state, set_rng_state
+from engine.logs import MetricsLog, Progress, format_seconds, log
+from models.checkpoints import MOMENTUM_PREFIX, from_official_keys, to_official_keys, torch_load
+from models.distiller import Distiller, unwrap
+
+__all__ = ["make_train_loader", "train_epoch", "save_checkpoint", "load_checkpoint", "NonFiniteLoss", "RunState"]
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+@dataclass
+class RunState:
+    """What the loop needs to know besides the model: where it is, and how to report."""
+
+    epoch: int
+    end_epoch: int
+    report_freq: int
+    metrics: MetricsLog
+    steps_done: int = 0
+    total_steps: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+
+def make_train_loader(dataset: Dataset, ctx: edist.Context, batch_per_process: int, num_workers: int,
+                      seed: int) -> DataLoader:
+    """Shuffled, sharded, ``drop_last`` loader; one process gets ``batch_per_process`` items per step."""
+    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed,
+                                 drop_last=True)
+    return DataLoader(
+        dataset,
+        batch_size=batch_per_process,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=ctx.device.type == "cuda",
+        drop_last=True,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+def _to_device(views, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, ...]:
+    out = []
+    for view in views:
+        view = view.to(device, non_blocking=True)
+        if channels_last:
+            view = view.contiguous(memory_format=torch.channels_last)
+        out.append(view)
+    return tuple(out)
+
+
+def train_epoch(distiller: Distiller, loader: DataLoader, optimizer: torch.optim.Optimizer, ctx: edist.Context,
+                state: RunState, channels_last: bool = False) -> dict[str, float]:
+    """One epoch; returns the epoch's mean loss terms. Raises ``NonFiniteLoss`` before anything is saved."""
+    distiller.train()
+    steps = len(loader)
+    sums: dict[str, torch.Tensor] = {}
+    window: dict[str, torch.Tensor] = {}
+    progress = Progress(steps * loader.batch_size * ctx.world_size, f"epoch {state.epoch}")
+    lr = optimizer.param_groups[0]["lr"]
+    for step, batch in enumerate(loader):
+        views = _to_device(batch[:-1], ctx.device, channels_last)
+        loss, terms = distiller(views, state.epoch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        terms = {"loss": loss.detach(), **terms}
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + value.detach().float()
+            window[key] = window.get(key, 0.0) + value.detach().float()
+        progress.update(views[0].shape[0] * ctx.world_size)
+        state.steps_done += 1
+        if (step + 1) % state.report_freq == 0 or step + 1 == steps:
+            means = _check_finite({k: v / ((step % state.report_freq) + 1) for k, v in window.items()}, state, step)
+            window = {}
+            if ctx.is_main:
+                speed = state.steps_done / (time.perf_counter() - state.started)
+                eta = (state.total_steps - state.steps_done) / speed if speed else float("inf")
+                terms_text = " ".join(f"{k} {v:.4f}" for k, v in means.items())
+                log(f"epoch {state.epoch}/{state.end_epoch} step {step + 1}/{steps} {terms_text} lr {lr:.5f} "
+                    f"{progress.rate:.1f} img/s eta {format_seconds(eta)}")
+                state.metrics.write({"kind": "step", "epoch": state.epoch, "step": step + 1, "lr": lr,
+                                     "images_per_s": progress.rate, **means},
+                                    step=state.epoch * steps + step + 1)
+    if steps == 0:
+        raise RuntimeError("the loader gave no batch: the dataset is smaller than one global batch")
+    return _check_finite({k: v / steps for k, v in sums.items()}, state, steps - 1)
+
+
+def _check_finite(means: dict[str, torch.Tensor], state: RunState, step: int) -> dict[str, float]:
+    values = {k: float(v) for k, v in means.items()}
+    if not math.isfinite(values["loss"]):
+        raise NonFiniteLoss(
+            f"the loss became {values['loss']} at epoch {state.epoch}, step {step + 1}; stopping. The last good "
+            "checkpoint in the output folder was not touched. Lower --init_lr, or turn off --amp, and --resume."
+        )
+    return values
+
+
+def checkpoint_payload(distiller: Distiller, optimizer: torch.optim.Optimizer, epoch: int, meta: dict[str, Any]
+                       ) -> dict[str, Any]:
+    """Everything an exact resume needs, with the student under the official ``module.encoder_q.*`` names."""
+    state = to_official_keys(unwrap(distiller.student))
+    if distiller.config.method == "moco":
+        state.update(to_official_keys(distiller.teacher, MOMENTUM_PREFIX))
+    return {
+        "bingo": {**meta, "epoch": epoch},
+        "epoch": epoch,
+        "state_dict": state,
+        "queue": distiller.queue.detach().cpu(),
+        "queue_ptr": distiller.queue_ptr,
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_state(),
+    }
+
+
+def save_checkpoint(payload: dict[str, Any], output_dir: Path, epoch: int, save_freq: int, final: bool) -> None:
+    """``checkpoint.pth`` every epoch, ``checkpoint_<epoch>.pth`` every ``save_freq`` epochs and ``final.pth`` at the
+    end; all writes are atomic."""
+    atomic_torch_save(payload, output_dir / "checkpoint.pth")
+    if save_freq and epoch % save_freq == 0:
+        atomic_torch_save(payload, output_dir / f"checkpoint_{epoch:04d}.pth")
+    if final:
+        atomic_torch_save(payload, output_dir / "final.pth")
+
+
+def load_checkpoint(path: Path, distiller: Distiller, optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> int:
+    """Restore student, momentum encoder, queue, optimizer and RNG states; returns the epoch to start from."""
+    payload = torch_load(path)
+    saved = payload.get("bingo", {})
+    for key in ("s_arch", "method", "moco_dim", "moco_k"):
+        if key in saved and saved[key] != meta[key]:
+            raise ValueError(f"--resume={path}: it was trained with {key}={saved[key]!r}, this run has {meta[key]!r}")
+    from_official_keys(unwrap(distiller.student), payload["state_dict"], str(path))
+    if distiller.config.method == "moco":
+        from_official_keys(distiller.teacher, payload["state_dict"], str(path), MOMENTUM_PREFIX)
+    distiller.queue.copy_(payload["queue"].to(distiller.queue.device))
+    distiller.queue_ptr = int(payload["queue_ptr"])
+    optimizer.load_state_dict(payload["optimizer"])
+    set_rng_state(payload["rng"])
+    return int(payload["epoch"])

@@ -1,0 +1,238 @@
+"""Distillation: train a student against a frozen self-supervised teacher with BINGO (or the SEED / MoCo-v2
+baselines in the same loop).
+
+    torchrun --nproc_per_node=8 main_distill.py --s_arch=resnet18 --t_arch=resnet50 \
+        --pretrain_path=moco_v2_200ep_pretrain.pth.tar --corr_npy=imgs_corr_moco_epoch200.npy \
+        --data_dir=/data/imagenet --output_dir=runs/SR18-TR50
+
+One process per GPU under torchrun (any number of GPUs and nodes), a single process on one GPU, or the CPU (gloo).
+"""
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import numpy as np
+import torch
+from absl import app, flags
+from torch.nn.parallel import DistributedDataParallel
+
+from datasets.folders import BagDataset, DatasetError, file_list_sha256, open_split
+from datasets.transforms import pretrain_augmentation
+from engine import dist as edist
+from engine.io import atomic_json, atomic_torch_save, check_writable, resolve_resume
+from engine.logs import MetricsLog, log
+from engine.schedule import learning_rate, set_lr
+from engine.training import RunState, checkpoint_payload, load_checkpoint, make_train_loader, save_checkpoint, \
+    train_epoch
+from models.backbones import BACKBONES, STUDENTS, build_backbone
+from models.checkpoints import load_teacher
+from models.distiller import DistillConfig, Distiller, Embedder, unwrap
+from models.heads import student_head
+
+FLAGS = flags.FLAGS
+# Official flags (names and defaults of haohang96/bingo main_moco.py).
+flags.DEFINE_string("output_dir", None, "Run folder for checkpoints, metrics and flags (required).")
+flags.DEFINE_string("train_url", None, "Official name of --output_dir (accepted as an alias).")
+flags.DEFINE_string("data_dir", None, "Dataset root; <data_dir>/train is used.")
+flags.DEFINE_integer("moco_dim", 128, "Embedding (and queue) dimension.")
+flags.DEFINE_integer("moco_k", 65536, "Queue length; a multiple of the global batch.")
+flags.DEFINE_float("moco_m", 0.999, "Momentum of the key encoder (--method=moco only; the BINGO teacher is frozen).")
+flags.DEFINE_float("moco_t", 0.2, "Softmax temperature (EfficientNet-B0 script: 0.12).")
+flags.DEFINE_bool("mlp", True, "Student head: 2-layer MLP (feature -> 2048 -> dim); false: one linear layer.")
+flags.DEFINE_bool("aug_plus", True, "MoCo-v2 augmentation (false: MoCo-v1).")
+flags.DEFINE_enum("decay_method", "cos", ["cos", "step"], "Learning-rate schedule, stepped per epoch.")
+flags.DEFINE_string("resume", "", "Checkpoint to continue from, or 'auto' for <output_dir>/checkpoint.pth.")
+flags.DEFINE_integer("seed", None, "Run seed (default: drawn at random and recorded, so --resume stays exact).")
+flags.DEFINE_float("init_lr", 0.03, "Learning rate for the global batch.")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+flags.DEFINE_float("wd", 1e-4, "Weight decay (EfficientNet-B0 script: 4e-5).")
+flags.DEFINE_integer("batch_size", 256, "Global batch, split evenly over the processes.")
+flags.DEFINE_integer("num_workers", 8, "Data-loading workers per process (the official flag was global).")
+flags.DEFINE_integer("end_epoch", 200, "Number of epochs.")
+flags.DEFINE_list("schedule", ["120", "160"], "Milestone epochs for --decay_method=step.")
+flags.DEFINE_float("lr_decay", 0.1, "Factor at each milestone for --decay_method=step.")
+flags.DEFINE_integer("report_freq", 100, "Steps between progress lines.")
+flags.DEFINE_integer("save_freq", 10, "Epochs between numbered checkpoints.")
+flags.DEFINE_integer("subgroup", 8, "Shuffle-BN group size (capped at the number of processes).")
+flags.DEFINE_list("lam", ["0.5", "0.5"], "Weights of own key and other bag member's key after the warm-up.")
+flags.DEFINE_integer("clus_pos_num", 5, "Neighbours to sample from (leading columns of the .npy).")
+flags.DEFINE_enum("s_arch", "resnet18", sorted(STUDENTS), "Student network.")
+flags.DEFINE_enum("t_arch", "resnet50", sorted(BACKBONES), "Teacher network.")
+flags.DEFINE_string("corr_npy", "imgs_corr_epoch800_MoCo.npy",
+                    "Neighbour .npy from run_knn.py: a bare name is read from ./imgs_corr/, a path as given.")
+flags.DEFINE_string("pretrain_path", "moco_v2_800ep_pretrain.pth.tar", "Teacher checkpoint.")
+flags.DEFINE_enum("pretrain_alg", "moco", ["moco", "swav"],
+                  "Teacher checkpoint family; checked against the detected format.")
+# Additions.
+flags.DEFINE_enum("method", "bingo", ["bingo", "seed", "moco"], "bingo, the SEED baseline, or MoCo-v2 (no teacher).")
+flags.DEFINE_enum("loss", "official", ["official", "paper"],
+                  "official: the released code's loss (neighbour key, 11-epoch warm-up, CutMix term, /3); "
+                  "paper: CE(anchor) + CE(neighbour) against the anchor's teacher key.")
+flags.DEFINE_enum("teacher_mode", "train", ["train", "eval"],
+                  "train: teacher BN uses shuffled batch statistics (official); eval: its running statistics.")
+flags.DEFINE_float("seed_teacher_t", 1e-4, "SEED's teacher temperature (its release's default).")
+flags.DEFINE_integer("image_size", 224, "Crop size of the views.")
+flags.DEFINE_bool("amp", False, "bf16 autocast on CUDA.")
+flags.DEFINE_bool("channels_last", False, "channels_last memory format on CUDA.")
+flags.DEFINE_bool("fuse_teacher", False, "One teacher forward for anchor and neighbour keys (needs teacher_mode=eval).")
+flags.DEFINE_bool("check_corr_json", True,
+                  "Require the .npy's JSON from run_knn.py and check it against this dataset (turn off only for "
+                  ".npy files made by the official code).")
+flags.DEFINE_enum("device", "auto", ["auto", "cuda", "cpu"], "Where to run (auto: CUDA when available).")
+
+
+def corr_path(name: str) -> Path:
+    path = Path(name)
+    return Path("imgs_corr") / path if path.parent == Path(".") else path
+
+
+def load_neighbours(path: Path, dataset: BagDataset, clus_pos_num: int, check_json: bool) -> np.ndarray:
+    """The neighbour array, after checking it belongs to this dataset; a clear error otherwise."""
+    n = len(dataset.samples)
+    fix = f"Run run_knn.py on --data_dir={Path(dataset.root).parent} to make a matching file."
+    if not path.is_file():
+        raise app.UsageError(f"--corr_npy: {path} does not exist. {fix}")
+    neighbours = np.load(path, mmap_mode="r")
+    if neighbours.ndim != 2 or neighbours.shape[0] != n:
+        raise app.UsageError(f"{path} has shape {neighbours.shape}, but {dataset.root} has {n} images. {fix}")
+    if not np.issubdtype(neighbours.dtype, np.integer):
+        raise app.UsageError(f"{path} holds {neighbours.dtype}, not integer indices. {fix}")
+    if neighbours.shape[1] < clus_pos_num:
+        raise app.UsageError(f"{path} has {neighbours.shape[1]} columns; --clus_pos_num={clus_pos_num} needs more")
+    neighbours = np.asarray(neighbours[:, :clus_pos_num], dtype=np.int64)
+    if neighbours.min() < 0 or neighbours.max() >= n:
+        raise app.UsageError(f"{path} has indices outside [0, {n}). {fix}")
+    selfs = int((neighbours == np.arange(n)[:, None]).sum())
+    if selfs:
+        raise app.UsageError(f"{path} lists {selfs} images as their own neighbour. {fix}")
+    meta_path = path.with_suffix(".json")
+    if check_json:
+        if not meta_path.is_file():
+            raise app.UsageError(f"{meta_path} (written by run_knn.py beside the .npy) is missing. {fix} "
+                                 "For an .npy made by the official code, pass --nocheck_corr_json.")
+        meta = json.loads(meta_path.read_text())
+        mine = file_list_sha256(dataset)
+        if meta.get("file_list_sha256") != mine:
+            raise app.UsageError(
+                f"{path} was made for the dataset at {meta.get('data_root')} ({meta.get('num_images')} images, file "
+                f"list {str(meta.get('file_list_sha256'))[:12]}), but --data_dir gives {dataset.root} ({n} images, "
+                f"file list {mine[:12]}). {fix}")
+    return neighbours
+
+
+def build_teacher() -> Embedder | None:
+    if FLAGS.method == "moco":
+        return None
+    backbone, head, weights = load_teacher(FLAGS.t_arch, FLAGS.pretrain_path)
+    family = "swav" if weights.fmt == "swav" else "moco"
+    if weights.fmt in ("swav", "moco", "bingo") and family != FLAGS.pretrain_alg:
+        raise app.UsageError(f"--pretrain_alg={FLAGS.pretrain_alg}, but {FLAGS.pretrain_path} is a {weights.fmt} "
+                             f"checkpoint: pass --pretrain_alg={family}")
+    log(f"teacher {FLAGS.t_arch} + head from {FLAGS.pretrain_path} (format: {weights.fmt})")
+    return Embedder(backbone, head)
+
+
+def check_sizes(world_size: int) -> int:
+    if FLAGS.batch_size % world_size:
+        raise app.UsageError(f"--batch_size={FLAGS.batch_size} (global) is not divisible by {world_size} processes")
+    if FLAGS.moco_k % FLAGS.batch_size:
+        raise app.UsageError(f"--moco_k={FLAGS.moco_k} must be a multiple of the global --batch_size={FLAGS.batch_size}")
+    return FLAGS.batch_size // world_size
+
+
+def run_meta(seed: int) -> dict:
+    return {"s_arch": FLAGS.s_arch, "arch": FLAGS.s_arch, "method": FLAGS.method, "moco_dim": FLAGS.moco_dim,
+            "moco_k": FLAGS.moco_k, "seed": seed, "flags": FLAGS.flag_values_dict()}
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    output_dir = FLAGS.output_dir or FLAGS.train_url
+    if not output_dir or not FLAGS.data_dir:
+        raise app.UsageError("--output_dir (or --train_url) and --data_dir are required")
+    output_dir = Path(output_dir)
+    ctx = edist.init(FLAGS.device)
+    per_process = check_sizes(ctx.world_size)
+    seed = FLAGS.seed if FLAGS.seed is not None else edist.broadcast_object(secrets.randbelow(2**31))
+    resume_path = resolve_resume(FLAGS.resume, output_dir)
+    if resume_path is not None:
+        seed = int(torch.load(resume_path, map_location="cpu", weights_only=True)["bingo"]["seed"])
+    torch.manual_seed(seed)
+    if ctx.is_main:
+        check_writable(output_dir)
+    teacher = build_teacher()  # before any data is read: a wrong checkpoint stops here
+
+    views = "bag" if FLAGS.method == "bingo" else "pair"
+    dataset = BagDataset(open_split(FLAGS.data_dir, "train"), pretrain_augmentation(FLAGS.image_size, FLAGS.aug_plus),
+                         neighbours=None, views=views, seed=seed)
+    if views == "bag":
+        neighbours = load_neighbours(corr_path(FLAGS.corr_npy), dataset, FLAGS.clus_pos_num, FLAGS.check_corr_json)
+        dataset.set_neighbours(neighbours, FLAGS.clus_pos_num)
+    if len(dataset) < FLAGS.batch_size:
+        raise DatasetError(f"{dataset.root} has {len(dataset)} images, fewer than one global batch ({FLAGS.batch_size})")
+
+    backbone = build_backbone(FLAGS.s_arch)
+    student = Embedder(backbone, student_head(backbone.feature_dim, FLAGS.moco_dim, FLAGS.mlp))
+    config = DistillConfig(
+        method=FLAGS.method, loss=FLAGS.loss, dim=FLAGS.moco_dim, queue_size=FLAGS.moco_k, t=FLAGS.moco_t,
+        moco_m=FLAGS.moco_m, lam=tuple(float(x) for x in FLAGS.lam), seed_teacher_t=FLAGS.seed_teacher_t,
+        teacher_mode=FLAGS.teacher_mode, fuse_teacher=FLAGS.fuse_teacher, subgroup=FLAGS.subgroup, amp=FLAGS.amp)
+    distiller = Distiller(student, teacher, config).to(ctx.device)
+    memory_format = torch.channels_last if FLAGS.channels_last else torch.contiguous_format
+    distiller = distiller.to(memory_format=memory_format)
+    teacher_reference = None if FLAGS.method == "moco" else {
+        k: v.detach().cpu().clone() for k, v in distiller.teacher.named_parameters()}
+    if ctx.distributed:
+        distiller.student = DistributedDataParallel(
+            distiller.student, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+    optimizer = torch.optim.SGD(unwrap(distiller.student).parameters(), lr=FLAGS.init_lr, momentum=FLAGS.momentum,
+                                weight_decay=FLAGS.wd)
+    meta = run_meta(seed)
+    start_epoch = 0
+    if resume_path is not None:
+        start_epoch = load_checkpoint(resume_path, distiller, optimizer, meta)
+        log(f"resumed from {resume_path} at epoch {start_epoch}", ctx.is_main)
+    if ctx.is_main:
+        atomic_json(meta["flags"] | {"seed": seed, "world_size": ctx.world_size}, output_dir / "flags.json")
+    loader = make_train_loader(dataset, ctx, per_process, FLAGS.num_workers, seed)
+    log(f"{FLAGS.method}: {FLAGS.s_arch} student, {len(dataset)} images, {len(loader)} steps/epoch of "
+        f"{FLAGS.batch_size} on {ctx.world_size} process(es), epochs {start_epoch}..{FLAGS.end_epoch - 1}",
+        ctx.is_main)
+
+    metrics = MetricsLog(output_dir, enabled=ctx.is_main)
+    state = RunState(epoch=start_epoch, end_epoch=FLAGS.end_epoch, report_freq=FLAGS.report_freq, metrics=metrics,
+                     total_steps=len(loader) * (FLAGS.end_epoch - start_epoch))
+    for epoch in range(start_epoch, FLAGS.end_epoch):
+        state.epoch = epoch
+        loader.sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        distiller.set_epoch(seed, epoch, ctx.rank)
+        lr = learning_rate(epoch, FLAGS.init_lr, FLAGS.end_epoch, FLAGS.decay_method,
+                           [int(m) for m in FLAGS.schedule], FLAGS.lr_decay)
+        set_lr(optimizer, lr)
+        means = train_epoch(distiller, loader, optimizer, ctx, state, FLAGS.channels_last)
+        if teacher_reference is not None:
+            assert_teacher_unchanged(distiller, teacher_reference)
+        if ctx.is_main:
+            metrics.write({"kind": "epoch", "epoch": epoch, "lr": lr, **means}, step=epoch)
+            payload = checkpoint_payload(distiller, optimizer, epoch + 1, meta)
+            final = epoch + 1 == FLAGS.end_epoch
+            save_checkpoint(payload, output_dir, epoch + 1, FLAGS.save_freq, final)
+            if final:
+                atomic_torch_save(unwrap(distiller.student).backbone.state_dict(), output_dir / "student_backbone.pth")
+        edist.barrier()
+    metrics.close()
+    log(f"done: {output_dir / 'final.pth'} and {output_dir / 'student_backbone.pth'}", ctx.is_main)
+    edist.shutdown()
+
+
+def assert_teacher_unchanged(distiller: Distiller, reference: dict[str, torch.Tensor]) -> None:
+    for name, param in distiller.teacher.named_parameters():
+        if not torch.equal(param.detach().cpu(), reference[name]):
+            raise RuntimeError(f"the frozen teacher's parameter {name} changed during training")
+
+
+if __name__ == "__main__":
+    app.run(main)
