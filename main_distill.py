@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from datasets.folders import BagDataset, DatasetError, file_list_sha256, open_split
 from datasets.transforms import pretrain_augmentation
 from engine import dist as edist
+from engine.cli import run
 from engine.io import atomic_json, atomic_torch_save, check_writable, resolve_resume
 from engine.logs import MetricsLog, log
 from engine.schedule import learning_rate, set_lr
@@ -235,4 +236,4 @@ def assert_teacher_unchanged(distiller: Distiller, reference: dict[str, torch.Te
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -19,6 +19,7 @@ from torch import nn
 from datasets.folders import IndexedImageFolder, file_list_sha256, open_split
 from datasets.transforms import eval_transform
 from engine import dist as edist
+from engine.cli import run
 from engine.features import SEARCH_BACKENDS, embed, exact_knn
 from engine.io import atomic_json, atomic_write, check_writable
 from engine.logs import log
@@ -128,4 +129,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

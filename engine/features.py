@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from engine import dist as edist
 from engine.logs import Progress, log
 
-__all__ = ["embed", "exact_knn", "faiss_info", "SEARCH_BACKENDS"]
+__all__ = ["embed", "exact_knn", "search", "faiss_info", "SEARCH_BACKENDS"]
 
 SEARCH_BACKENDS = ("auto", "faiss", "torch")
 # Bound on |fp16 dot product - exact dot product| for unit vectors (inputs rounded to fp16, fp32 accumulation,
@@ -159,19 +159,33 @@ def _exclude_self(sims: torch.Tensor, start: int) -> None:
 
 
 def _torch_cpu_knn(features, k, chunk, report):
-    features = features.float().cpu()
-    n = features.shape[0]
-    chunk = chunk or max(1, min(n, (1 << 28) // (4 * n)))  # ~256 MB of similarities at a time
-    indices = torch.empty(n, k, dtype=torch.int64)
-    sims_out = torch.empty(n, k, dtype=torch.float32)
+    return search(features, features, k, chunk=chunk, exclude_self=True, report=report)
+
+
+@torch.no_grad()
+def search(queries: torch.Tensor, database: torch.Tensor, k: int, device: torch.device | str = "cpu",
+           chunk: int | None = None, exclude_self: bool = False, report: Callable[[str], None] | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact float32 top-``k`` inner-product search of ``queries`` in ``database`` (chunked matmul + top-k).
+
+    With ``exclude_self`` the queries must be the database itself and row ``i`` never returns ``i``. Returns CPU
+    ``(indices int64 [Q, k], similarities float32 [Q, k])``, nearest first.
+    """
+    device = torch.device(device)
+    database = database.to(device, torch.float32)
+    n, q = database.shape[0], queries.shape[0]
+    chunk = chunk or max(1, min(q, (1 << 28) // (4 * n)))  # ~256 MB of similarities at a time
+    indices = torch.empty(q, k, dtype=torch.int64)
+    sims_out = torch.empty(q, k, dtype=torch.float32)
     t0 = time.perf_counter()
-    for start in range(0, n, chunk):
-        end = min(n, start + chunk)
-        sims = features[start:end] @ features.T
-        _exclude_self(sims, start)
+    for start in range(0, q, chunk):
+        end = min(q, start + chunk)
+        sims = queries[start:end].to(device, torch.float32) @ database.T
+        if exclude_self:
+            _exclude_self(sims, start)
         values, idx = sims.topk(k, dim=1)
-        indices[start:end], sims_out[start:end] = idx, values
-        _report_chunk(report, start, end, n, t0)
+        indices[start:end], sims_out[start:end] = idx.cpu(), values.cpu()
+        _report_chunk(report, start, end, q, t0)
     return indices, sims_out
 
 

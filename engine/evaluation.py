@@ -1,0 +1,193 @@
+"""Evaluation: the linear probe on a frozen backbone, sharded top-1/top-5, the k-NN classifier, and label subsets
+for semi-supervised fine-tuning."""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from engine import dist as edist
+from engine.features import embed, search
+from engine.logs import Progress, log
+from models.losses import topk_correct
+
+__all__ = [
+    "Classifier",
+    "linear_classifier",
+    "evaluate",
+    "knn_predict",
+    "knn_classify",
+    "label_subset",
+    "backbone_fingerprint",
+    "assert_unchanged",
+    "train_classifier_epoch",
+]
+
+
+class Classifier(nn.Module):
+    """Backbone + linear layer. With ``frozen`` the backbone stays in eval mode (BN uses the running statistics it
+    was trained with) and runs without gradients: the linear probe. Without it the whole network trains."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, frozen: bool = True) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.frozen = frozen
+        self.fc = linear_classifier(backbone.feature_dim, num_classes)
+        if frozen:
+            for p in self.backbone.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.frozen:
+            with torch.no_grad():
+                features = self.backbone(images)
+        else:
+            features = self.backbone(images)
+        return self.fc(features)
+
+
+def linear_classifier(in_dim: int, num_classes: int) -> nn.Linear:
+    """Linear layer with N(0, 0.01) weights and zero bias (MoCo's probe initialisation)."""
+    layer = nn.Linear(in_dim, num_classes)
+    nn.init.normal_(layer.weight, std=0.01)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def backbone_fingerprint(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
+
+
+def assert_unchanged(backbone: nn.Module, reference: dict[str, torch.Tensor]) -> None:
+    """Stop if any backbone tensor (weights and BN statistics) differs from ``reference``."""
+    for key, value in backbone.state_dict().items():
+        if not torch.equal(value.detach().cpu(), reference[key]):
+            raise RuntimeError(f"the frozen backbone changed during linear evaluation: {key}")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, ctx: edist.Context, batch_size: int, num_workers: int
+             ) -> dict[str, float]:
+    """Top-1 / top-5 (%) and mean loss on ``dataset``; each process scores the strided shard ``rank::world`` (every
+    image exactly once, no padding) and the counts are summed over processes."""
+    model.eval()
+    shard = Subset(dataset, list(range(ctx.rank, len(dataset), ctx.world_size)))
+    loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers,
+                        pin_memory=ctx.device.type == "cuda")
+    totals = torch.zeros(4, dtype=torch.float64, device=ctx.device)  # top1, top5, loss sum, count
+    for images, targets, _ in loader:
+        images, targets = images.to(ctx.device, non_blocking=True), targets.to(ctx.device, non_blocking=True)
+        logits = model(images).float()
+        top1, top5 = topk_correct(logits, targets, (1, 5))
+        totals += torch.stack([top1.double(), top5.double(), F.cross_entropy(logits, targets, reduction="sum").double(),
+                               torch.tensor(float(targets.numel()), device=ctx.device, dtype=torch.float64)])
+    if dist.is_initialized():
+        dist.all_reduce(totals)
+    count = totals[3].item()
+    if count != len(dataset):
+        raise RuntimeError(f"evaluation counted {count:.0f} images, expected {len(dataset)}")
+    return {"top1": 100.0 * totals[0].item() / count, "top5": 100.0 * totals[1].item() / count,
+            "loss": totals[2].item() / count, "count": int(count)}
+
+
+def knn_predict(neighbour_labels: torch.Tensor, neighbour_sims: torch.Tensor, num_classes: int, k: int,
+                temperature: float | None) -> torch.Tensor:
+    """Class scores ``[Q, C]`` from the ``k`` nearest neighbours: a plain vote (``temperature=None``) or the
+    similarity-weighted vote ``sum exp(sim / T)`` (as solo-learn and lightly report)."""
+    labels = neighbour_labels[:, :k]
+    weights = torch.ones_like(neighbour_sims[:, :k]) if temperature is None else (neighbour_sims[:, :k] / temperature).exp()
+    scores = torch.zeros(labels.shape[0], num_classes, dtype=torch.float64)
+    scores.scatter_add_(1, labels, weights.double())
+    if temperature is None:
+        # break vote ties in favour of the class whose members are nearer
+        scores += 1e-6 * torch.zeros_like(scores).scatter_add_(1, labels, neighbour_sims[:, :k].double())
+    return scores
+
+
+def knn_classify(backbone: nn.Module, train_set: Dataset, val_set: Dataset, ctx: edist.Context, batch_size: int,
+                 num_workers: int, settings: list[tuple[int, float | None]]) -> dict[str, dict[str, float]] | None:
+    """k-NN accuracy of the normalised pooled features; ``settings`` lists ``(k, temperature or None)``.
+
+    Embedding and search are the kNN step's own (``engine.features``). Rank 0 returns the results, others None.
+    """
+    train_features = embed(backbone, train_set, ctx, batch_size, num_workers, label="embed train")
+    val_features = embed(backbone, val_set, ctx, batch_size, num_workers, label="embed val")
+    if not ctx.is_main:
+        return None
+    train_labels = torch.tensor([t for _, t in train_set.samples])
+    val_labels = torch.tensor([t for _, t in val_set.samples])
+    k_max = min(max(k for k, _ in settings), len(train_labels))
+    idx, sims = search(val_features, train_features, k_max, device=ctx.device, report=log)
+    neighbour_labels = train_labels[idx]
+    results = {}
+    for k, temperature in settings:
+        k = min(k, k_max)
+        scores = knn_predict(neighbour_labels, sims, len(train_set.classes), k, temperature)
+        top1, top5 = topk_correct(scores, val_labels, (1, 5))
+        name = f"k{k}_" + ("majority" if temperature is None else f"weighted_T{temperature:g}")
+        results[name] = {"k": k, "temperature": temperature, "top1": 100.0 * top1.item() / len(val_labels),
+                         "top5": 100.0 * top5.item() / len(val_labels)}
+    return results
+
+
+def label_subset(samples: list[tuple[str, int]], root: str, fraction: float | None = None,
+                 label_file: str | None = None, seed: int = 0) -> list[int]:
+    """Indices of the labelled subset: from a file of image names (one a line, SimCLR's split format: a file name
+    or a path relative to the split folder), or ``fraction`` of each class drawn with ``seed``."""
+    if label_file:
+        wanted = {line.strip() for line in Path(label_file).read_text().splitlines() if line.strip()}
+        chosen = [i for i, (path, _) in enumerate(samples)
+                  if os.path.basename(path) in wanted or os.path.relpath(path, root) in wanted]
+        if len(chosen) != len(wanted):
+            raise ValueError(f"{label_file} names {len(wanted)} images, {len(chosen)} of them found under {root}")
+        return chosen
+    if fraction is None or not 0 < fraction <= 1:
+        raise ValueError("give a label file or a fraction in (0, 1]")
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for i, (_, target) in enumerate(samples):
+        by_class[target].append(i)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for target in sorted(by_class):
+        members = by_class[target]
+        take = max(1, round(fraction * len(members)))
+        chosen += sorted(rng.choice(members, size=take, replace=False).tolist())
+    return sorted(chosen)
+
+
+def train_classifier_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                           ctx: edist.Context, epoch: int, report_freq: int) -> dict[str, float]:
+    """One epoch of cross-entropy training; returns mean loss and top-1 (%) over this process's batches."""
+    model.train()
+    totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)
+    progress = Progress(len(loader.dataset), f"epoch {epoch}")
+    for step, (images, targets, _) in enumerate(loader):
+        images, targets = images.to(ctx.device, non_blocking=True), targets.to(ctx.device, non_blocking=True)
+        logits = model(images)
+        loss = F.cross_entropy(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        (top1,) = topk_correct(logits.detach(), targets, (1,))
+        totals += torch.stack([loss.detach().double() * targets.numel(), top1.double(),
+                               torch.tensor(float(targets.numel()), device=ctx.device, dtype=torch.float64)])
+        progress.update(targets.numel() * ctx.world_size)
+        if ctx.is_main and (step + 1) % report_freq == 0:
+            log(progress.line(f"loss {loss.item():.4f}"))
+    if not torch.isfinite(totals[0]):
+        raise FloatingPointError(f"the classifier loss became non-finite in epoch {epoch}; lower --init_lr")
+    count = max(totals[2].item(), 1.0)
+    return {"train_loss": totals[0].item() / count, "train_top1": 100.0 * totals[1].item() / count}

@@ -1,0 +1,204 @@
+"""Evaluation of a distilled student: linear probe (default), k-NN classifier, or semi-supervised fine-tuning.
+
+    torchrun --nproc_per_node=8 main_lincls.py --arch=resnet18 --pretrained=runs/SR18-TR50/final.pth \
+        --data_dir=/data/imagenet --output_dir=runs/SR18-TR50/lincls
+
+Writes ``results.json`` (last and best epoch, top-1 and top-5) and ``epochs.csv`` into ``--output_dir``.
+"""
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import torch
+from absl import app, flags
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from datasets.folders import IndexedImageFolder, open_split
+from datasets.transforms import eval_transform, linear_train_transform
+from engine import dist as edist
+from engine.cli import run
+from engine.evaluation import Classifier, assert_unchanged, backbone_fingerprint, evaluate, knn_classify, \
+    label_subset, train_classifier_epoch
+from engine.io import atomic_json, atomic_torch_save, check_writable, resolve_resume
+from engine.logs import log
+from engine.schedule import learning_rate, set_lr
+from models.backbones import BACKBONES
+from models.checkpoints import file_sha256, load_backbone, torch_load
+
+FLAGS = flags.FLAGS
+# Official flags (haohang96/bingo main_lincls.py); defaults follow its ready scripts (cosine, 120 epochs).
+flags.DEFINE_bool("evaluate", False, "Only score the probe saved in --resume (or <output_dir>/probe.pth).")
+flags.DEFINE_string("output_dir", None, "Folder for results.json, epochs.csv and the probe checkpoint (required).")
+flags.DEFINE_string("train_url", None, "Official name of --output_dir (accepted as an alias).")
+flags.DEFINE_string("data_dir", None, "Dataset root with train/ and val/.")
+flags.DEFINE_integer("seed", 0, "Seed for the probe initialisation, data order and label subsets.")
+flags.DEFINE_float("init_lr", 30.0, "Learning rate for the global batch (EfficientNet default: 3).")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+flags.DEFINE_float("wd", 0.0, "Weight decay.")
+flags.DEFINE_integer("batch_size", 256, "Global batch, split evenly over the processes.")
+flags.DEFINE_integer("num_workers", 8, "Data-loading workers per process.")
+flags.DEFINE_integer("end_epoch", 120, "Epochs (100 by default with --decay_method=step, MoCo's protocol).")
+flags.DEFINE_list("schedule", ["60", "80"], "Milestone epochs for --decay_method=step.")
+flags.DEFINE_float("lr_decay", 0.1, "Factor at each milestone for --decay_method=step.")
+flags.DEFINE_enum("decay_method", "cos", ["cos", "step"], "cos: official scripts; step: MoCo's protocol.")
+flags.DEFINE_float("min_lr", 0.01, "Cosine floor (EfficientNet default: 0.001).")
+flags.DEFINE_enum("arch", "resnet18", sorted(BACKBONES), "Network whose backbone is evaluated.")
+flags.DEFINE_enum("pool_type", "avg", ["avg", "max"], "Global pooling before the linear layer.")
+flags.DEFINE_string("resume", "", "Probe checkpoint to continue from, or 'auto' for <output_dir>/probe.pth.")
+flags.DEFINE_integer("report_freq", 100, "Steps between progress lines.")
+flags.DEFINE_integer("save_freq", 10, "Epochs between numbered probe checkpoints.")
+# Additions.
+flags.DEFINE_string("pretrained", None, "Checkpoint with the backbone: this project's, official BINGO, MoCo-v2, SwAV "
+                    "or a plain torchvision state_dict.")
+flags.DEFINE_enum("protocol", "linear", ["linear", "knn", "semi"],
+                  "linear probe, k-NN classifier, or semi-supervised fine-tuning of the whole network.")
+flags.DEFINE_list("knn_k", ["10", "200"], "k values for --protocol=knn.")
+flags.DEFINE_float("knn_t", 0.07, "Temperature of the weighted k-NN vote (the plain majority vote is also reported).")
+flags.DEFINE_float("label_fraction", None, "--protocol=semi: fraction of each class's labels (e.g. 0.01, 0.1).")
+flags.DEFINE_string("label_file", None, "--protocol=semi: file listing the labelled images (SimCLR split format).")
+flags.DEFINE_integer("image_size", 224, "Crop size.")
+flags.DEFINE_enum("device", "auto", ["auto", "cuda", "cpu"], "Where to run (auto: CUDA when available).")
+flags.mark_flags_as_required(["pretrained", "data_dir"])
+
+CSV_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5"]
+
+
+def resolve_defaults() -> None:
+    """EfficientNet's official learning rates, and MoCo's 100 epochs for step decay, unless given explicitly."""
+    if "efficientnet" in FLAGS.arch:
+        if not FLAGS["init_lr"].present:
+            FLAGS.init_lr = 3.0
+        if not FLAGS["min_lr"].present:
+            FLAGS.min_lr = 0.001
+    if FLAGS.decay_method == "step" and not FLAGS["end_epoch"].present:
+        FLAGS.end_epoch = 100
+
+
+def run_knn_protocol(backbone, ctx, output_dir: Path, provenance: dict) -> None:
+    train_set = IndexedImageFolder(open_split(FLAGS.data_dir, "train"), eval_transform(FLAGS.image_size))
+    val_set = IndexedImageFolder(open_split(FLAGS.data_dir, "val"), eval_transform(FLAGS.image_size))
+    settings = [(10, None)] + [(int(k), FLAGS.knn_t) for k in FLAGS.knn_k]
+    per_process = FLAGS.batch_size // ctx.world_size
+    results = knn_classify(backbone.to(ctx.device), train_set, val_set, ctx, per_process, FLAGS.num_workers,
+                           settings)
+    if ctx.is_main:
+        atomic_json({"protocol": "knn", **provenance, "num_train": len(train_set), "num_val": len(val_set),
+                     "knn": results}, output_dir / "results.json")
+        for name, r in results.items():
+            log(f"k-NN {name}: top-1 {r['top1']:.2f}  top-5 {r['top5']:.2f}")
+
+
+def make_loaders(ctx, per_process: int):
+    train_set = IndexedImageFolder(open_split(FLAGS.data_dir, "train"), linear_train_transform(FLAGS.image_size))
+    val_set = IndexedImageFolder(open_split(FLAGS.data_dir, "val"), eval_transform(FLAGS.image_size))
+    if train_set.classes != val_set.classes:
+        raise app.UsageError(f"train/ and val/ of {FLAGS.data_dir} have different class folders")
+    train_items = train_set
+    if FLAGS.protocol == "semi":
+        chosen = label_subset(train_set.samples, train_set.root, FLAGS.label_fraction, FLAGS.label_file, FLAGS.seed)
+        log(f"semi-supervised: {len(chosen)} of {len(train_set)} training images labelled", ctx.is_main)
+        train_items = Subset(train_set, chosen)
+    sampler = DistributedSampler(train_items, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                 seed=FLAGS.seed)
+    loader = DataLoader(train_items, batch_size=per_process, sampler=sampler, num_workers=FLAGS.num_workers,
+                        pin_memory=ctx.device.type == "cuda", persistent_workers=FLAGS.num_workers > 0)
+    return loader, val_set, len(train_set.classes)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    resolve_defaults()
+    output_dir = FLAGS.output_dir or FLAGS.train_url
+    if not output_dir:
+        raise app.UsageError("--output_dir (or --train_url) is required")
+    output_dir = Path(output_dir)
+    ctx = edist.init(FLAGS.device)
+    if FLAGS.batch_size % ctx.world_size:
+        raise app.UsageError(f"--batch_size={FLAGS.batch_size} is not divisible by {ctx.world_size} processes")
+    per_process = FLAGS.batch_size // ctx.world_size
+    if ctx.is_main:
+        check_writable(output_dir)
+    torch.manual_seed(FLAGS.seed)
+    backbone, weights = load_backbone(FLAGS.arch, FLAGS.pretrained, FLAGS.pool_type)  # before any data is read
+    provenance = {"arch": FLAGS.arch, "pretrained": str(FLAGS.pretrained), "checkpoint_format": weights.fmt,
+                  "checkpoint_sha256": file_sha256(FLAGS.pretrained), "flags": FLAGS.flag_values_dict()}
+    log(f"{FLAGS.arch} backbone from {FLAGS.pretrained} (format: {weights.fmt}); every backbone weight loaded, the "
+        "new linear classifier is the only part not from the checkpoint", ctx.is_main)
+    if FLAGS.protocol == "knn":
+        run_knn_protocol(backbone, ctx, output_dir, provenance)
+        edist.shutdown()
+        return
+
+    loader, val_set, num_classes = make_loaders(ctx, per_process)
+    model = Classifier(backbone, num_classes, frozen=FLAGS.protocol == "linear").to(ctx.device)
+    reference = backbone_fingerprint(model.backbone) if FLAGS.protocol == "linear" else None
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=FLAGS.init_lr, momentum=FLAGS.momentum, weight_decay=FLAGS.wd)
+    network = model
+    if ctx.distributed:
+        network = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+
+    start_epoch, best, history = 0, None, []
+    resume = resolve_resume(FLAGS.resume or ("auto" if FLAGS.evaluate else ""), output_dir, "probe.pth")
+    if resume is not None:
+        saved = torch_load(resume)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        start_epoch, best, history = saved["epoch"], saved["best"], saved["history"]
+        log(f"resumed from {resume} at epoch {start_epoch}", ctx.is_main)
+    elif FLAGS.evaluate:
+        raise app.UsageError(f"--evaluate needs a probe: --resume=PATH or {output_dir / 'probe.pth'}")
+
+    if FLAGS.evaluate:
+        scores = evaluate(network, val_set, ctx, per_process, FLAGS.num_workers)
+        if ctx.is_main:
+            atomic_json({"protocol": FLAGS.protocol, **provenance, "evaluated": str(resume), "val": scores},
+                        output_dir / "results.json")
+            log(f"val top-1 {scores['top1']:.2f}  top-5 {scores['top5']:.2f} on {scores['count']} images")
+        edist.shutdown()
+        return
+
+    for epoch in range(start_epoch, FLAGS.end_epoch):
+        loader.sampler.set_epoch(epoch)
+        lr = learning_rate(epoch, FLAGS.init_lr, FLAGS.end_epoch, FLAGS.decay_method,
+                           [int(m) for m in FLAGS.schedule], FLAGS.lr_decay, FLAGS.min_lr)
+        set_lr(optimizer, lr)
+        t0 = time.perf_counter()
+        train = train_classifier_epoch(network, loader, optimizer, ctx, epoch, FLAGS.report_freq)
+        if reference is not None:
+            assert_unchanged(model.backbone, reference)
+        val = evaluate(network, val_set, ctx, per_process, FLAGS.num_workers)
+        row = {"epoch": epoch, "lr": lr, **train, "val_loss": val["loss"], "val_top1": val["top1"],
+               "val_top5": val["top5"]}
+        history.append(row)
+        if best is None or val["top1"] > best["val_top1"]:
+            best = row
+        if ctx.is_main:
+            log(f"epoch {epoch}/{FLAGS.end_epoch}: val top-1 {val['top1']:.2f} top-5 {val['top5']:.2f} "
+                f"(best {best['val_top1']:.2f} at epoch {best['epoch']}), {time.perf_counter() - t0:.1f} s")
+            save_outputs(model, optimizer, epoch, best, history, provenance, output_dir, len(val_set))
+        edist.barrier()
+    edist.shutdown()
+
+
+def save_outputs(model, optimizer, epoch, best, history, provenance, output_dir: Path, num_val: int) -> None:
+    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "best": best,
+               "history": history}
+    atomic_torch_save(payload, output_dir / "probe.pth")
+    if FLAGS.save_freq and (epoch + 1) % FLAGS.save_freq == 0:
+        atomic_torch_save(payload, output_dir / f"probe_{epoch + 1:04d}.pth")
+    with open(output_dir / "epochs.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+    last = history[-1]
+    summary = lambda r: {"epoch": r["epoch"], "top1": r["val_top1"], "top5": r["val_top5"]}  # noqa: E731
+    atomic_json({"protocol": FLAGS.protocol, **provenance, "num_val": num_val, "epochs_done": epoch + 1,
+                 "last": summary(last), "best": summary(best)}, output_dir / "results.json")
+
+
+if __name__ == "__main__":
+    run(main)
