@@ -123,7 +123,7 @@ def load_neighbours(path: Path, dataset: BagDataset, clus_pos_num: int, check_js
     return neighbours
 
 
-def build_teacher() -> Embedder | None:
+def build_teacher(announce: bool = True) -> Embedder | None:
     if FLAGS.method == "moco":
         return None
     backbone, head, weights = load_teacher(FLAGS.t_arch, FLAGS.pretrain_path)
@@ -131,7 +131,7 @@ def build_teacher() -> Embedder | None:
     if weights.fmt in ("swav", "moco", "bingo") and family != FLAGS.pretrain_alg:
         raise app.UsageError(f"--pretrain_alg={FLAGS.pretrain_alg}, but {FLAGS.pretrain_path} is a {weights.fmt} "
                              f"checkpoint: pass --pretrain_alg={family}")
-    log(f"teacher {FLAGS.t_arch} + head from {FLAGS.pretrain_path} (format: {weights.fmt})")
+    log(f"teacher {FLAGS.t_arch} + head from {FLAGS.pretrain_path} (format: {weights.fmt})", announce)
     return Embedder(backbone, head)
 
 
@@ -163,7 +163,7 @@ def main(argv: list[str]) -> None:
     torch.manual_seed(seed)
     if ctx.is_main:
         check_writable(output_dir)
-    teacher = build_teacher()  # before any data is read: a wrong checkpoint stops here
+    teacher = build_teacher(ctx.is_main)  # before any data is read: a wrong checkpoint stops here
 
     views = "bag" if FLAGS.method == "bingo" else "pair"
     dataset = BagDataset(open_split(FLAGS.data_dir, "train"), pretrain_augmentation(FLAGS.image_size, FLAGS.aug_plus),
@@ -183,8 +183,8 @@ def main(argv: list[str]) -> None:
     distiller = Distiller(student, teacher, config).to(ctx.device)
     memory_format = torch.channels_last if FLAGS.channels_last else torch.contiguous_format
     distiller = distiller.to(memory_format=memory_format)
-    teacher_reference = None if FLAGS.method == "moco" else {
-        k: v.detach().cpu().clone() for k, v in distiller.teacher.named_parameters()}
+    # The teacher's parameters are compared with the checkpoint file's after every epoch.
+    teacher_reference = None if FLAGS.method == "moco" else dict(build_teacher(False).named_parameters())
     if ctx.distributed:
         distiller.student = DistributedDataParallel(
             distiller.student, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
@@ -216,6 +216,7 @@ def main(argv: list[str]) -> None:
         means = train_epoch(distiller, loader, optimizer, ctx, state, FLAGS.channels_last)
         if teacher_reference is not None:
             assert_teacher_unchanged(distiller, teacher_reference)
+            means["teacher_unchanged"] = True
         if ctx.is_main:
             metrics.write({"kind": "epoch", "epoch": epoch, "lr": lr, **means}, step=epoch)
             payload = checkpoint_payload(distiller, optimizer, epoch + 1, meta)
@@ -230,8 +231,9 @@ def main(argv: list[str]) -> None:
 
 
 def assert_teacher_unchanged(distiller: Distiller, reference: dict[str, torch.Tensor]) -> None:
+    """Every teacher parameter must equal the checkpoint file's, bit for bit."""
     for name, param in distiller.teacher.named_parameters():
-        if not torch.equal(param.detach().cpu(), reference[name]):
+        if not torch.equal(param.detach().cpu(), reference[name].detach()):
             raise RuntimeError(f"the frozen teacher's parameter {name} changed during training")
 
 

@@ -7,11 +7,12 @@ from typing import Callable
 from absl import app
 
 from datasets.folders import DatasetError
+from engine.io import OutputFolderError
 from models.checkpoints import CheckpointError
 
 __all__ = ["run", "USER_ERRORS"]
 
-USER_ERRORS = (DatasetError, CheckpointError, FileNotFoundError, NotADirectoryError, PermissionError)
+USER_ERRORS = (DatasetError, CheckpointError, OutputFolderError, FloatingPointError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
 def run(main: Callable[[list[str]], None]) -> None:

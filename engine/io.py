@@ -19,6 +19,7 @@ __all__ = [
     "set_rng_state",
     "resolve_resume",
     "check_writable",
+    "OutputFolderError",
 ]
 
 
@@ -53,6 +54,10 @@ def atomic_json(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, write)
 
 
+class OutputFolderError(RuntimeError):
+    """An output folder that cannot be written."""
+
+
 def check_writable(folder: str | os.PathLike) -> Path:
     """Create ``folder`` if needed and prove a file can be written there, before any long work starts."""
     folder = Path(folder)
@@ -61,7 +66,7 @@ def check_writable(folder: str | os.PathLike) -> Path:
         with tempfile.NamedTemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise OSError(f"cannot write to {folder}: {error}. Choose another output folder.") from error
+        raise OutputFolderError(f"cannot write to {folder}: {error}. Choose another output folder.") from error
     return folder
 
 

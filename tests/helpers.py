@@ -83,3 +83,24 @@ def run_script(script: str, args: list[str], tmp_path: Path, nproc: int = 1, tim
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def calibrated_teacher(arch: str, data_dir: Path, path: Path, image_size: int = 32, seed: int = 0) -> None:
+    """A MoCo-format teacher whose keys separate the images: a random backbone whose head input is centred and
+    whitened on this folder (a random network alone maps every image to nearly the same direction)."""
+    from datasets.folders import IndexedImageFolder
+    from datasets.transforms import eval_transform
+
+    torch.manual_seed(seed)
+    backbone = build_backbone(arch).eval()
+    folder = IndexedImageFolder(Path(data_dir) / "train", eval_transform(image_size))
+    with torch.no_grad():
+        features = torch.stack([backbone(folder[i][0][None])[0] for i in range(len(folder))])
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    head = mlp_head(backbone.feature_dim, 256, 128)
+    with torch.no_grad():
+        head[0].weight /= std
+        head[0].bias.copy_(-head[0].weight @ mean)
+    state = {f"module.encoder_q.{k}": v for k, v in backbone.state_dict().items()}
+    state.update({f"module.encoder_q.fc.{k}": v for k, v in head.state_dict().items()})
+    torch.save({"epoch": 200, "arch": arch, "state_dict": state}, path)

@@ -1,0 +1,190 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from dist_workers import distiller_step, tiny_embedder
+from helpers import calibrated_teacher, free_port, make_image_folder, moco_release, run_script
+from models.backbones import build_backbone
+from models.distiller import DistillConfig, Distiller
+
+
+def test_queue_holds_the_teacher_anchor_keys_after_a_step():
+    torch.manual_seed(0)
+    teacher = tiny_embedder(seed=2)
+    distiller = Distiller(tiny_embedder(seed=1), teacher, DistillConfig(dim=16, queue_size=12, teacher_mode="eval"))
+    views = tuple(torch.randn(4, 3, 8, 8) for _ in range(4))
+    old = distiller.queue.clone()
+    distiller(views, epoch=0)
+    with torch.no_grad():
+        keys = teacher(views[1])[0]
+    assert torch.allclose(distiller.queue[:, :4], keys.T)
+    assert torch.equal(distiller.queue[:, 4:], old[:, 4:])
+    assert distiller.queue_ptr == 4
+    distiller(views, epoch=0)
+    distiller(views, epoch=0)
+    assert distiller.queue_ptr == 0  # wrapped around
+    with pytest.raises(ValueError, match="multiple"):
+        distiller(tuple(v[:5] for v in torch.randn(4, 5, 3, 8, 8)), epoch=0)
+
+
+def test_teacher_gets_no_gradient_and_stays_frozen():
+    distiller = Distiller(tiny_embedder(seed=1), tiny_embedder(seed=2), DistillConfig(dim=16, queue_size=8))
+    before = {k: v.clone() for k, v in distiller.teacher.named_parameters()}
+    optimizer = torch.optim.SGD(distiller.student.parameters(), lr=1.0)
+    loss, _ = distiller(tuple(torch.randn(4, 3, 8, 8) for _ in range(4)), epoch=20)
+    loss.backward()
+    optimizer.step()
+    assert all(p.grad is None for p in distiller.teacher.parameters())
+    assert all(torch.equal(p, before[k]) for k, p in distiller.teacher.named_parameters())
+    assert distiller.teacher.training  # official default: batch statistics
+    distiller.train(False)
+    assert distiller.teacher.training  # the teacher keeps its mode
+
+
+def test_fused_teacher_forward_equals_two_forwards_in_eval_mode():
+    views = tuple(torch.randn(4, 3, 8, 8) for _ in range(4))
+    keys = []
+    for fuse in (False, True):
+        config = DistillConfig(dim=16, queue_size=8, teacher_mode="eval", fuse_teacher=fuse)
+        distiller = Distiller(tiny_embedder(seed=1), tiny_embedder(seed=2), config)
+        keys.append(distiller.teacher_keys(views[1], views[3]))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*keys))
+    with pytest.raises(ValueError, match="teacher_mode=eval"):
+        Distiller(tiny_embedder(), tiny_embedder(), DistillConfig(dim=16, queue_size=8, fuse_teacher=True))
+
+
+def test_moco_baseline_updates_its_momentum_encoder():
+    distiller = Distiller(tiny_embedder(seed=1), None, DistillConfig(method="moco", dim=16, queue_size=8, moco_m=0.5))
+    start = [p.clone() for p in distiller.teacher.parameters()]
+    optimizer = torch.optim.SGD(distiller.student.parameters(), lr=1.0)
+    for _ in range(2):
+        loss, _ = distiller(tuple(torch.randn(4, 3, 8, 8) for _ in range(2)), epoch=0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    moved = [not torch.equal(a, b) for a, b in zip(start, distiller.teacher.parameters())]
+    assert any(moved)
+
+
+@pytest.mark.parametrize("teacher_mode", ["eval", "train"])
+def test_two_process_queue_equals_one_process_global_batch(tmp_path, teacher_mode):
+    torch.manual_seed(3)
+    batch = [torch.randn(8, 3, 8, 8) for _ in range(4)]
+    mp.spawn(distiller_step, args=(1, free_port(), batch, str(tmp_path / "one.pt"), teacher_mode), nprocs=1)
+    mp.spawn(distiller_step, args=(2, free_port(), batch, str(tmp_path / "two.pt"), teacher_mode), nprocs=2)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one["ptr"] == two["ptr"] == 8
+    assert torch.equal(one["before"], two["before"])
+    if teacher_mode == "eval":
+        assert torch.allclose(one["queue"], two["queue"], atol=1e-6)
+    else:
+        # train-mode BN: each process normalises its own (shuffled) half, so keys differ, but both queues receive
+        # the global batch of 8 new keys in the same slots and keep the rest
+        assert torch.equal(one["queue"][:, 8:], two["queue"][:, 8:])
+        assert not torch.equal(two["queue"][:, :8], two["before"][:, :8])
+
+
+@pytest.fixture(scope="module")
+def distill_data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("distill")
+    data = make_image_folder(tmp / "data", classes=4, per_class=6, size=40)
+    calibrated_teacher("resnet18", data, tmp / "teacher.pth.tar")
+    run_script("run_knn.py", ["--arch=resnet18", f"--ckpt_name={tmp / 'teacher.pth.tar'}", f"--data_dir={data}",
+                              "--image_size=32", "--clus_pos_num=3", f"--corr_name={tmp / 'nn.npy'}",
+                              "--num_workers=0"], tmp)
+    return tmp, data
+
+
+def _args(tmp, data, out, epochs, extra=()):
+    return ["--t_arch=resnet18", f"--pretrain_path={tmp / 'teacher.pth.tar'}", f"--data_dir={data}",
+            f"--corr_npy={tmp / 'nn.npy'}", "--clus_pos_num=3", "--image_size=32", "--batch_size=4", "--moco_k=8",
+            "--num_workers=0", "--seed=0", "--report_freq=2", f"--end_epoch={epochs}", f"--output_dir={out}", *extra]
+
+
+def _metrics(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_end_to_end_two_processes_learns_keeps_teacher_and_resumes_exactly(distill_data):
+    tmp, data = distill_data
+    straight = tmp / "straight"
+    result = run_script("main_distill.py", _args(tmp, data, straight, 2), tmp, nproc=2)
+    assert "img/s" in result.stdout and "eta" in result.stdout
+    epochs = [m for m in _metrics(straight) if m["kind"] == "epoch"]
+    assert len(epochs) == 2 and epochs[1]["loss"] < epochs[0]["loss"]
+    assert all(m["teacher_unchanged"] for m in epochs)
+    for name in ("checkpoint.pth", "final.pth", "student_backbone.pth", "flags.json"):
+        assert (straight / name).is_file()
+    net = build_backbone("resnet18")
+    net.load_state_dict(torch.load(straight / "student_backbone.pth", weights_only=True))  # torchvision layout
+    final = torch.load(straight / "final.pth", weights_only=True)
+    assert final["epoch"] == 2 and final["queue"].shape == (128, 8)
+    assert any(k.startswith("module.encoder_q.fc.0") for k in final["state_dict"])
+
+    resumed = tmp / "resumed"
+    run_script("main_distill.py", _args(tmp, data, resumed, 1), tmp, nproc=2)
+    run_script("main_distill.py", _args(tmp, data, resumed, 2, ["--resume=auto"]), tmp, nproc=2)
+    again = torch.load(resumed / "final.pth", weights_only=True)
+    for key, value in final["state_dict"].items():
+        assert torch.equal(value, again["state_dict"][key]), key
+    assert torch.equal(final["queue"], again["queue"])
+
+
+@pytest.mark.parametrize("method", ["moco", "seed"])
+def test_baselines_run_in_the_same_loop(distill_data, method):
+    tmp, data = distill_data
+    out = tmp / method
+    run_script("main_distill.py", _args(tmp, data, out, 1, [f"--method={method}", "--moco_k=8"]), tmp)
+    payload = torch.load(out / "final.pth", weights_only=True)
+    assert payload["bingo"]["method"] == method
+    assert any(k.startswith("module.encoder_k.") for k in payload["state_dict"]) == (method == "moco")
+
+
+def test_paper_loss_and_eval_teacher_run(distill_data):
+    tmp, data = distill_data
+    out = tmp / "paper"
+    run_script("main_distill.py", _args(tmp, data, out, 1, ["--loss=paper", "--teacher_mode=eval",
+                                                            "--fuse_teacher"]), tmp)
+    step = [m for m in _metrics(out) if m["kind"] == "step"][0]
+    assert "loss_mix" not in step and "loss_neighbour" in step
+
+
+@pytest.mark.parametrize("case", ["rows", "other_dataset", "missing_json", "batch", "queue"])
+def test_bad_neighbours_or_sizes_stop_before_the_first_step(distill_data, tmp_path, case):
+    tmp, data = distill_data
+    extra = []
+    expect = ""
+    if case == "rows":
+        np.save(tmp_path / "nn.npy", np.load(tmp / "nn.npy")[:-1])
+        extra, expect = [f"--corr_npy={tmp_path / 'nn.npy'}", "--nocheck_corr_json"], "has shape (23, 3)"
+    elif case == "other_dataset":
+        other = make_image_folder(tmp_path / "other", classes=4, per_class=6, size=40, seed=5)
+        (other / "train" / "class_0" / "img_000.png").rename(other / "train" / "class_0" / "zzz.png")
+        extra, expect = [f"--data_dir={other}"], "was made for the dataset at"
+    elif case == "missing_json":
+        np.save(tmp_path / "nn.npy", np.load(tmp / "nn.npy"))
+        extra, expect = [f"--corr_npy={tmp_path / 'nn.npy'}"], "nn.json"
+    elif case == "batch":
+        extra, expect = ["--batch_size=5", "--moco_k=10"], "is not divisible by 2 processes"
+    else:
+        extra, expect = ["--moco_k=10"], "multiple of the global --batch_size"
+    result = run_script("main_distill.py", _args(tmp, data, tmp_path / "out", 1, extra), tmp_path,
+                        nproc=2 if case == "batch" else 1, check=False)
+    assert result.returncode != 0 and expect in result.stderr, result.stderr
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(distill_data, tmp_path):
+    tmp, data = distill_data
+    out = tmp_path / "run"
+    run_script("main_distill.py", _args(tmp, data, out, 1), tmp_path)
+    good = (out / "checkpoint.pth").read_bytes()
+    result = run_script("main_distill.py", _args(tmp, data, out, 2, ["--resume=auto", "--init_lr=1e30"]), tmp_path,
+                        check=False)
+    assert result.returncode == 2 and "the loss became" in result.stderr, result.stderr
+    assert (out / "checkpoint.pth").read_bytes() == good
+    assert not (out / "final.pth").exists() or torch.load(out / "final.pth", weights_only=True)["epoch"] == 1

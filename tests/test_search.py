@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.features import exact_knn, faiss_info, search
+
+BACKENDS = ["torch"] + (["faiss"] if faiss_info()[0] else [])
+
+
+def _reference(features: torch.Tensor, k: int) -> np.ndarray:
+    x = features.double()
+    sims = x @ x.T
+    sims.fill_diagonal_(float("-inf"))
+    return sims.argsort(dim=1, descending=True)[:, :k].numpy()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,d,k", [(300, 32, 5), (257, 64, 1), (50, 8, 49)])
+def test_neighbours_equal_a_float64_brute_force(backend, n, d, k):
+    torch.manual_seed(n + d + k)
+    features = F.normalize(torch.randn(n, d), dim=1)
+    idx, sims, used = exact_knn(features, k, backend=backend, chunk=37)
+    assert idx.dtype == torch.int64 and idx.shape == (n, k)
+    np.testing.assert_array_equal(idx.numpy(), _reference(features, k))
+    assert torch.all(sims[:, :-1] >= sims[:, 1:])
+    assert used.startswith(backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_duplicates_never_list_themselves(backend):
+    torch.manual_seed(0)
+    features = F.normalize(torch.randn(40, 16), dim=1)
+    features[7] = features[3]  # two identical images
+    features[20:26] = features[20]  # six copies of one image: more than K + 1
+    idx, _, _ = exact_knn(features, 4, backend=backend)
+    assert not (idx.numpy() == np.arange(40)[:, None]).any()
+    assert idx[3, 0] == 7 and idx[7, 0] == 3
+    assert set(idx[20].tolist()) <= set(range(21, 26))
+
+
+def test_auto_picks_an_installed_backend_and_bad_k_fails():
+    features = F.normalize(torch.randn(10, 4), dim=1)
+    _, _, used = exact_knn(features, 3)
+    assert used == ("faiss-cpu" if faiss_info()[0] else "torch-cpu")
+    with pytest.raises(ValueError, match="K=10"):
+        exact_knn(features, 10)
+
+
+def test_cross_search_matches_reference():
+    torch.manual_seed(1)
+    queries, database = F.normalize(torch.randn(30, 8), dim=1), F.normalize(torch.randn(100, 8), dim=1)
+    idx, sims = search(queries, database, 7, chunk=8)
+    expected = (queries.double() @ database.double().T).argsort(dim=1, descending=True)[:, :7]
+    assert torch.equal(idx, expected)
