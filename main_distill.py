@@ -45,7 +45,7 @@ flags.DEFINE_bool("mlp", True, "Student head: 2-layer MLP (feature -> 2048 -> di
 flags.DEFINE_bool("aug_plus", True, "MoCo-v2 augmentation (false: MoCo-v1).")
 flags.DEFINE_enum("decay_method", "cos", ["cos", "step"], "Learning-rate schedule, stepped per epoch.")
 flags.DEFINE_string("resume", "", "Checkpoint to continue from, or 'auto' for <output_dir>/checkpoint.pth.")
-flags.DEFINE_integer("seed", None, "Run seed (default: drawn at random and recorded, so --resume stays exact).")
+flags.DEFINE_integer("seed", None, "Run seed; when unset one is drawn at random and recorded, so --resume stays exact.")
 flags.DEFINE_float("init_lr", 0.03, "Learning rate for the global batch.")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
 flags.DEFINE_float("wd", 1e-4, "Weight decay (EfficientNet-B0 script: 4e-5).")

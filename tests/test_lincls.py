@@ -1,0 +1,122 @@
+import csv
+import json
+
+import pytest
+import torch
+
+from engine.evaluation import Classifier, knn_predict, label_subset
+from helpers import make_image_folder, moco_release, run_script, swav_release
+from models.backbones import build_backbone
+
+BASE = ["--arch=resnet18", "--image_size=32", "--batch_size=8", "--num_workers=0"]
+
+
+@pytest.fixture(scope="module")
+def probe_data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lincls")
+    data = make_image_folder(tmp / "data", classes=3, per_class=8, size=40, splits=("train", "val"))
+    # an odd validation size: sharding over 2 processes must still count each image once
+    (data / "val" / "class_2" / "img_007.png").unlink()
+    torch.manual_seed(0)
+    torch.save(build_backbone("resnet18").state_dict(), tmp / "tv.pth")
+    return tmp, data
+
+
+def test_probe_learns_keeps_backbone_and_writes_results(probe_data):
+    tmp, data = probe_data
+    out = tmp / "probe"
+    run_script("main_lincls.py", BASE + [f"--data_dir={data}", f"--pretrained={tmp / 'tv.pth'}",
+                                         f"--output_dir={out}", "--init_lr=0.5", "--end_epoch=8"], tmp)
+    results = json.loads((out / "results.json").read_text())
+    assert results["checkpoint_format"] == "torchvision" and results["num_val"] == 23
+    assert results["best"]["top1"] >= results["last"]["top1"] > 60  # chance is 33 %
+    assert results["last"]["top5"] >= results["last"]["top1"]
+    rows = list(csv.DictReader(open(out / "epochs.csv")))
+    assert len(rows) == 8 and float(rows[0]["lr"]) == pytest.approx(0.5)
+    probe = torch.load(out / "probe.pth", weights_only=True)["model"]
+    reference = torch.load(tmp / "tv.pth", weights_only=True)
+    for key, value in reference.items():  # the backbone stayed bit-identical, BN statistics included
+        assert torch.equal(probe[f"backbone.{key}"], value), key
+
+    scored = run_script("main_lincls.py", BASE + [f"--data_dir={data}", f"--pretrained={tmp / 'tv.pth'}",
+                                                  f"--output_dir={out}", "--evaluate"], tmp, nproc=2)
+    evaluated = json.loads((out / "results.json").read_text())["val"]
+    assert evaluated["count"] == 23
+    assert evaluated["top1"] == pytest.approx(results["last"]["top1"])
+    assert "top-1" in scored.stdout
+
+
+def test_classifier_init_and_frozen_backbone():
+    model = Classifier(build_backbone("resnet18"), 5)
+    assert torch.count_nonzero(model.fc.bias) == 0
+    assert 0.005 < model.fc.weight.std().item() < 0.015
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
+    model.train()
+    assert not model.backbone.training
+
+
+@pytest.mark.parametrize("fmt", ["bingo", "moco", "swav"])
+def test_each_checkpoint_format_loads(probe_data, tmp_path, fmt):
+    tmp, data = probe_data
+    path = tmp_path / f"{fmt}.pth"
+    if fmt == "swav":
+        swav_release(path, arch="resnet18", hidden=32)
+    else:
+        moco_release("resnet18", path)
+        if fmt == "bingo":
+            obj = torch.load(path, weights_only=True)
+            obj["bingo"] = {"arch": "resnet18", "method": "bingo"}
+            torch.save(obj, path)
+    out = tmp_path / "out"
+    result = run_script("main_lincls.py", BASE + [f"--data_dir={data}", f"--pretrained={path}",
+                                                  f"--output_dir={out}", "--end_epoch=1", "--init_lr=0.1"], tmp_path)
+    assert f"format: {fmt}" in result.stdout
+    assert json.loads((out / "results.json").read_text())["checkpoint_format"] == fmt
+
+
+def test_wrong_checkpoint_names_the_missing_keys(probe_data, tmp_path):
+    tmp, data = probe_data
+    moco_release("resnet34", tmp_path / "r34.pth")
+    result = run_script("main_lincls.py", BASE + [f"--data_dir={data}", f"--pretrained={tmp_path / 'r34.pth'}",
+                                                  f"--output_dir={tmp_path / 'o'}"], tmp_path, check=False)
+    assert result.returncode == 2 and "unexpected" in result.stderr and "layer1.2.conv1.weight" in result.stderr
+
+
+def test_knn_protocol_and_semi_supervised(probe_data):
+    tmp, data = probe_data
+    out = tmp / "knn"
+    run_script("main_lincls.py", BASE + [f"--data_dir={data}", f"--pretrained={tmp / 'tv.pth'}",
+                                         f"--output_dir={out}", "--protocol=knn"], tmp, nproc=2)
+    knn = json.loads((out / "results.json").read_text())["knn"]
+    assert set(knn) == {"k10_majority", "k10_weighted_T0.07", "k24_weighted_T0.07"}
+    assert knn["k10_majority"]["top1"] > 60
+    semi = tmp / "semi"
+    result = run_script("main_lincls.py", BASE + [f"--data_dir={data}", f"--pretrained={tmp / 'tv.pth'}",
+                                                  f"--output_dir={semi}", "--protocol=semi", "--label_fraction=0.5",
+                                                  "--init_lr=0.05", "--end_epoch=2"], tmp)
+    assert "12 of 24 training images labelled" in result.stdout
+    assert json.loads((semi / "results.json").read_text())["protocol"] == "semi"
+
+
+def test_knn_votes_by_hand():
+    labels = torch.tensor([[0, 1, 1, 2], [2, 2, 0, 0]])
+    sims = torch.tensor([[0.9, 0.5, 0.4, 0.1], [0.3, 0.2, 0.9, 0.8]])
+    majority = knn_predict(labels, sims, 3, 3, None)
+    assert majority.argmax(1).tolist() == [1, 2]
+    # a 2-2 tie between classes 2 and 0 is broken by the nearer neighbours (class 0)
+    assert knn_predict(labels, sims, 3, 4, None).argmax(1).tolist() == [1, 0]
+    weighted = knn_predict(labels, sims, 3, 4, 0.07)
+    assert weighted.argmax(1).tolist() == [0, 0]
+
+
+def test_label_subsets(tmp_path):
+    samples = [(f"/r/c{c}/i{i}.png", c) for c in range(3) for i in range(10)]
+    chosen = label_subset(samples, "/r", fraction=0.2, seed=1)
+    assert len(chosen) == 6 and sorted({samples[i][1] for i in chosen}) == [0, 1, 2]
+    assert chosen == label_subset(samples, "/r", fraction=0.2, seed=1)
+    listing = tmp_path / "1percent.txt"
+    listing.write_text("i3.png\nc2/i4.png\n")
+    with pytest.raises(ValueError, match="names 2 images, 4 of them found"):
+        label_subset(samples, "/r", label_file=str(listing))
+    listing.write_text("c0/i3.png\nc2/i4.png\n")
+    assert label_subset(samples, "/r", label_file=str(listing)) == [3, 24]
