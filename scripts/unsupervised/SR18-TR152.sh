@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# BINGO: resnet18 student, resnet152 teacher (moco checkpoint), official values. Paths are variables; GPUs come from the machine.
+set -euo pipefail
+DATA_DIR=${DATA_DIR:-/path/to/imagenet}
+TEACHER=${TEACHER:-/path/to/moco_v2_r152_pretrain.pth.tar}
+CORR=${CORR:-imgs_corr/imgs_corr_moco_r152.npy}                 # from run_knn.sh with the same teacher
+OUTPUT_DIR=${OUTPUT_DIR:-runs/SR18-TR152}
+NGPU=${NGPU:-$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')}
+
+cd "$(dirname "$0")/../.."
+torchrun --standalone --nproc_per_node="$NGPU" main_distill.py \
+  --s_arch=resnet18 --t_arch=resnet152 --pretrain_alg=moco --pretrain_path="$TEACHER" --corr_npy="$CORR" \
+  --data_dir="$DATA_DIR" --output_dir="$OUTPUT_DIR" \
+  --moco_dim=128 --moco_k=65536 --moco_t=0.2 --wd=1e-4 --init_lr=0.03 --batch_size=256 --end_epoch=200 \
+  --decay_method=cos --lam=0.5,0.5 --clus_pos_num=5 --num_workers=10 --report_freq=100 --save_freq=10 \
+  --amp --channels_last --resume=auto "$@"
