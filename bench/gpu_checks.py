@@ -41,7 +41,8 @@ def check_search() -> None:
         cpu_idx, _, _ = exact_knn(features, 5, backend="torch", device="cpu")
         best = reference(features, 5)
         got = (features[idx].double() * features.double()[:, None, :]).sum(-1)
-        exact = torch.isclose(got, best, atol=1e-9, rtol=0).all(1).float().mean().item()
+        # equal to the float64 search up to float32 rounding of the features (1e-6)
+        exact = torch.isclose(got, best, atol=1e-6, rtol=0).all(1).float().mean().item()
         same_as_cpu = (idx == cpu_idx).all(1).float().mean().item()
         no_self = not (idx == torch.arange(len(idx))[:, None]).any()
         print(f"search {name}: {used}, rows exact vs float64 {exact:.4f}, rows identical to CPU {same_as_cpu:.4f}, "

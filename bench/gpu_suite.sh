@@ -13,7 +13,7 @@ for part in "${@:-checks knn pipeline distill}"; do
       checks) python3 bench/gpu_checks.py 2>&1 | tee "$OUT/gpu_checks.log" ;;
       knn) python3 bench/knn.py --json "$OUT/knn.json" 2>&1 | tee "$OUT/knn.log" ;;
       pipeline) python3 bench/data_pipeline.py --json "$OUT/pipeline.json" 2>&1 | tee "$OUT/pipeline.log" ;;
-      distill) python3 bench/distill_step.py --json "$OUT/distill.json" 2>&1 | tee "$OUT/distill.log" ;;
+      distill) python3 bench/distill_step.py --rounds 2 --steps 8 --warmup 2 --json "$OUT/distill.json" 2>&1 | tee "$OUT/distill.log" ;;
     esac
   done
 done

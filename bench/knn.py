@@ -40,14 +40,15 @@ def matmul_tflops(device: torch.device, n: int = 8192, dtype=torch.float16) -> f
 
 
 def check_sample(features: torch.Tensor, idx: torch.Tensor, k: int, rows: int = 200) -> float:
-    """Fraction of sampled rows whose neighbours' similarities equal a float64 search's (ties allowed)."""
+    """Fraction of sampled rows whose neighbours' similarities equal a float64 search's, up to the float32
+    rounding of the features (ties allowed)."""
     sample = torch.randperm(features.shape[0])[:rows].to(features.device)
     queries = features[sample].double()
     sims = torch.cat([features[i:i + 65536].double() @ queries.T for i in range(0, features.shape[0], 65536)]).T
     sims[torch.arange(rows, device=sims.device), sample] = float("-inf")
     best = sims.topk(k, dim=1).values
     got = (features[idx.to(features.device)[sample]].double() * queries[:, None, :]).sum(-1)
-    return torch.isclose(got, best, atol=1e-9, rtol=0).all(dim=1).double().mean().item()
+    return torch.isclose(got, best, atol=1e-6, rtol=0).all(dim=1).double().mean().item()  # up to fp32 rounding
 
 
 def run(n: int, d: int, k: int, backend: str, device: torch.device) -> dict:

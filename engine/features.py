@@ -190,21 +190,39 @@ def search(queries: torch.Tensor, database: torch.Tensor, k: int, device: torch.
 
 
 def _torch_gpu_knn(features, k, device, chunk, report):
-    """fp16 tensor-core search for ``k + margin`` candidates, exact fp32 re-ranking of the candidates, and an exact
-    fp32 search for every row whose result the fp16 error bound cannot certify. The result equals a full fp32
-    search up to exact ties."""
+    return _two_stage_knn(features, k, torch.device(device), chunk, report)
+
+
+def _block_topk(sims: torch.Tensor, c: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``c`` of each row of ``sims`` ([Q, n_blocks * block]) without a top-k over the whole row: the rows'
+    top-``c`` elements lie in the ``c`` blocks with the largest maxima, so a top-k over block maxima and one over
+    those blocks' members give the same result (up to ties) at a fraction of the cost."""
+    q = sims.shape[0]
+    blocks = sims.view(q, -1, block)
+    _, best_blocks = blocks.amax(dim=2).topk(c, dim=1)
+    members = blocks.gather(1, best_blocks[:, :, None].expand(-1, -1, block)).view(q, -1)
+    values, pos = members.topk(c, dim=1)
+    columns = best_blocks.gather(1, pos // block) * block + pos % block
+    return values, columns
+
+
+def _two_stage_knn(features, k, device, chunk=None, report=None, block: int = 64):
+    """Half-precision search for ``k + margin`` candidates (tensor cores, a blocked top-k), exact float32
+    re-ranking of the candidates, and an exact float32 search for every row whose result the half-precision error
+    bound cannot certify. The result equals a full float32 search up to exact ties."""
     n, d = features.shape
     exact = features.to(device, torch.float32)
-    half = exact.half()
+    padded = -(-n // block) * block
+    half = torch.zeros(padded, d, device=device, dtype=torch.float16)
+    half[:n] = exact
     c = min(n - 1, k + _CANDIDATE_MARGIN)
     if chunk is None:
-        free, _ = torch.cuda.mem_get_info(device)
-        chunk = max(1, min(n, int(free * 0.4) // (n * 8)))
+        free, _ = torch.cuda.mem_get_info(device) if device.type == "cuda" else (1 << 30, 0)
+        chunk = max(1, min(n, int(free * 0.3) // (padded * 2 * 3)))
     indices = torch.empty(n, k, dtype=torch.int64, device=device)
     sims_out = torch.empty(n, k, dtype=torch.float32, device=device)
     uncertified = []
-    old_reduced = torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction
-    old_tf32 = torch.backends.cuda.matmul.allow_tf32
+    settings = (torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction, torch.backends.cuda.matmul.allow_tf32)
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -212,22 +230,22 @@ def _torch_gpu_knn(features, k, device, chunk, report):
         for start in range(0, n, chunk):
             end = min(n, start + chunk)
             sims = half[start:end] @ half.T
+            sims[:, n:] = float("-inf")
             _exclude_self(sims, start)
-            approx, cand = sims.topk(c, dim=1)
+            approx, cand = _block_topk(sims, c, block)
             del sims
-            query = exact[start:end]
-            rescored = torch.einsum("qd,qcd->qc", query, exact[cand])
-            order = rescored.argsort(dim=1, descending=True)[:, :k]
-            top = rescored.gather(1, order)
+            rescored = torch.einsum("qd,qcd->qc", exact[start:end], exact[cand])
+            top, order = rescored.topk(k, dim=1)
             indices[start:end] = cand.gather(1, order)
             sims_out[start:end] = top
             if c < n - 1:
                 bad = top[:, -1] < approx[:, -1].float() + _FP16_DOT_ERROR
                 uncertified.append(torch.nonzero(bad).flatten() + start)
-            _report_chunk(report, start, end, n, t0)
+            if report is not None and (end == n or (start // chunk) % 50 == 0):
+                _report_chunk(report, start, end, n, t0)
         redo = torch.cat(uncertified) if uncertified else torch.zeros(0, dtype=torch.long, device=device)
         if report is not None and redo.numel():
-            report(f"search: {redo.numel()} rows re-searched in fp32 (near-ties beyond the fp16 error bound)")
+            report(f"search: {redo.numel()} rows re-searched in float32 (near-ties within the fp16 error bound)")
         for start in range(0, redo.numel(), chunk):
             rows = redo[start:start + chunk]
             sims = exact[rows] @ exact.T
@@ -235,8 +253,8 @@ def _torch_gpu_knn(features, k, device, chunk, report):
             values, idx = sims.topk(k, dim=1)
             indices[rows], sims_out[rows] = idx, values
     finally:
-        torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = old_reduced
-        torch.backends.cuda.matmul.allow_tf32 = old_tf32
+        (torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction,
+         torch.backends.cuda.matmul.allow_tf32) = settings
     return indices.cpu(), sims_out.cpu()
 
 
