@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo demo-quick install clean
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: test demo demo-quick demo-data install clean
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,13 +15,20 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt constraints.txt
 
 install: $(BIN)/.installed
 
-test: $(BIN)/.installed
-	TORCH_HOME=$${TMPDIR:-/tmp}/bingo-torch-home $(BIN)/python -m pytest -q tests
+# Fashion-MNIST from Debian's package registry (the demo falls back to torchvision's download where there is internet).
+demo-data:
+	@test -f $(FMNIST) || apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+	  || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1) \
+	  || echo "note: could not install dataset-fashion-mnist (not root?); the demo will try torchvision's download"
 
-demo: $(BIN)/.installed
+test: $(BIN)/.installed demo-data
+	TORCH_HOME=$${TMPDIR:-/tmp}/bingo-torch-home MPLCONFIGDIR=$${TMPDIR:-/tmp}/bingo-mpl PYTHONDONTWRITEBYTECODE=1 \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+demo: $(BIN)/.installed demo-data
 	$(BIN)/python -m scripts.demo
 
-demo-quick: $(BIN)/.installed
+demo-quick: $(BIN)/.installed demo-data
 	$(BIN)/python -m scripts.demo --quick
 
 clean:

@@ -59,7 +59,9 @@ flags.DEFINE_integer("save_freq", 10, "Epochs between numbered checkpoints.")
 flags.DEFINE_integer("subgroup", 8, "Shuffle-BN group size (capped at the number of processes).")
 flags.DEFINE_list("lam", ["0.5", "0.5"], "Weights of own key and other bag member's key after the warm-up.")
 flags.DEFINE_integer("clus_pos_num", 5, "Neighbours to sample from (leading columns of the .npy).")
-flags.DEFINE_enum("s_arch", "resnet18", sorted(STUDENTS), "Student network.")
+flags.DEFINE_enum("s_arch", "resnet18", sorted(BACKBONES),
+                  f"Student network (the paper's: {', '.join(sorted(STUDENTS))}; any registered network trains, "
+                  "e.g. a resnet50 MoCo-v2 teacher with --method=moco).")
 flags.DEFINE_enum("t_arch", "resnet50", sorted(BACKBONES), "Teacher network.")
 flags.DEFINE_string("corr_npy", "imgs_corr_epoch800_MoCo.npy",
                     "Neighbour .npy from run_knn.py: a bare name is read from ./imgs_corr/, a path as given.")
@@ -74,9 +76,12 @@ flags.DEFINE_enum("loss", "official", ["official", "paper"],
 flags.DEFINE_enum("teacher_mode", "train", ["train", "eval"],
                   "train: teacher BN uses shuffled batch statistics (official); eval: its running statistics.")
 flags.DEFINE_float("seed_teacher_t", 1e-4, "SEED's teacher temperature (its release's default).")
+flags.DEFINE_integer("bag_warmup_epochs", 10,
+                     "--loss=official: epochs 0..N use only the own-key terms (official: 10, i.e. 11 epochs).")
 flags.DEFINE_integer("image_size", 224, "Crop size of the views.")
 flags.DEFINE_bool("amp", False, "bf16 autocast on CUDA.")
 flags.DEFINE_bool("channels_last", False, "channels_last memory format on CUDA.")
+flags.DEFINE_bool("compile", False, "torch.compile the student and the teacher (CUDA speed switch; compiles first).")
 flags.DEFINE_bool("fuse_teacher", False, "One teacher forward for anchor and neighbour keys (needs teacher_mode=eval).")
 flags.DEFINE_bool("check_corr_json", True,
                   "Require the .npy's JSON from run_knn.py and check it against this dataset (turn off only for "
@@ -179,10 +184,13 @@ def main(argv: list[str]) -> None:
     config = DistillConfig(
         method=FLAGS.method, loss=FLAGS.loss, dim=FLAGS.moco_dim, queue_size=FLAGS.moco_k, t=FLAGS.moco_t,
         moco_m=FLAGS.moco_m, lam=tuple(float(x) for x in FLAGS.lam), seed_teacher_t=FLAGS.seed_teacher_t,
+        warmup_epochs=FLAGS.bag_warmup_epochs,
         teacher_mode=FLAGS.teacher_mode, fuse_teacher=FLAGS.fuse_teacher, subgroup=FLAGS.subgroup, amp=FLAGS.amp)
     distiller = Distiller(student, teacher, config).to(ctx.device)
     memory_format = torch.channels_last if FLAGS.channels_last else torch.contiguous_format
     distiller = distiller.to(memory_format=memory_format)
+    if FLAGS.compile:
+        distiller.compile_networks()
     # The teacher's parameters are compared with the checkpoint file's after every epoch.
     teacher_reference = None if FLAGS.method == "moco" else dict(build_teacher(False).named_parameters())
     if ctx.distributed:

@@ -30,9 +30,10 @@ from models.distiller import DistillConfig, Distiller, Embedder  # noqa: E402
 from models.heads import mlp_head, student_head, swav_head  # noqa: E402
 
 CONFIGS = {
-    "official": dict(amp=False, channels_last=False, teacher_mode="train", fuse=False),
-    "fast": dict(amp=True, channels_last=True, teacher_mode="train", fuse=False),
-    "fast+eval-teacher-fused": dict(amp=True, channels_last=True, teacher_mode="eval", fuse=True),
+    "official": dict(amp=False, channels_last=False, teacher_mode="train", fuse=False, compile=False),
+    "fast": dict(amp=True, channels_last=True, teacher_mode="train", fuse=False, compile=False),
+    "fast+eval-teacher-fused": dict(amp=True, channels_last=True, teacher_mode="eval", fuse=True, compile=False),
+    "fast+compile": dict(amp=True, channels_last=True, teacher_mode="train", fuse=False, compile=True),
 }
 
 
@@ -62,6 +63,8 @@ def build(student_arch: str, teacher_arch: str, config: dict, device: torch.devi
     distiller = Distiller(student, teacher_for(teacher_arch), distill).to(device)
     if config["channels_last"]:
         distiller = distiller.to(memory_format=torch.channels_last)
+    if config["compile"]:
+        distiller.compile_networks()
     optimizer = torch.optim.SGD(distiller.student.parameters(), lr=0.03, momentum=0.9, weight_decay=1e-4)
     return distiller, optimizer
 
@@ -92,12 +95,14 @@ def time_steps(fn, steps: int, device: torch.device) -> float:
 def bench_pair(student: str, teacher: str, batch: int, args, device) -> list[dict]:
     runs = {}
     for name, config in CONFIGS.items():
+        if name not in args.configs:
+            continue
         distiller, optimizer = build(student, teacher, config, device, args.queue)
         views = make_views(batch, args.size, device, config["channels_last"])
         runs[name] = (distiller, optimizer, views)
         for _ in range(args.warmup):
             step(distiller, optimizer, views)
-    times = {name: [] for name in CONFIGS}
+    times = {name: [] for name in runs}
     peaks = {}
     for _ in range(args.rounds):  # alternate the configurations so drift affects all alike
         for name, (distiller, optimizer, views) in runs.items():
@@ -109,7 +114,7 @@ def bench_pair(student: str, teacher: str, batch: int, args, device) -> list[dic
         Embedder(build_backbone(student), student_head(build_backbone(student).feature_dim, 128)), args.size, device)
     base = statistics.median(times["official"])
     rows = []
-    for name in CONFIGS:
+    for name in runs:
         t = statistics.median(times[name])
         rows.append({"pair": f"{student}<-{teacher}", "batch": batch, "config": name, "anchors_per_s": batch / t,
                      "peak_gib": peaks[name], "speedup": base / t, "tflops": batch / t * flops / 1e12,
@@ -163,8 +168,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--configs", default="official,fast,fast+eval-teacher-fused",
+                        help=f"comma-separated, from {list(CONFIGS)} (fast+compile compiles for minutes)")
     parser.add_argument("--json")
     args = parser.parse_args()
+    args.configs = args.configs.split(",")
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
     rows = []

@@ -199,7 +199,7 @@ def _block_topk(sims: torch.Tensor, c: int, block: int) -> tuple[torch.Tensor, t
     those blocks' members give the same result (up to ties) at a fraction of the cost."""
     q = sims.shape[0]
     blocks = sims.view(q, -1, block)
-    _, best_blocks = blocks.amax(dim=2).topk(c, dim=1)
+    _, best_blocks = blocks.amax(dim=2).topk(min(c, blocks.shape[1]), dim=1)
     members = blocks.gather(1, best_blocks[:, :, None].expand(-1, -1, block)).view(q, -1)
     values, pos = members.topk(c, dim=1)
     columns = best_blocks.gather(1, pos // block) * block + pos % block

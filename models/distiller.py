@@ -96,6 +96,11 @@ class Distiller(nn.Module):
         self.student.train(mode)
         return self
 
+    def compile_networks(self) -> None:
+        """``torch.compile`` the student and the teacher in place (parameter names do not change)."""
+        unwrap(self.student).compile()
+        self.teacher.compile()
+
     def set_epoch(self, seed: int, epoch: int, rank: int) -> None:
         """Reseed the shuffle permutation and the CutMix draws from (run seed, epoch, rank): exact resumes."""
         self.generator.manual_seed(int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0]))

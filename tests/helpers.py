@@ -65,8 +65,8 @@ def free_port() -> int:
 
 def test_env(tmp_path: Path) -> dict:
     env = dict(os.environ)
-    env.update(TORCH_HOME=str(tmp_path / "torch_home"), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
-               CUDA_VISIBLE_DEVICES="")
+    env.update(TORCH_HOME=str(tmp_path / "torch_home"), MPLCONFIGDIR=str(tmp_path / "mpl"), PYTHONPATH=str(REPO),
+               OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONDONTWRITEBYTECODE="1")
     return env
 
 

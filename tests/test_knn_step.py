@@ -99,3 +99,12 @@ def test_bad_input_fails_with_a_clear_message(knn_setup, tmp_path, case):
         args.append(f"--corr_name={blocker / 'sub' / 'x.npy'}")
     result = run_script("run_knn.py", args, tmp_path, check=False)
     assert result.returncode == 2 and expect in result.stderr, result.stderr
+
+
+def test_head_feature_option(knn_setup, tmp_path):
+    tmp, data, _, _ = knn_setup
+    run_script("run_knn.py", ARGS + [f"--data_dir={data}", f"--ckpt_name={tmp / 'teacher.pth.tar'}",
+                                     f"--corr_name={tmp_path / 'head.npy'}", "--feature=head"], tmp_path)
+    meta = json.loads((tmp_path / "head.json").read_text())
+    assert meta["feature"] == "head" and meta["feature_dim"] == 128
+    assert np.load(tmp_path / "head.npy").shape == (15, 3)

@@ -55,14 +55,18 @@ def test_cross_search_matches_reference():
     assert torch.equal(idx, expected)
 
 
-@pytest.mark.parametrize("kind", ["random", "clustered"])
+@pytest.mark.parametrize("kind", ["random", "clustered", "fewer_blocks_than_candidates"])
 def test_two_stage_half_precision_search_is_exact(kind):
     """The GPU algorithm (fp16 candidates through a blocked top-k, fp32 re-ranking, certified fallback), run on the
     CPU: it must equal the float32 search."""
     from engine.features import _two_stage_knn
     torch.manual_seed(5)
+    n = 700
     if kind == "random":
         features = F.normalize(torch.randn(700, 32), dim=1)
+    elif kind == "fewer_blocks_than_candidates":  # 40 rows in 3 blocks of 16, 21 candidates wanted
+        n = 40
+        features = F.normalize(torch.randn(40, 32), dim=1)
     else:
         centres = F.normalize(torch.randn(10, 32), dim=1)
         features = F.normalize(centres[torch.randint(0, 10, (700,))] + 0.02 * torch.randn(700, 32), dim=1)
@@ -71,9 +75,9 @@ def test_two_stage_half_precision_search_is_exact(kind):
     idx, sims = _two_stage_knn(features, 5, torch.device("cpu"), chunk=128, report=messages.append, block=16)
     ref_idx, ref_sims = search(features, features, 5, exclude_self=True)
     assert torch.allclose(sims, ref_sims, atol=1e-6)
-    tie_free = [i for i in range(700) if not 50 <= i < 60]  # rows 50-59 are identical images: exact ties
+    tie_free = [i for i in range(n) if not 50 <= i < 60]  # rows 50-59 are identical images: exact ties
     assert (idx[tie_free] == ref_idx[tie_free]).float().mean() > 0.99
-    assert not (idx == torch.arange(700)[:, None]).any()
+    assert not (idx == torch.arange(n)[:, None]).any()
     if kind == "clustered":
         assert any("re-searched" in m for m in messages)  # near-ties took the exact fallback
 
