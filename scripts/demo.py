@@ -45,8 +45,8 @@ class Config:
 
 
 CONFIGS = {
-    "quick": Config("quick", "resnet34", 16, 8, 28, 1, 1, 1, 32, 64, 0.03, 0, 0),
-    "cpu": Config("cpu", "resnet34", 100, 50, 28, 15, 6, 6, 32, 512, 0.03, 1, 1),
+    "quick": Config("quick", "resnet34", 16, 8, 32, 1, 1, 1, 32, 64, 0.03, 0, 0),
+    "cpu": Config("cpu", "resnet34", 100, 50, 32, 12, 5, 5, 32, 512, 0.03, 1, 1),
     "gpu": Config("gpu", "resnet50", None, None, 32, 200, 100, 50, 256, 16384, 0.03, 10, 8),
 }
 STUDENTS = ("moco", "seed", "bingo")
