@@ -68,9 +68,10 @@ def embed(
             images, _, idx = batch
             index[: len(idx)] = idx
             features_pad[: len(idx)] = _forward(network, images, ctx.device, channels_last, amp)
-        all_features = edist.all_gather(features_pad).cpu()
-        all_index = edist.all_gather(index.to(ctx.device)).cpu()
+        all_features = edist.all_gather(features_pad)
+        all_index = edist.all_gather(index.to(ctx.device))
         if ctx.is_main:
+            all_features, all_index = all_features.cpu(), all_index.cpu()
             valid = all_index >= 0
             out[all_index[valid]] = all_features[valid]
             seen[all_index[valid]] += 1

@@ -63,7 +63,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_env(tmp_path: Path) -> dict:
+def subprocess_env(tmp_path: Path) -> dict:
     env = dict(os.environ)
     env.update(TORCH_HOME=str(tmp_path / "torch_home"), MPLCONFIGDIR=str(tmp_path / "mpl"), PYTHONPATH=str(REPO),
                OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONDONTWRITEBYTECODE="1")
@@ -78,7 +78,7 @@ def run_script(script: str, args: list[str], tmp_path: Path, nproc: int = 1, tim
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                f"--master_port={free_port()}", str(REPO / script), *args]
-    result = subprocess.run(cmd, cwd=tmp_path, env=test_env(tmp_path), capture_output=True, text=True,
+    result = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True,
                             timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from datasets.fashion_mnist import DEBIAN_DIR
-from helpers import REPO, test_env
+from helpers import REPO, subprocess_env
 
 pytestmark = pytest.mark.skipif(not (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file(),
                                 reason="Fashion-MNIST is not installed (make test installs dataset-fashion-mnist)")
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not (DEBIAN_DIR / "train-images-idx3-ubyte.gz").
 
 def _demo(tmp_path):
     return subprocess.run([sys.executable, "-m", "scripts.demo", "--quick", f"--run_dir={tmp_path / 'run'}",
-                           f"--data_dir={tmp_path / 'data'}"], cwd=tmp_path, env=test_env(tmp_path),
+                           f"--data_dir={tmp_path / 'data'}"], cwd=tmp_path, env=subprocess_env(tmp_path),
                           capture_output=True, text=True, timeout=600)
 
 

@@ -1,0 +1,23 @@
+"""Smoke tests: the benchmark scripts run on the CPU at tiny sizes and print their tables (no timing asserted)."""
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO, subprocess_env
+
+CASES = {
+    "knn.py": ["--sizes", "300", "--dims", "16", "--device", "cpu"],
+    "distill_step.py": ["--pairs", "resnet18:resnet50", "--batches", "2", "--size", "32", "--queue", "8",
+                        "--steps", "1", "--rounds", "1", "--warmup", "1", "--device", "cpu"],
+    "data_pipeline.py": ["--workers", "0", "--images", "16", "--batch", "4", "--batches", "2", "--size", "32"],
+}
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_bench_script_runs_on_the_cpu(tmp_path, script):
+    result = subprocess.run([sys.executable, str(REPO / "bench" / script), *CASES[script],
+                             "--json", str(tmp_path / "rows.json")], cwd=tmp_path, env=subprocess_env(tmp_path),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "|---|" in result.stdout and (tmp_path / "rows.json").is_file()
