@@ -66,7 +66,7 @@ def run(n: int, d: int, k: int, backend: str, device: torch.device) -> dict:
     seconds = time.perf_counter() - t0
     if device.type == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base) / 2**30
-    else:
+    else:  # growth of the maximum resident size: meaningful for the first row of a run only
         peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 2**20
     agree = check_sample(features, idx, k)
     return {"backend": used, "n": n, "d": d, "k": k, "seconds": seconds, "peak_gib": peak, "exact_rows": agree}
