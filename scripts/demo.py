@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from datasets.fashion_mnist import prepare  # noqa: E402
 from engine.io import atomic_json  # noqa: E402
+from engine.logs import read_metrics  # noqa: E402
 
 
 @dataclass
@@ -133,7 +134,7 @@ def collect(cfg: Config, run_dir: Path, seconds: float) -> dict:
     for name in ("teacher", *STUDENTS):
         linear = json.loads((run_dir / name / "linear" / "results.json").read_text())
         knn = json.loads((run_dir / name / "knn" / "results.json").read_text())["knn"]
-        curve = [json.loads(line) for line in (run_dir / name / "metrics.jsonl").read_text().splitlines()]
+        curve = read_metrics(run_dir / name / "metrics.jsonl")
         train_key = "teacher" if name == "teacher" else f"student {name}"
         label = LABELS[name] if name != "teacher" else f"Teacher {cfg.teacher_arch} (MoCo-v2)"
         rows.append({

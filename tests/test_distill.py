@@ -1,5 +1,3 @@
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -7,6 +5,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from dist_workers import distiller_step, tiny_embedder
+from engine.logs import read_metrics
 from helpers import calibrated_teacher, free_port, make_image_folder, moco_release, run_script
 from models.backbones import build_backbone
 from models.distiller import DistillConfig, Distiller
@@ -106,7 +105,7 @@ def _args(tmp, data, out, epochs, extra=()):
 
 
 def _metrics(folder):
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(folder / "metrics.jsonl")
 
 
 def test_end_to_end_two_processes_learns_keeps_teacher_and_resumes_exactly(distill_data):
