@@ -28,7 +28,7 @@ from engine.schedule import learning_rate, set_lr
 from engine.training import RunState, checkpoint_payload, load_checkpoint, make_train_loader, save_checkpoint, \
     train_epoch
 from models.backbones import BACKBONES, STUDENTS, build_backbone
-from models.checkpoints import load_teacher
+from models.checkpoints import load_teacher, torch_load
 from models.distiller import DistillConfig, Distiller, Embedder, unwrap
 from models.heads import student_head
 
@@ -163,8 +163,9 @@ def main(argv: list[str]) -> None:
     per_process = check_sizes(ctx.world_size)
     seed = FLAGS.seed if FLAGS.seed is not None else edist.broadcast_object(secrets.randbelow(2**31))
     resume_path = resolve_resume(FLAGS.resume, output_dir)
-    if resume_path is not None:
-        seed = int(torch.load(resume_path, map_location="cpu", weights_only=True)["bingo"]["seed"])
+    resumed = torch_load(resume_path) if resume_path is not None else None
+    if resumed is not None:
+        seed = int(resumed["bingo"]["seed"])
     torch.manual_seed(seed)
     if ctx.is_main:
         check_writable(output_dir)
@@ -200,8 +201,8 @@ def main(argv: list[str]) -> None:
                                 weight_decay=FLAGS.wd)
     meta = run_meta(seed)
     start_epoch = 0
-    if resume_path is not None:
-        start_epoch = load_checkpoint(resume_path, distiller, optimizer, meta)
+    if resumed is not None:
+        start_epoch = load_checkpoint(resumed, str(resume_path), distiller, optimizer, meta)
         log(f"resumed from {resume_path} at epoch {start_epoch}", ctx.is_main)
     if ctx.is_main:
         atomic_json(meta["flags"] | {"seed": seed, "world_size": ctx.world_size}, output_dir / "flags.json")

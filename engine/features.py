@@ -20,7 +20,7 @@ __all__ = ["embed", "exact_knn", "search", "faiss_info", "SEARCH_BACKENDS"]
 
 SEARCH_BACKENDS = ("auto", "faiss", "torch")
 # Bound on |fp16 dot product - exact dot product| for unit vectors (inputs rounded to fp16, fp32 accumulation,
-# fp16 output rounding), with a safety factor: used to certify the fast GPU search (see _torch_gpu_knn).
+# fp16 output rounding), with a safety factor: used to certify the fast GPU search (see _two_stage_knn).
 _FP16_DOT_ERROR = 4e-3
 _CANDIDATE_MARGIN = 16
 
@@ -141,9 +141,9 @@ def exact_knn(
         idx, sims = _faiss_knn(features, k, use_gpu=faiss_gpu and device.type == "cuda", report=report)
         return idx, sims, "faiss-gpu" if faiss_gpu and device.type == "cuda" else "faiss-cpu"
     if device.type == "cuda":
-        idx, sims = _torch_gpu_knn(features, k, device, chunk, report)
+        idx, sims = _two_stage_knn(features, k, device, chunk, report)
         return idx, sims, "torch-cuda"
-    idx, sims = _torch_cpu_knn(features, k, chunk, report)
+    idx, sims = search(features, features, k, chunk=chunk, exclude_self=True, report=report)
     return idx, sims, "torch-cpu"
 
 
@@ -157,10 +157,6 @@ def _report_chunk(report, start: int, end: int, n: int, t0: float) -> None:
 def _exclude_self(sims: torch.Tensor, start: int) -> None:
     rows = torch.arange(sims.shape[0], device=sims.device)
     sims[rows, rows + start] = float("-inf")
-
-
-def _torch_cpu_knn(features, k, chunk, report):
-    return search(features, features, k, chunk=chunk, exclude_self=True, report=report)
 
 
 @torch.no_grad()
@@ -188,10 +184,6 @@ def search(queries: torch.Tensor, database: torch.Tensor, k: int, device: torch.
         indices[start:end], sims_out[start:end] = idx.cpu(), values.cpu()
         _report_chunk(report, start, end, q, t0)
     return indices, sims_out
-
-
-def _torch_gpu_knn(features, k, device, chunk, report):
-    return _two_stage_knn(features, k, torch.device(device), chunk, report)
 
 
 def _block_topk(sims: torch.Tensor, c: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:

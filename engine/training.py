@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from engine import dist as edist
 from engine.io import atomic_torch_save, rng_state, set_rng_state
 from engine.logs import MetricsLog, Progress, format_seconds, log
-from models.checkpoints import MOMENTUM_PREFIX, from_official_keys, to_official_keys, torch_load
+from models.checkpoints import MOMENTUM_PREFIX, from_official_keys, to_official_keys
 from models.distiller import Distiller, unwrap
 
 __all__ = ["make_train_loader", "train_epoch", "save_checkpoint", "load_checkpoint", "NonFiniteLoss", "RunState"]
@@ -138,16 +138,17 @@ def save_checkpoint(payload: dict[str, Any], output_dir: Path, epoch: int, save_
         atomic_torch_save(payload, output_dir / "final.pth")
 
 
-def load_checkpoint(path: Path, distiller: Distiller, optimizer: torch.optim.Optimizer, meta: dict[str, Any]) -> int:
-    """Restore student, momentum encoder, queue, optimizer and RNG states; returns the epoch to start from."""
-    payload = torch_load(path)
+def load_checkpoint(payload: dict[str, Any], where: str, distiller: Distiller, optimizer: torch.optim.Optimizer,
+                    meta: dict[str, Any]) -> int:
+    """Restore student, momentum encoder, queue, optimizer and RNG states from a checkpoint read from ``where``;
+    returns the epoch to start from."""
     saved = payload.get("bingo", {})
     for key in ("s_arch", "method", "moco_dim", "moco_k"):
         if key in saved and saved[key] != meta[key]:
-            raise ValueError(f"--resume={path}: it was trained with {key}={saved[key]!r}, this run has {meta[key]!r}")
-    from_official_keys(unwrap(distiller.student), payload["state_dict"], str(path))
+            raise ValueError(f"--resume={where}: it was trained with {key}={saved[key]!r}, this run has {meta[key]!r}")
+    from_official_keys(unwrap(distiller.student), payload["state_dict"], where)
     if distiller.config.method == "moco":
-        from_official_keys(distiller.teacher, payload["state_dict"], str(path), MOMENTUM_PREFIX)
+        from_official_keys(distiller.teacher, payload["state_dict"], where, MOMENTUM_PREFIX)
     distiller.queue.copy_(payload["queue"].to(distiller.queue.device))
     distiller.queue_ptr = int(payload["queue_ptr"])
     optimizer.load_state_dict(payload["optimizer"])

@@ -13,7 +13,7 @@ The teacher's parameters never receive gradients; ``teacher_unchanged`` checks t
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -58,7 +58,6 @@ class DistillConfig:
     fuse_teacher: bool = False
     subgroup: int = 8
     amp: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 class Distiller(nn.Module):
