@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: test demo demo-quick demo-data install clean
+.PHONY: test demo demo-quick demo-data install clean gpu-wheels
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ demo: $(BIN)/.installed demo-data
 
 demo-quick: $(BIN)/.installed demo-data
 	$(BIN)/python -m scripts.demo --quick
+
+# Wheels for a GPU machine that cannot reach the registries (Python 3.12): bench/gpu_suite.sh installs .whl/*.whl.
+gpu-wheels: $(BIN)/.installed
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl kornia==0.9.0 kornia_rs==0.2.0
+	$(BIN)/python -m pip wheel -q --no-deps -w .whl efficientnet_pytorch==0.7.1
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,7 +20,8 @@ from absl import app, flags
 from torch.nn.parallel import DistributedDataParallel
 
 from datasets.folders import BagDataset, DatasetError, file_list_sha256, open_split
-from datasets.transforms import pretrain_augmentation
+from datasets.device_views import DeviceViews, EncodedBagDataset, collate_encoded
+from datasets.transforms import pretrain_augmentation, pretrain_spec
 from engine import dist as edist
 from engine.cli import run
 from engine.io import atomic_json, atomic_torch_save, check_writable, resolve_resume
@@ -82,6 +84,9 @@ flags.DEFINE_integer("image_size", 224, "Crop size of the views.")
 flags.DEFINE_bool("amp", False, "bf16 autocast on CUDA.")
 flags.DEFINE_bool("channels_last", False, "channels_last memory format on CUDA.")
 flags.DEFINE_bool("compile", False, "torch.compile the student and the teacher (CUDA speed switch; compiles first).")
+flags.DEFINE_bool("device_views", False,
+                  "Decode JPEGs (nvJPEG on CUDA) and make the views on the training device; loader workers only read "
+                  "files and draw the views' random parameters (the same draws as the CPU path).")
 flags.DEFINE_bool("fuse_teacher", False, "One teacher forward for anchor and neighbour keys (needs teacher_mode=eval).")
 flags.DEFINE_bool("check_corr_json", True,
                   "Require the .npy's JSON from run_knn.py and check it against this dataset (turn off only for "
@@ -140,6 +145,18 @@ def build_teacher(announce: bool = True) -> Embedder | None:
     return Embedder(backbone, head)
 
 
+def build_dataset(seed: int, device: torch.device) -> tuple[BagDataset, Callable | None, Callable | None]:
+    """The bag dataset (no neighbours yet), and with --device_views the batch -> views step and its collate."""
+    views = "bag" if FLAGS.method == "bingo" else "pair"
+    root = open_split(FLAGS.data_dir, "train")
+    if not FLAGS.device_views:
+        transform = pretrain_augmentation(FLAGS.image_size, FLAGS.aug_plus)
+        return BagDataset(root, transform, neighbours=None, views=views, seed=seed), None, None
+    spec = pretrain_spec(FLAGS.aug_plus)
+    dataset = EncodedBagDataset(root, spec, neighbours=None, views=views, seed=seed)
+    return dataset, DeviceViews(FLAGS.image_size, spec, device, FLAGS.channels_last).train_views, collate_encoded
+
+
 def check_sizes(world_size: int) -> int:
     if FLAGS.batch_size % world_size:
         raise app.UsageError(f"--batch_size={FLAGS.batch_size} (global) is not divisible by {world_size} processes")
@@ -171,10 +188,8 @@ def main(argv: list[str]) -> None:
         check_writable(output_dir)
     teacher = build_teacher(ctx.is_main)  # before any data is read: a wrong checkpoint stops here
 
-    views = "bag" if FLAGS.method == "bingo" else "pair"
-    dataset = BagDataset(open_split(FLAGS.data_dir, "train"), pretrain_augmentation(FLAGS.image_size, FLAGS.aug_plus),
-                         neighbours=None, views=views, seed=seed)
-    if views == "bag":
+    dataset, prepare, collate_fn = build_dataset(seed, ctx.device)
+    if dataset.views == "bag":
         neighbours = load_neighbours(corr_path(FLAGS.corr_npy), dataset, FLAGS.clus_pos_num, FLAGS.check_corr_json)
         dataset.set_neighbours(neighbours, FLAGS.clus_pos_num)
     if len(dataset) < FLAGS.batch_size:
@@ -206,7 +221,7 @@ def main(argv: list[str]) -> None:
         log(f"resumed from {resume_path} at epoch {start_epoch}", ctx.is_main)
     if ctx.is_main:
         atomic_json(meta["flags"] | {"seed": seed, "world_size": ctx.world_size}, output_dir / "flags.json")
-    loader = make_train_loader(dataset, ctx, per_process, FLAGS.num_workers, seed)
+    loader = make_train_loader(dataset, ctx, per_process, FLAGS.num_workers, seed, collate_fn)
     log(f"{FLAGS.method}: {FLAGS.s_arch} student, {len(dataset)} images, {len(loader)} steps/epoch of "
         f"{FLAGS.batch_size} on {ctx.world_size} process(es), epochs {start_epoch}..{FLAGS.end_epoch - 1}",
         ctx.is_main)
@@ -222,7 +237,7 @@ def main(argv: list[str]) -> None:
         lr = learning_rate(epoch, FLAGS.init_lr, FLAGS.end_epoch, FLAGS.decay_method,
                            [int(m) for m in FLAGS.schedule], FLAGS.lr_decay)
         set_lr(optimizer, lr)
-        means = train_epoch(distiller, loader, optimizer, ctx, state, FLAGS.channels_last)
+        means = train_epoch(distiller, loader, optimizer, ctx, state, FLAGS.channels_last, prepare)
         if teacher_reference is not None:
             assert_teacher_unchanged(distiller, teacher_reference)
             means["teacher_unchanged"] = True

@@ -17,7 +17,8 @@ from absl import app, flags
 from torch import nn
 
 from datasets.folders import IndexedImageFolder, file_list_sha256, open_split
-from datasets.transforms import eval_transform
+from datasets.device_views import DeviceViews, EncodedImageFolder, collate_encoded
+from datasets.transforms import MOCO_V2, eval_transform
 from engine import dist as edist
 from engine.cli import run
 from engine.features import SEARCH_BACKENDS, embed, exact_knn
@@ -41,6 +42,8 @@ flags.DEFINE_enum("feature", "backbone", ["backbone", "head"],
 flags.DEFINE_enum("search", "auto", list(SEARCH_BACKENDS), "Exact search backend.")
 flags.DEFINE_bool("save_distances", False, "Also write the neighbours' cosine similarities (<name>_sims.npy).")
 flags.DEFINE_enum("device", "auto", ["auto", "cuda", "cpu"], "Where to run (auto: CUDA when available).")
+flags.DEFINE_bool("device_views", False,
+                  "Decode JPEGs (nvJPEG on CUDA), resize and crop on the device; loader workers only read files.")
 flags.DEFINE_bool("channels_last", False, "Run the teacher in channels_last memory format (CUDA speed switch).")
 flags.mark_flag_as_required("data_dir")
 
@@ -68,6 +71,15 @@ def build_network(arch: str, ckpt: str, feature: str) -> nn.Module:
     return network
 
 
+def build_dataset(device: torch.device) -> tuple[IndexedImageFolder, dict]:
+    """The training images, and with --device_views the loader's collate and the batch -> crops step."""
+    root = open_split(FLAGS.data_dir, "train")
+    if not FLAGS.device_views:
+        return IndexedImageFolder(root, eval_transform(FLAGS.image_size)), {}
+    crops = DeviceViews(FLAGS.image_size, MOCO_V2, device).eval_crops
+    return EncodedImageFolder(root), {"collate_fn": collate_encoded, "prepare": crops}
+
+
 def save_npy(array: np.ndarray, path: Path) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as handle:
@@ -85,7 +97,7 @@ def main(argv: list[str]) -> None:
     network = build_network(FLAGS.arch, FLAGS.ckpt_name, FLAGS.feature).to(ctx.device).eval()
     if FLAGS.channels_last:
         network = network.to(memory_format=torch.channels_last)
-    dataset = IndexedImageFolder(open_split(FLAGS.data_dir, "train"), eval_transform(FLAGS.image_size))
+    dataset, loading = build_dataset(ctx.device)
     n, k = len(dataset), FLAGS.clus_pos_num
     if not 0 < k < n:
         raise app.UsageError(f"--clus_pos_num={k} must be at least 1 and below the number of images ({n})")
@@ -94,7 +106,7 @@ def main(argv: list[str]) -> None:
 
     t0 = time.perf_counter()
     features = embed(network, dataset, ctx, FLAGS.batch_size, FLAGS.num_workers,
-                     channels_last=FLAGS.channels_last, label="embed")
+                     channels_last=FLAGS.channels_last, label="embed", **loading)
     embed_seconds = time.perf_counter() - t0
     if ctx.is_main:
         t1 = time.perf_counter()

@@ -1,16 +1,21 @@
-"""Benchmark of the CPU input pipeline: read, decode, bag lookup, four MoCo-v2 views; prints a table.
+"""Benchmark of the input pipeline (read, decode, bag lookup, four MoCo-v2 views) on JPEGs it makes; prints tables.
 
-    python bench/data_pipeline.py                    # workers 1, 4 and all cores, 224 px, JPEGs it makes
-    python bench/data_pipeline.py --workers 0,2 --images 64 --batches 4 --size 64   # CPU smoke size
+    python bench/data_pipeline.py            # CPU path at 1, 4 and all workers, device path, 100-step profile
+    python bench/data_pipeline.py --workers 0,2 --images 64 --batches 4 --size 64 --profile_steps 0  # CPU smoke
 
-CutMix runs on the device inside the training step (models.losses.apply_cutmix) and is timed by
-bench/distill_step.py; this script measures what the loader workers must deliver: anchors/s.
+Paths: ``cpu`` is the official one (workers decode with PIL and make the views); ``device`` is ``--device_views``
+(workers read the file and draw the views' parameters; the device decodes with nvJPEG and augments the batch).
+The profile runs the fast training step (bf16, channels_last) of ``--pair`` for ``--profile_steps`` steps fed by
+each loader and once more on one batch kept on the device: the data-fed rate over the resident rate says how
+much the step waits for data, and the host time blocked in the loader is reported too. CutMix runs inside the
+step for both paths.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -22,8 +27,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from datasets.device_views import DeviceViews, EncodedBagDataset, collate_encoded  # noqa: E402
 from datasets.folders import BagDataset  # noqa: E402
-from datasets.transforms import moco_v2_augmentation  # noqa: E402
+from datasets.transforms import MOCO_V2, augmentation  # noqa: E402
+from distill_step import CONFIGS, build, step, sync  # noqa: E402
 
 
 def make_jpegs(root: Path, count: int, classes: int = 8, width: int = 500, height: int = 375) -> None:
@@ -36,53 +44,141 @@ def make_jpegs(root: Path, count: int, classes: int = 8, width: int = 500, heigh
         Image.fromarray(small).resize((width, height), Image.BICUBIC).save(folder / f"{i:05d}.jpg", quality=90)
 
 
-def measure(root: Path, workers: int, batch: int, batches: int, size: int) -> float:
+def make_loader(root: Path, path: str, workers: int, batch: int, size: int, device: torch.device):
+    """(loader, batch -> four view tensors on the device) for the ``cpu`` or ``device`` path."""
     n = sum(1 for _ in (root / "train").rglob("*.jpg"))
     neighbours = np.stack([(np.arange(n) + s) % n for s in range(1, 6)], axis=1)
-    dataset = BagDataset(root / "train", moco_v2_augmentation(size), neighbours, clus_pos_num=5, seed=0)
-    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
-                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
-    iterator = iter(loader)
-    next(iterator)  # start-up
+    options = dict(batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+                   persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+                   pin_memory=device.type == "cuda")
+    if path == "cpu":
+        dataset = BagDataset(root / "train", augmentation(MOCO_V2, size), neighbours, clus_pos_num=5, seed=0)
+        channels_last = torch.channels_last
+
+        def prepare(views):
+            return tuple(v.to(device, non_blocking=True).contiguous(memory_format=channels_last) for v in views[:4])
+
+        return DataLoader(dataset, **options), prepare
+    dataset = EncodedBagDataset(root / "train", MOCO_V2, neighbours, clus_pos_num=5, seed=0)
+    views = DeviceViews(size, MOCO_V2, device, channels_last=True)
+    return DataLoader(dataset, collate_fn=collate_encoded, **options), views.train_views
+
+
+def forever(loader):
+    while True:
+        yield from loader
+
+
+def measure(root: Path, path: str, workers: int, args, device: torch.device) -> float:
+    """Anchors/s delivered as view tensors on the device."""
+    loader, prepare = make_loader(root, path, workers, args.batch, args.size, device)
+    batches = forever(loader)
+    prepare(next(batches))  # start-up
+    sync(device)
     start = time.perf_counter()
-    done = 0
-    for _ in range(batches):
-        try:
-            views = next(iterator)
-        except StopIteration:
-            iterator = iter(loader)
-            views = next(iterator)
-        done += views[0].shape[0]
-    return done / (time.perf_counter() - start)
+    for _ in range(args.batches):
+        prepare(next(batches))
+    sync(device)
+    return args.batch * args.batches / (time.perf_counter() - start)
+
+
+def profile(root: Path, path: str, workers: int, args, device: torch.device, model) -> dict:
+    """Steps/s of the fast step fed by the loader, and host seconds per step blocked on the loader."""
+    distiller, optimizer = model
+    loader, prepare = make_loader(root, path, workers, args.batch, args.size, device)
+    batches = forever(loader)
+    for _ in range(3):
+        step(distiller, optimizer, prepare(next(batches)))
+    sync(device)
+    waited = 0.0
+    start = time.perf_counter()
+    for _ in range(args.profile_steps):
+        before = time.perf_counter()
+        batch = next(batches)
+        waited += time.perf_counter() - before
+        step(distiller, optimizer, prepare(batch))
+    sync(device)
+    seconds = time.perf_counter() - start
+    return {"path": path, "workers": workers, "anchors_per_s": args.batch * args.profile_steps / seconds,
+            "loader_wait_ms_per_step": 1000 * waited / args.profile_steps}
+
+
+def resident(args, device: torch.device, model, views) -> float:
+    """Anchors/s of the same step on one batch kept on the device (no input pipeline)."""
+    distiller, optimizer = model
+    for _ in range(3):
+        step(distiller, optimizer, views)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(args.profile_steps):
+        step(distiller, optimizer, views)
+    sync(device)
+    return args.batch * args.profile_steps / (time.perf_counter() - start)
+
+
+def run_profile(root: Path, args, device: torch.device, workers: int) -> list[dict]:
+    student, teacher = args.pair.split(":")
+    model = build(student, teacher, CONFIGS["fast"], device, args.queue)
+    loader, prepare = make_loader(root, "device", 0, args.batch, args.size, device)
+    views = prepare(next(iter(loader)))
+    rows = [{"path": "resident batch", "workers": 0, "anchors_per_s": resident(args, device, model, views),
+             "loader_wait_ms_per_step": 0.0}]
+    for path in args.paths:
+        rows.append(profile(root, path, workers, args, device, model))
+    for row in rows:
+        row["fraction_of_resident"] = row["anchors_per_s"] / rows[0]["anchors_per_s"]
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cores = len(os.sched_getaffinity(0))
     parser.add_argument("--workers", default=f"1,4,{cores}")
+    parser.add_argument("--paths", default="cpu,device")
     parser.add_argument("--images", type=int, default=2048)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--profile_steps", type=int, default=100, help="0: skip the training profile")
+    parser.add_argument("--pair", default="resnet18:resnet50")
+    parser.add_argument("--queue", type=int, default=65536)
     parser.add_argument("--json")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    rows = []
+    args.paths = args.paths.split(",")
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.set_num_threads(1)  # the main process only launches work; the cores are the workers'
+    torch.backends.cudnn.benchmark = True
+    workers_list = [int(w) for w in args.workers.split(",")]
+    rows, profile_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_jpegs(root, args.images)
-        for workers in map(int, args.workers.split(",")):
-            rate = measure(root, workers, args.batch, args.batches, args.size)
-            rows.append({"workers": workers, "anchors_per_s": rate, "images_decoded_per_s": 2 * rate,
-                         "views_per_s": 4 * rate})
-            print(json.dumps(rows[-1]), flush=True)
-    print(f"\ncpu cores: {cores}; {args.size} px; batch {args.batch}")
-    print("| loader workers | anchors/s | JPEG decodes/s | views/s |")
+        for path in args.paths:
+            for workers in workers_list:
+                rate = measure(root, path, workers, args, device)
+                rows.append({"path": path, "workers": workers, "anchors_per_s": rate, "views_per_s": 4 * rate})
+                print(json.dumps(rows[-1]), flush=True)
+        if args.profile_steps:
+            profile_rows = run_profile(root, args, device, max(workers_list))
+            for row in profile_rows:
+                print(json.dumps(row), flush=True)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"\ncpu cores: {cores}; device: {name}; {args.size} px; batch {args.batch}")
+    print("| path | loader workers | anchors/s | views/s |")
     print("|---|---|---|---|")
     for r in rows:
-        print(f"| {r['workers']} | {r['anchors_per_s']:.0f} | {r['images_decoded_per_s']:.0f} | {r['views_per_s']:.0f} |")
+        print(f"| {r['path']} | {r['workers']} | {r['anchors_per_s']:.0f} | {r['views_per_s']:.0f} |")
+    if profile_rows:
+        print(f"\n{args.profile_steps} fast training steps of {args.pair} (bf16, channels_last), batch {args.batch}:")
+        print("| input | loader workers | anchors/s | of resident | host ms/step blocked on loader |")
+        print("|---|---|---|---|---|")
+        for r in profile_rows:
+            print(f"| {r['path']} | {r['workers']} | {r['anchors_per_s']:.0f} | {100 * r['fraction_of_resident']:.0f} % "
+                  f"| {r['loader_wait_ms_per_step']:.1f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        Path(args.json).write_text(json.dumps({"pipeline": rows, "profile": profile_rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -6,16 +6,25 @@
    on clustered features with duplicates, and equals the CPU torch backend.
 2. A one-GPU distillation step in the fast configuration (bf16 + channels_last) gives a loss within bf16 rounding
    of the official fp32 configuration on the same weights and inputs.
+3. ``--device_views`` on CUDA (nvJPEG decode + batched augmentation) makes the CPU pipeline's views, view for view
+   (same seeds), at 224 px, for RGB and grayscale JPEGs decoded together in one batch.
 """
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from PIL import Image  # noqa: E402
+from torch.utils.data import default_collate  # noqa: E402
+
+from datasets.device_views import DeviceViews, sample_view  # noqa: E402
+from datasets.transforms import IMAGENET_STD, MOCO_V2, augmentation  # noqa: E402
 from engine.features import exact_knn  # noqa: E402
 from models.backbones import build_backbone  # noqa: E402
 from models.distiller import DistillConfig, Distiller, Embedder  # noqa: E402
@@ -72,8 +81,36 @@ def check_amp_step() -> None:
     assert rel < 2e-2
 
 
+def check_device_views(device_name: str = "cuda") -> None:
+    rng = np.random.default_rng(0)
+    pictures, encoded = [], []
+    for i, mode in enumerate(["RGB"] * 6 + ["L"] * 2):
+        small = rng.integers(0, 256, size=(15 + i, 20, 3), dtype=np.uint8)
+        picture = Image.fromarray(small).resize((500 - 10 * i, 375), Image.BICUBIC).convert(mode)
+        buffer = io.BytesIO()
+        picture.save(buffer, format="JPEG", quality=92)
+        encoded.append(torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8))
+        pictures.append(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+    cpu, params, sources = [], [], []
+    for seed in range(64):
+        picture = pictures[seed % len(pictures)]
+        torch.manual_seed(seed)
+        cpu.append(augmentation(MOCO_V2, 224)(picture))
+        torch.manual_seed(seed)
+        params.append(sample_view(picture.width, picture.height, MOCO_V2))
+        sources.append(seed % len(pictures))
+    views = DeviceViews(224, MOCO_V2, torch.device(device_name))
+    decoded = views.decode(encoded)
+    device = views.augment([decoded[i] for i in sources], default_collate(params)).cpu()
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    errors = ((device - torch.stack(cpu)).abs() * std).mean(dim=(1, 2, 3))
+    print(f"device views on {device_name} vs CPU pipeline: mean abs error {errors.mean():.4f}, worst view {errors.max():.4f}")
+    assert errors.max() < 0.02
+
+
 if __name__ == "__main__":
     print(torch.cuda.get_device_name(), torch.__version__)
     check_search()
     check_amp_step()
+    check_device_views()
     print("gpu checks passed")

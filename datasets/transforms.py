@@ -5,6 +5,8 @@ evaluation transform is ``Resize(round(S * 256 / 224)) + CenterCrop(S)``, i.e. R
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from PIL import Image, ImageFilter
 from torchvision import transforms as T
@@ -13,6 +15,11 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "PilGaussianBlur",
+    "AugmentSpec",
+    "MOCO_V2",
+    "MOCO_V1",
+    "augmentation",
+    "pretrain_spec",
     "moco_v2_augmentation",
     "moco_v1_augmentation",
     "pretrain_augmentation",
@@ -44,36 +51,53 @@ def _normalise() -> list:
     return [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
+@dataclass(frozen=True)
+class AugmentSpec:
+    """The random view distribution, shared by the CPU pipeline below and the device path (datasets.device_views)."""
+
+    scale: tuple[float, float] = (0.2, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+    jitter_p: float = 0.8  # 1.0: always, with no draw (MoCo-v1 has no RandomApply around its ColorJitter)
+    gray_p: float = 0.2
+    gray_before_jitter: bool = False
+    blur_p: float = 0.5  # 0.0: no blur stage at all
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+
+MOCO_V2 = AugmentSpec()
+MOCO_V1 = AugmentSpec(jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=1.0, gray_before_jitter=True, blur_p=0.0)
+
+
+def augmentation(spec: AugmentSpec, size: int = 224) -> T.Compose:
+    """The torchvision pipeline for ``spec``: crop, colour jitter and grayscale (in the spec's order), blur, flip."""
+    jitter = T.ColorJitter(*spec.jitter)
+    maybe_jitter = jitter if spec.jitter_p >= 1 else T.RandomApply([jitter], p=spec.jitter_p)
+    colour = [maybe_jitter, T.RandomGrayscale(spec.gray_p)]
+    if spec.gray_before_jitter:
+        colour.reverse()
+    blur = [T.RandomApply([PilGaussianBlur(spec.blur_sigma)], p=spec.blur_p)] if spec.blur_p > 0 else []
+    return T.Compose([T.RandomResizedCrop(size, scale=spec.scale, ratio=spec.ratio), *colour, *blur,
+                      T.RandomHorizontalFlip(), *_normalise()])
+
+
 def moco_v2_augmentation(size: int = 224) -> T.Compose:
     """RandomResizedCrop(0.2-1), ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8, grayscale p=0.2, blur p=0.5, flip."""
-    return T.Compose(
-        [
-            T.RandomResizedCrop(size, scale=(0.2, 1.0)),
-            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
-            T.RandomApply([PilGaussianBlur((0.1, 2.0))], p=0.5),
-            T.RandomHorizontalFlip(),
-            *_normalise(),
-        ]
-    )
+    return augmentation(MOCO_V2, size)
 
 
 def moco_v1_augmentation(size: int = 224) -> T.Compose:
     """RandomResizedCrop(0.2-1), grayscale p=0.2, ColorJitter(0.4, 0.4, 0.4, 0.4) always, flip."""
-    return T.Compose(
-        [
-            T.RandomResizedCrop(size, scale=(0.2, 1.0)),
-            T.RandomGrayscale(p=0.2),
-            T.ColorJitter(0.4, 0.4, 0.4, 0.4),
-            T.RandomHorizontalFlip(),
-            *_normalise(),
-        ]
-    )
+    return augmentation(MOCO_V1, size)
+
+
+def pretrain_spec(aug_plus: bool = True) -> AugmentSpec:
+    """The distillation views: MoCo-v2 (``--aug_plus``, the default) or MoCo-v1."""
+    return MOCO_V2 if aug_plus else MOCO_V1
 
 
 def pretrain_augmentation(size: int = 224, aug_plus: bool = True) -> T.Compose:
-    """The distillation views: MoCo-v2 (``--aug_plus``, the default) or MoCo-v1."""
-    return moco_v2_augmentation(size) if aug_plus else moco_v1_augmentation(size)
+    return augmentation(pretrain_spec(aug_plus), size)
 
 
 def linear_train_transform(size: int = 224) -> T.Compose:

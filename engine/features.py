@@ -36,12 +36,15 @@ def embed(
     amp: bool = False,
     report_every: float = 10.0,
     label: str = "embed",
+    collate_fn: Callable | None = None,
+    prepare: Callable[[tuple], torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
     """L2-normalised ``network`` outputs for every item of ``dataset`` (items are ``(image, target, index)``).
 
     Each process embeds the strided shard ``rank, rank + world, ...`` (no padding duplicates); batches are gathered
     as they are made and rank 0 returns all ``N`` features, float32 on the CPU, in dataset order, each exactly once.
-    Other ranks return ``None``.
+    Other ranks return ``None``. ``collate_fn`` and ``prepare`` (batch -> images on the device) are the
+    ``--device_views`` path's; by default items are image tensors.
     """
     network.eval()
     n = len(dataset)
@@ -53,6 +56,7 @@ def embed(
         num_workers=num_workers,
         pin_memory=ctx.device.type == "cuda",
         persistent_workers=False,
+        collate_fn=collate_fn,
     )
     width = _width(network)
     out = torch.empty(n, width, dtype=torch.float32) if ctx.is_main else None
@@ -65,7 +69,8 @@ def embed(
         index = torch.full((batch_size,), -1, dtype=torch.int64)
         features_pad = torch.zeros(batch_size, width, device=ctx.device)
         if batch is not None:
-            images, _, idx = batch
+            idx = batch[-1]
+            images = prepare(batch) if prepare is not None else batch[0]
             index[: len(idx)] = idx
             features_pad[: len(idx)] = _forward(network, images, ctx.device, channels_last, amp)
         all_features = edist.all_gather(features_pad)

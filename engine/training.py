@@ -5,7 +5,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -37,7 +37,7 @@ class RunState:
 
 
 def make_train_loader(dataset: Dataset, ctx: edist.Context, batch_per_process: int, num_workers: int,
-                      seed: int) -> DataLoader:
+                      seed: int, collate_fn: Callable | None = None) -> DataLoader:
     """Shuffled, sharded, ``drop_last`` loader; one process gets ``batch_per_process`` items per step."""
     sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed,
                                  drop_last=True)
@@ -50,6 +50,7 @@ def make_train_loader(dataset: Dataset, ctx: edist.Context, batch_per_process: i
         drop_last=True,
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
+        collate_fn=collate_fn,
     )
 
 
@@ -64,8 +65,10 @@ def _to_device(views, device: torch.device, channels_last: bool) -> tuple[torch.
 
 
 def train_epoch(distiller: Distiller, loader: DataLoader, optimizer: torch.optim.Optimizer, ctx: edist.Context,
-                state: RunState, channels_last: bool = False) -> dict[str, float]:
-    """One epoch; returns the epoch's mean loss terms. Raises ``NonFiniteLoss`` before anything is saved."""
+                state: RunState, channels_last: bool = False,
+                prepare: Callable[[Any], tuple[torch.Tensor, ...]] | None = None) -> dict[str, float]:
+    """One epoch; returns the epoch's mean loss terms. Raises ``NonFiniteLoss`` before anything is saved.
+    ``prepare`` turns a batch into the views on the device (``--device_views``); by default batches hold them."""
     distiller.train()
     steps = len(loader)
     sums: dict[str, torch.Tensor] = {}
@@ -73,7 +76,7 @@ def train_epoch(distiller: Distiller, loader: DataLoader, optimizer: torch.optim
     progress = Progress(steps * loader.batch_size * ctx.world_size, f"epoch {state.epoch}")
     lr = optimizer.param_groups[0]["lr"]
     for step, batch in enumerate(loader):
-        views = _to_device(batch[:-1], ctx.device, channels_last)
+        views = prepare(batch) if prepare is not None else _to_device(batch[:-1], ctx.device, channels_last)
         loss, terms = distiller(views, state.epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

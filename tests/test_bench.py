@@ -1,4 +1,5 @@
 """Smoke tests: the benchmark scripts run on the CPU at tiny sizes and print their tables (no timing asserted)."""
+import json
 import subprocess
 import sys
 
@@ -10,7 +11,8 @@ CASES = {
     "knn.py": ["--sizes", "300", "--dims", "16", "--device", "cpu"],
     "distill_step.py": ["--pairs", "resnet18:resnet50", "--batches", "2", "--size", "32", "--queue", "8",
                         "--steps", "1", "--rounds", "1", "--warmup", "1", "--device", "cpu"],
-    "data_pipeline.py": ["--workers", "0", "--images", "16", "--batch", "4", "--batches", "2", "--size", "32"],
+    "data_pipeline.py": ["--workers", "0,1", "--images", "16", "--batch", "4", "--batches", "2", "--size", "32",
+                         "--profile_steps", "2", "--queue", "8", "--device", "cpu", "--pair", "resnet18:resnet18"],
 }
 
 
@@ -21,3 +23,8 @@ def test_bench_script_runs_on_the_cpu(tmp_path, script):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "|---|" in result.stdout and (tmp_path / "rows.json").is_file()
+    if script == "data_pipeline.py":  # both input paths measured, and the training profile ran on each
+        rows = json.loads((tmp_path / "rows.json").read_text())
+        assert {r["path"] for r in rows["pipeline"]} == {"cpu", "device"}
+        assert [r["path"] for r in rows["profile"]] == ["resident batch", "cpu", "device"]
+        assert all(r["anchors_per_s"] > 0 for r in rows["pipeline"] + rows["profile"])

@@ -1,0 +1,230 @@
+"""Views made on the training device (``--device_views``): loader workers only read files and draw the random
+parameters; the device decodes the JPEGs (nvJPEG on CUDA, through torchvision) and applies crop, colour jitter,
+grayscale, blur and flip to the whole batch at once (torchvision and Kornia ops with per-view parameters).
+
+``sample_view`` draws the parameters with exactly the torch RNG calls, in exactly the order, of the CPU pipeline
+(``datasets.transforms.augmentation``), so under the same seed both paths make the same views up to rounding
+(PIL rounds to 8 bits after every step, the device path works in float32; PIL's blur is a box approximation).
+tests/test_device_views.py checks that view for view.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+from kornia.color import rgb_to_grayscale
+from kornia.enhance import adjust_contrast_with_mean_subtraction, adjust_hue, adjust_saturation_with_gray_subtraction
+from kornia.filters import gaussian_blur2d
+from PIL import Image
+from torch.utils.data import default_collate
+from torchvision import transforms as T
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2 import functional as TF
+
+from datasets.folders import BagDataset, DatasetError, IndexedImageFolder
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, resize_size
+
+__all__ = [
+    "ViewParams",
+    "sample_view",
+    "read_encoded",
+    "EncodedBagDataset",
+    "EncodedImageFolder",
+    "collate_encoded",
+    "DeviceViews",
+]
+
+
+class ViewParams(NamedTuple):
+    """One view's random draws (a batch of them after collation)."""
+
+    crop: torch.Tensor  # int64 [4]: top, left, height, width in source pixels
+    jitter: torch.Tensor  # bool: colour jitter applied
+    factors: torch.Tensor  # float32 [4]: brightness, contrast, saturation, hue factors
+    order: torch.Tensor  # int64 [4]: order of the jitter ops (0 brightness, 1 contrast, 2 saturation, 3 hue)
+    gray: torch.Tensor  # bool
+    blur_sigma: torch.Tensor  # float32, 0 where not blurred
+    flip: torch.Tensor  # bool
+
+
+def _draw(p: float) -> bool:
+    """``RandomApply``'s test: applied unless p < U(0, 1)."""
+    return not bool(p < torch.rand(1))
+
+
+def sample_view(width: int, height: int, spec: AugmentSpec) -> ViewParams:
+    """The random parameters of one view of a ``width`` x ``height`` image, drawn from torch's global RNG with the
+    calls torchvision's pipeline for ``spec`` makes (the caller seeds it, as ``BagDataset`` does)."""
+    # get_params reads only the size: a zero-size stand-in avoids decoding the image in the worker.
+    crop = T.RandomResizedCrop.get_params(torch.empty(0, height, width), list(spec.scale), list(spec.ratio))
+    colour_jitter = T.ColorJitter(*spec.jitter)
+    jitter, factors, order = False, [1.0, 1.0, 1.0, 0.0], torch.arange(4)
+    gray = False
+    for stage in ("gray", "jitter") if spec.gray_before_jitter else ("jitter", "gray"):
+        if stage == "gray":
+            gray = bool(torch.rand(1) < spec.gray_p)
+        elif spec.jitter_p >= 1 or _draw(spec.jitter_p):
+            jitter = True
+            order, *drawn = colour_jitter.get_params(colour_jitter.brightness, colour_jitter.contrast,
+                                                     colour_jitter.saturation, colour_jitter.hue)
+            factors = [default if value is None else value for value, default in zip(drawn, factors)]
+    sigma = 0.0
+    if spec.blur_p > 0 and _draw(spec.blur_p):
+        low, high = spec.blur_sigma
+        sigma = low + (high - low) * torch.rand(()).item()  # as PilGaussianBlur draws it
+    flip = bool(torch.rand(1) < 0.5)
+    return ViewParams(torch.tensor(crop), torch.tensor(jitter), torch.tensor(factors, dtype=torch.float32), order,
+                      torch.tensor(gray), torch.tensor(sigma, dtype=torch.float32), torch.tensor(flip))
+
+
+class EncodedImage(NamedTuple):
+    """A file's bytes when the device can decode them (baseline JPEG, RGB or grayscale), else the decoded
+    ``uint8 [3, H, W]`` pixels; and the image's size, read from the header."""
+
+    data: torch.Tensor
+    width: int
+    height: int
+
+
+def read_encoded(path: str) -> EncodedImage:
+    """Read ``path`` for the device path: JPEGs stay encoded, other formats (PNG, CMYK JPEG, ...) are decoded here."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if image.format == "JPEG" and image.mode in ("RGB", "L"):
+                data = torch.from_numpy(np.frombuffer(Path(path).read_bytes(), dtype=np.uint8).copy())
+            else:
+                data = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise DatasetError(f"cannot read image {path}: {error}. Remove or replace the file.") from error
+    return EncodedImage(data, width, height)
+
+
+class _Sampler:
+    """``BagDataset``'s per-view transform on the device path: (image data, that view's parameters)."""
+
+    def __init__(self, spec: AugmentSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, image: EncodedImage) -> tuple[torch.Tensor, ViewParams]:
+        return image.data, sample_view(image.width, image.height, self.spec)
+
+
+class EncodedBagDataset(BagDataset):
+    """``BagDataset`` for ``--device_views``: items are ``(images, view parameters, index)`` where ``images`` holds
+    the anchor's (and the neighbour's) file data once and the parameters are those of the CPU path's views."""
+
+    def __init__(self, root, spec: AugmentSpec, neighbours: np.ndarray | None, clus_pos_num: int = 5,
+                 seed: int = 0, views: str = "bag") -> None:
+        super().__init__(root, _Sampler(spec), neighbours, clus_pos_num, seed, views)
+        self.loader = read_encoded
+
+    def __getitem__(self, index: int) -> tuple:  # type: ignore[override]
+        *views, index = super().__getitem__(index)
+        images = tuple(data for data, _ in views[::2])
+        return images, tuple(params for _, params in views), index
+
+
+class EncodedImageFolder(IndexedImageFolder):
+    """``IndexedImageFolder`` whose items are ``(images, target, index)`` with ``images`` a 1-tuple of file data."""
+
+    def __init__(self, root) -> None:
+        super().__init__(root)
+        self.loader = read_encoded
+
+    def __getitem__(self, index: int) -> tuple:  # type: ignore[override]
+        image, target, index = super().__getitem__(index)
+        return (image.data,), target, index
+
+
+def collate_encoded(items: Sequence[tuple]) -> tuple:
+    """Batch ``(images, rest...)`` items: images stay lists (one per slot, sizes differ), the rest is collated."""
+    images = [list(slot) for slot in zip(*(item[0] for item in items))]
+    return (images, *default_collate([item[1:] for item in items]))
+
+
+class DeviceViews:
+    """Decode and augment a batch on ``device``; the output equals the CPU pipeline's up to rounding."""
+
+    def __init__(self, size: int, spec: AugmentSpec, device: torch.device, channels_last: bool = False) -> None:
+        self.size, self.spec, self.device = size, spec, torch.device(device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        self.blur_kernel = 2 * math.ceil(3 * spec.blur_sigma[1]) + 1
+
+    def decode(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``uint8 [3, H, W]`` on the device for each item: JPEG bytes in one batched decode, the rest copied."""
+        encoded = [i for i, data in enumerate(images) if data.dim() == 1]
+        out = [data.to(self.device, non_blocking=True) if data.dim() == 3 else None for data in images]
+        if encoded:
+            decoded = decode_jpeg([images[i] for i in encoded], mode=ImageReadMode.RGB, device=self.device)
+            for i, pixels in zip(encoded, decoded):
+                out[i] = pixels
+        return out
+
+    def train_views(self, batch: tuple) -> tuple[torch.Tensor, ...]:
+        """A collated ``EncodedBagDataset`` batch -> the view tensors the distiller takes (each ``[B, 3, S, S]``):
+        views 2i and 2i + 1 come from image slot i."""
+        slots, params, _ = batch
+        decoded = [self.decode(slot) for slot in slots]
+        sources = [image for v in range(len(params)) for image in decoded[v // 2]]
+        joined = ViewParams(*(torch.cat(field) for field in zip(*params)))
+        return self.augment(sources, joined).chunk(len(params))
+
+    def eval_crops(self, batch: tuple) -> torch.Tensor:
+        """A collated ``EncodedImageFolder`` batch -> ``Resize(round(S*256/224)) + CenterCrop(S)``, normalised."""
+        (slot,), _, _ = batch
+        crops = [TF.center_crop(TF.resize(image.float(), [resize_size(self.size)], antialias=True), [self.size])
+                 for image in self.decode(slot)]
+        return self._finish(torch.stack(crops).div_(255).clamp_(0, 1))
+
+    def augment(self, images: list[torch.Tensor], params: ViewParams) -> torch.Tensor:
+        """View ``i`` of ``images[i]`` with ``params[i]``: ``[V, 3, S, S]`` normalised floats on the device."""
+        crops = []
+        for image, (top, left, height, width) in zip(images, params.crop.tolist()):
+            crop = image[:, top:top + height, left:left + width].float()
+            crops.append(TF.resize(crop, [self.size, self.size], antialias=True))
+        x = torch.stack(crops).div_(255).clamp_(0, 1)
+        stages = (self._gray, self._jitter) if self.spec.gray_before_jitter else (self._jitter, self._gray)
+        for stage in stages:
+            x = stage(x, params)
+        x = self._where(x, params.blur_sigma > 0,
+                        lambda part, rows: gaussian_blur2d(part, self.blur_kernel, self._sigmas(params, rows),
+                                                           border_type="replicate"))
+        x = self._where(x, params.flip, lambda part, rows: part.flip(-1))
+        return self._finish(x)
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+
+    def _sigmas(self, params: ViewParams, rows: torch.Tensor) -> torch.Tensor:
+        return params.blur_sigma[rows].to(self.device, non_blocking=True)[:, None].expand(-1, 2)
+
+    def _where(self, x: torch.Tensor, mask: torch.Tensor, op) -> torch.Tensor:
+        """Apply ``op(x[rows], rows)`` to the rows where the host-side ``mask`` is true (no device sync)."""
+        rows = mask.nonzero().flatten()
+        if len(rows):
+            index = rows.to(self.device, non_blocking=True)
+            x[index] = op(x[index], rows)
+        return x
+
+    def _gray(self, x: torch.Tensor, params: ViewParams) -> torch.Tensor:
+        return self._where(x, params.gray, lambda part, rows: rgb_to_grayscale(part).expand(-1, 3, -1, -1))
+
+    def _jitter(self, x: torch.Tensor, params: ViewParams) -> torch.Tensor:
+        factors = params.factors.to(self.device, non_blocking=True)
+        ops = (
+            lambda part, f: (part * f.view(-1, 1, 1, 1)).clamp(0, 1),  # torchvision's brightness (Kornia's adds)
+            adjust_contrast_with_mean_subtraction,
+            adjust_saturation_with_gray_subtraction,
+            lambda part, f: adjust_hue(part, f * (2 * math.pi)),  # Kornia's hue is in radians
+        )
+        for position in range(4):
+            for op_id, op in enumerate(ops):
+                mask = params.jitter & (params.order[:, position] == op_id)
+                x = self._where(x, mask, lambda part, rows: op(part, factors[rows.to(self.device), op_id]))
+        return x
