@@ -4,7 +4,8 @@
     python bench/data_pipeline.py --workers 0,2 --images 64 --batches 4 --size 64 --profile_steps 0  # CPU smoke
 
 Paths: ``cpu`` is the official one (workers decode with PIL and make the views); ``device`` is ``--device_views``
-(workers read the file and draw the views' parameters; the device decodes with nvJPEG and augments the batch).
+(workers read the file and draw the views' parameters; the device decodes with nvJPEG and augments the batch);
+``device-workers`` is the device path's loader alone (what the workers can deliver when decoding is not theirs).
 The profile runs the fast training step (bf16, channels_last) of ``--pair`` for ``--profile_steps`` steps fed by
 each loader and once more on one batch kept on the device: the data-fed rate over the resident rate says how
 much the step waits for data, and the host time blocked in the loader is reported too. CutMix runs inside the
@@ -71,7 +72,9 @@ def forever(loader):
 
 def measure(root: Path, path: str, workers: int, args, device: torch.device) -> float:
     """Anchors/s delivered as view tensors on the device."""
-    loader, prepare = make_loader(root, path, workers, args.batch, args.size, device)
+    loader, prepare = make_loader(root, path.replace("-workers", ""), workers, args.batch, args.size, device)
+    if path.endswith("-workers"):
+        prepare = lambda batch: batch  # noqa: E731
     batches = forever(loader)
     prepare(next(batches))  # start-up
     sync(device)
@@ -123,7 +126,7 @@ def run_profile(root: Path, args, device: torch.device, workers: int) -> list[di
     views = prepare(next(iter(loader)))
     rows = [{"path": "resident batch", "workers": 0, "anchors_per_s": resident(args, device, model, views),
              "loader_wait_ms_per_step": 0.0}]
-    for path in args.paths:
+    for path in (p for p in args.paths if not p.endswith("-workers")):
         rows.append(profile(root, path, workers, args, device, model))
     for row in rows:
         row["fraction_of_resident"] = row["anchors_per_s"] / rows[0]["anchors_per_s"]
@@ -134,7 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cores = len(os.sched_getaffinity(0))
     parser.add_argument("--workers", default=f"1,4,{cores}")
-    parser.add_argument("--paths", default="cpu,device")
+    parser.add_argument("--paths", default="cpu,device,device-workers")
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--batches", type=int, default=20)

@@ -9,6 +9,8 @@ tests/test_device_views.py checks that view for view.
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -34,20 +36,22 @@ __all__ = [
     "EncodedBagDataset",
     "EncodedImageFolder",
     "collate_encoded",
+    "PackedImages",
     "DeviceViews",
 ]
 
 
 class ViewParams(NamedTuple):
-    """One view's random draws (a batch of them after collation)."""
+    """One view's random draws as numpy arrays and Python numbers (cheap to make in a worker); after collation a
+    batch of them as tensors."""
 
-    crop: torch.Tensor  # int64 [4]: top, left, height, width in source pixels
-    jitter: torch.Tensor  # bool: colour jitter applied
-    factors: torch.Tensor  # float32 [4]: brightness, contrast, saturation, hue factors
-    order: torch.Tensor  # int64 [4]: order of the jitter ops (0 brightness, 1 contrast, 2 saturation, 3 hue)
-    gray: torch.Tensor  # bool
-    blur_sigma: torch.Tensor  # float32, 0 where not blurred
-    flip: torch.Tensor  # bool
+    crop: np.ndarray | torch.Tensor  # int64 [4]: top, left, height, width in source pixels
+    jitter: bool | torch.Tensor  # colour jitter applied
+    factors: np.ndarray | torch.Tensor  # float32 [4]: brightness, contrast, saturation, hue factors
+    order: np.ndarray | torch.Tensor  # int64 [4]: order of the jitter ops (0 brightness, 1 contrast, 2 sat., 3 hue)
+    gray: bool | torch.Tensor
+    blur_sigma: float | torch.Tensor  # 0 where not blurred
+    flip: bool | torch.Tensor
 
 
 def _draw(p: float) -> bool:
@@ -55,13 +59,18 @@ def _draw(p: float) -> bool:
     return not bool(p < torch.rand(1))
 
 
+@functools.lru_cache(maxsize=None)
+def _colour_jitter(strengths: tuple[float, float, float, float]) -> T.ColorJitter:
+    return T.ColorJitter(*strengths)
+
+
 def sample_view(width: int, height: int, spec: AugmentSpec) -> ViewParams:
     """The random parameters of one view of a ``width`` x ``height`` image, drawn from torch's global RNG with the
     calls torchvision's pipeline for ``spec`` makes (the caller seeds it, as ``BagDataset`` does)."""
     # get_params reads only the size: a zero-size stand-in avoids decoding the image in the worker.
     crop = T.RandomResizedCrop.get_params(torch.empty(0, height, width), list(spec.scale), list(spec.ratio))
-    colour_jitter = T.ColorJitter(*spec.jitter)
-    jitter, factors, order = False, [1.0, 1.0, 1.0, 0.0], torch.arange(4)
+    colour_jitter = _colour_jitter(spec.jitter)
+    jitter, factors, order = False, [1.0, 1.0, 1.0, 0.0], np.arange(4)
     gray = False
     for stage in ("gray", "jitter") if spec.gray_before_jitter else ("jitter", "gray"):
         if stage == "gray":
@@ -70,14 +79,15 @@ def sample_view(width: int, height: int, spec: AugmentSpec) -> ViewParams:
             jitter = True
             order, *drawn = colour_jitter.get_params(colour_jitter.brightness, colour_jitter.contrast,
                                                      colour_jitter.saturation, colour_jitter.hue)
+            order = order.numpy()
             factors = [default if value is None else value for value, default in zip(drawn, factors)]
     sigma = 0.0
     if spec.blur_p > 0 and _draw(spec.blur_p):
         low, high = spec.blur_sigma
         sigma = low + (high - low) * torch.rand(()).item()  # as PilGaussianBlur draws it
     flip = bool(torch.rand(1) < 0.5)
-    return ViewParams(torch.tensor(crop), torch.tensor(jitter), torch.tensor(factors, dtype=torch.float32), order,
-                      torch.tensor(gray), torch.tensor(sigma, dtype=torch.float32), torch.tensor(flip))
+    return ViewParams(np.array(crop, dtype=np.int64), jitter, np.array(factors, dtype=np.float32), order, gray,
+                      sigma, flip)
 
 
 class EncodedImage(NamedTuple):
@@ -140,10 +150,30 @@ class EncodedImageFolder(IndexedImageFolder):
         return (image.data,), target, index
 
 
+class PackedImages(NamedTuple):
+    """A batch slot's images in one buffer, so a worker hands over one tensor instead of one per image."""
+
+    data: torch.Tensor  # uint8: every image's bytes (JPEG) or pixels (uint8 [3, H, W]) one after another
+    offsets: torch.Tensor  # int64 [n + 1]: image i is data[offsets[i]:offsets[i + 1]]
+    shapes: torch.Tensor  # int64 [n, 3]: pixel shape, or zeros where the bytes are a JPEG file
+
+    @classmethod
+    def pack(cls, images: Sequence[torch.Tensor]) -> "PackedImages":
+        offsets = torch.tensor([0, *itertools.accumulate(t.numel() for t in images)])
+        shapes = torch.tensor([tuple(t.shape) if t.dim() == 3 else (0, 0, 0) for t in images], dtype=torch.int64)
+        return cls(torch.cat([t.flatten() for t in images]), offsets, shapes)
+
+    def unpack(self) -> list[torch.Tensor]:
+        """Views into ``data``: 1-D JPEG bytes or ``[3, H, W]`` pixels."""
+        bounds, shapes = self.offsets.tolist(), self.shapes.tolist()
+        return [self.data[start:end] if shape[0] == 0 else self.data[start:end].view(shape)
+                for start, end, shape in zip(bounds, bounds[1:], shapes)]
+
+
 def collate_encoded(items: Sequence[tuple]) -> tuple:
-    """Batch ``(images, rest...)`` items: images stay lists (one per slot, sizes differ), the rest is collated."""
-    images = [list(slot) for slot in zip(*(item[0] for item in items))]
-    return (images, *default_collate([item[1:] for item in items]))
+    """Batch ``(images, rest...)`` items: each image slot becomes one ``PackedImages``, the rest is collated."""
+    slots = [PackedImages.pack(slot) for slot in zip(*(item[0] for item in items))]
+    return (slots, *default_collate([item[1:] for item in items]))
 
 
 class DeviceViews:
@@ -156,8 +186,10 @@ class DeviceViews:
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         self.blur_kernel = 2 * math.ceil(3 * spec.blur_sigma[1]) + 1
 
-    def decode(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+    def decode(self, images: list[torch.Tensor] | PackedImages) -> list[torch.Tensor]:
         """``uint8 [3, H, W]`` on the device for each item: JPEG bytes in one batched decode, the rest copied."""
+        if isinstance(images, PackedImages):
+            images = images.unpack()
         encoded = [i for i, data in enumerate(images) if data.dim() == 1]
         out = [data.to(self.device, non_blocking=True) if data.dim() == 3 else None for data in images]
         if encoded:
@@ -202,7 +234,7 @@ class DeviceViews:
         return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
     def _sigmas(self, params: ViewParams, rows: torch.Tensor) -> torch.Tensor:
-        return params.blur_sigma[rows].to(self.device, non_blocking=True)[:, None].expand(-1, 2)
+        return params.blur_sigma[rows].to(self.device, torch.float32, non_blocking=True)[:, None].expand(-1, 2)
 
     def _where(self, x: torch.Tensor, mask: torch.Tensor, op) -> torch.Tensor:
         """Apply ``op(x[rows], rows)`` to the rows where the host-side ``mask`` is true (no device sync)."""

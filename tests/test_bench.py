@@ -8,6 +8,8 @@ import pytest
 from helpers import REPO, subprocess_env
 
 CASES = {
+    "embed.py": ["--arch", "resnet18", "--images", "16", "--batch", "8", "--size", "32", "--workers", "0",
+                 "--device", "cpu"],
     "knn.py": ["--sizes", "300", "--dims", "16", "--device", "cpu"],
     "distill_step.py": ["--pairs", "resnet18:resnet50", "--batches", "2", "--size", "32", "--queue", "8",
                         "--steps", "1", "--rounds", "1", "--warmup", "1", "--device", "cpu"],
@@ -25,6 +27,6 @@ def test_bench_script_runs_on_the_cpu(tmp_path, script):
     assert "|---|" in result.stdout and (tmp_path / "rows.json").is_file()
     if script == "data_pipeline.py":  # both input paths measured, and the training profile ran on each
         rows = json.loads((tmp_path / "rows.json").read_text())
-        assert {r["path"] for r in rows["pipeline"]} == {"cpu", "device"}
+        assert {r["path"] for r in rows["pipeline"]} == {"cpu", "device", "device-workers"}
         assert [r["path"] for r in rows["profile"]] == ["resident batch", "cpu", "device"]
         assert all(r["anchors_per_s"] > 0 for r in rows["pipeline"] + rows["profile"])
