@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from PIL import Image  # noqa: E402
 from torch.utils.data import default_collate  # noqa: E402
 
-from datasets.device_views import DeviceViews, sample_view  # noqa: E402
+from datasets.device_views import DeviceViews, EncodedImage, PackedImages, sample_view  # noqa: E402
 from datasets.transforms import IMAGENET_STD, MOCO_V2, augmentation  # noqa: E402
 from engine.features import exact_knn  # noqa: E402
 from models.backbones import build_backbone  # noqa: E402
@@ -89,7 +89,8 @@ def check_device_views(device_name: str = "cuda") -> None:
         picture = Image.fromarray(small).resize((500 - 10 * i, 375), Image.BICUBIC).convert(mode)
         buffer = io.BytesIO()
         picture.save(buffer, format="JPEG", quality=92)
-        encoded.append(torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8))
+        data = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+        encoded.append(EncodedImage(data, picture.width, picture.height, f"<memory {i}>"))
         pictures.append(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
     cpu, params, sources = [], [], []
     for seed in range(64):
@@ -100,7 +101,7 @@ def check_device_views(device_name: str = "cuda") -> None:
         params.append(sample_view(picture.width, picture.height, MOCO_V2))
         sources.append(seed % len(pictures))
     views = DeviceViews(224, MOCO_V2, torch.device(device_name))
-    decoded = views.decode(encoded)
+    decoded = views.decode(PackedImages.pack(encoded))
     device = views.augment([decoded[i] for i in sources], default_collate(params)).cpu()
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     errors = ((device - torch.stack(cpu)).abs() * std).mean(dim=(1, 2, 3))

@@ -91,12 +91,13 @@ def sample_view(width: int, height: int, spec: AugmentSpec) -> ViewParams:
 
 
 class EncodedImage(NamedTuple):
-    """A file's bytes when the device can decode them (baseline JPEG, RGB or grayscale), else the decoded
-    ``uint8 [3, H, W]`` pixels; and the image's size, read from the header."""
+    """A file's bytes when the device can decode them (JPEG, RGB or grayscale), else the decoded ``uint8 [3, H, W]``
+    pixels; the image's size, read from the header; and the file, for error messages."""
 
     data: torch.Tensor
     width: int
     height: int
+    path: str
 
 
 def read_encoded(path: str) -> EncodedImage:
@@ -110,22 +111,22 @@ def read_encoded(path: str) -> EncodedImage:
                 data = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise DatasetError(f"cannot read image {path}: {error}. Remove or replace the file.") from error
-    return EncodedImage(data, width, height)
+    return EncodedImage(data, width, height, str(path))
 
 
 class _Sampler:
-    """``BagDataset``'s per-view transform on the device path: (image data, that view's parameters)."""
+    """``BagDataset``'s per-view transform on the device path: (the image, that view's parameters)."""
 
     def __init__(self, spec: AugmentSpec) -> None:
         self.spec = spec
 
-    def __call__(self, image: EncodedImage) -> tuple[torch.Tensor, ViewParams]:
-        return image.data, sample_view(image.width, image.height, self.spec)
+    def __call__(self, image: EncodedImage) -> tuple[EncodedImage, ViewParams]:
+        return image, sample_view(image.width, image.height, self.spec)
 
 
 class EncodedBagDataset(BagDataset):
     """``BagDataset`` for ``--device_views``: items are ``(images, view parameters, index)`` where ``images`` holds
-    the anchor's (and the neighbour's) file data once and the parameters are those of the CPU path's views."""
+    the anchor (and the neighbour) once as ``EncodedImage`` and the parameters are those of the CPU path's views."""
 
     def __init__(self, root, spec: AugmentSpec, neighbours: np.ndarray | None, clus_pos_num: int = 5,
                  seed: int = 0, views: str = "bag") -> None:
@@ -134,12 +135,13 @@ class EncodedBagDataset(BagDataset):
 
     def __getitem__(self, index: int) -> tuple:  # type: ignore[override]
         *views, index = super().__getitem__(index)
-        images = tuple(data for data, _ in views[::2])
+        images = tuple(image for image, _ in views[::2])
         return images, tuple(params for _, params in views), index
 
 
 class EncodedImageFolder(IndexedImageFolder):
-    """``IndexedImageFolder`` whose items are ``(images, target, index)`` with ``images`` a 1-tuple of file data."""
+    """``IndexedImageFolder`` whose items are ``(images, target, index)`` with ``images`` a 1-tuple of
+    ``EncodedImage``."""
 
     def __init__(self, root) -> None:
         super().__init__(root)
@@ -147,7 +149,7 @@ class EncodedImageFolder(IndexedImageFolder):
 
     def __getitem__(self, index: int) -> tuple:  # type: ignore[override]
         image, target, index = super().__getitem__(index)
-        return (image.data,), target, index
+        return (image,), target, index
 
 
 class PackedImages(NamedTuple):
@@ -156,12 +158,14 @@ class PackedImages(NamedTuple):
     data: torch.Tensor  # uint8: every image's bytes (JPEG) or pixels (uint8 [3, H, W]) one after another
     offsets: torch.Tensor  # int64 [n + 1]: image i is data[offsets[i]:offsets[i + 1]]
     shapes: torch.Tensor  # int64 [n, 3]: pixel shape, or zeros where the bytes are a JPEG file
+    paths: tuple[str, ...]
 
     @classmethod
-    def pack(cls, images: Sequence[torch.Tensor]) -> "PackedImages":
-        offsets = torch.tensor([0, *itertools.accumulate(t.numel() for t in images)])
-        shapes = torch.tensor([tuple(t.shape) if t.dim() == 3 else (0, 0, 0) for t in images], dtype=torch.int64)
-        return cls(torch.cat([t.flatten() for t in images]), offsets, shapes)
+    def pack(cls, images: Sequence[EncodedImage]) -> "PackedImages":
+        data = [image.data for image in images]
+        offsets = torch.tensor([0, *itertools.accumulate(t.numel() for t in data)])
+        shapes = torch.tensor([tuple(t.shape) if t.dim() == 3 else (0, 0, 0) for t in data], dtype=torch.int64)
+        return cls(torch.cat([t.flatten() for t in data]), offsets, shapes, tuple(image.path for image in images))
 
     def unpack(self) -> list[torch.Tensor]:
         """Views into ``data``: 1-D JPEG bytes or ``[3, H, W]`` pixels."""
@@ -186,17 +190,28 @@ class DeviceViews:
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         self.blur_kernel = 2 * math.ceil(3 * spec.blur_sigma[1]) + 1
 
-    def decode(self, images: list[torch.Tensor] | PackedImages) -> list[torch.Tensor]:
-        """``uint8 [3, H, W]`` on the device for each item: JPEG bytes in one batched decode, the rest copied."""
-        if isinstance(images, PackedImages):
-            images = images.unpack()
-        encoded = [i for i, data in enumerate(images) if data.dim() == 1]
-        out = [data.to(self.device, non_blocking=True) if data.dim() == 3 else None for data in images]
-        if encoded:
-            decoded = decode_jpeg([images[i] for i in encoded], mode=ImageReadMode.RGB, device=self.device)
-            for i, pixels in zip(encoded, decoded):
+    def decode(self, images: PackedImages) -> list[torch.Tensor]:
+        """``uint8 [3, H, W]`` on the device for each image: the JPEGs in one batched decode, the rest copied.
+        Should the batched decode fail, each JPEG is decoded alone on the CPU, and a file that cannot be decoded
+        at all stops the run, named."""
+        pieces = images.unpack()
+        out = [data.to(self.device, non_blocking=True) if data.dim() == 3 else None for data in pieces]
+        jpegs = [i for i, data in enumerate(pieces) if data.dim() == 1]
+        if jpegs:
+            try:
+                decoded = decode_jpeg([pieces[i] for i in jpegs], mode=ImageReadMode.RGB, device=self.device)
+            except RuntimeError:
+                decoded = [self._decode_alone(pieces[i], images.paths[i]) for i in jpegs]
+            for i, pixels in zip(jpegs, decoded):
                 out[i] = pixels
         return out
+
+    def _decode_alone(self, data: torch.Tensor, path: str) -> torch.Tensor:
+        try:
+            pixels = decode_jpeg(data, mode=ImageReadMode.RGB)
+        except RuntimeError as error:
+            raise DatasetError(f"cannot decode {path}: {error}. Remove or replace the file.") from error
+        return pixels.to(self.device, non_blocking=True)
 
     def train_views(self, batch: tuple) -> tuple[torch.Tensor, ...]:
         """A collated ``EncodedBagDataset`` batch -> the view tensors the distiller takes (each ``[B, 3, S, S]``):

@@ -33,12 +33,16 @@ def _read_idx(path: Path, offset: int) -> np.ndarray:
         return np.frombuffer(handle.read(), dtype=np.uint8, offset=offset)
 
 
-def load_split(split: str, cache: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(images [N, 28, 28] uint8, labels [N])`` of ``train`` or ``val`` (the test split)."""
+def load_split(split: str, cache: Path, source: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(images [N, 28, 28] uint8, labels [N])`` of ``train`` or ``val`` (the test split), from the ``.gz`` files in
+    ``source`` (default: Debian's package folder) or else torchvision's download."""
     images_name, labels_name = _FILES[split]
-    if (DEBIAN_DIR / images_name).is_file():
-        images = _read_idx(DEBIAN_DIR / images_name, 16).reshape(-1, 28, 28)
-        return images, _read_idx(DEBIAN_DIR / labels_name, 8)
+    folder = Path(source) if source is not None else DEBIAN_DIR
+    if source is not None and not (folder / images_name).is_file():
+        raise DatasetError(f"{folder / images_name} does not exist: the folder must hold {', '.join(_FILES[split])}")
+    if (folder / images_name).is_file():
+        images = _read_idx(folder / images_name, 16).reshape(-1, 28, 28)
+        return images, _read_idx(folder / labels_name, 8)
     try:
         from torchvision.datasets import FashionMNIST
 
@@ -51,7 +55,8 @@ def load_split(split: str, cache: Path) -> tuple[np.ndarray, np.ndarray]:
         ) from error
 
 
-def prepare(out: Path, train_per_class: int | None, val_per_class: int | None, seed: int = 0) -> Path:
+def prepare(out: Path, train_per_class: int | None, val_per_class: int | None, seed: int = 0,
+            source: Path | None = None) -> Path:
     """Write a class-balanced subset (``None``: every image) as ``out/{train,val}/<class>/<n>.png``; skip when
     ``out/prepared.json`` says it is already there."""
     out = Path(out)
@@ -66,7 +71,7 @@ def prepare(out: Path, train_per_class: int | None, val_per_class: int | None, s
     rng = np.random.default_rng(seed)
     counts = {}
     for split, per_class in (("train", train_per_class), ("val", val_per_class)):
-        images, labels = load_split(split, out / "download")
+        images, labels = load_split(split, out / "download", source)
         chosen = []
         for c in range(len(CLASSES)):
             members = np.flatnonzero(labels == c)
@@ -91,8 +96,9 @@ def main() -> None:
     parser.add_argument("--train_per_class", type=int, default=None, help="default: all 6,000")
     parser.add_argument("--val_per_class", type=int, default=None, help="default: all 1,000")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--source", type=Path, help=f"folder with the four .gz files (default: {DEBIAN_DIR})")
     args = parser.parse_args()
-    prepare(Path(args.out), args.train_per_class, args.val_per_class, args.seed)
+    prepare(Path(args.out), args.train_per_class, args.val_per_class, args.seed, args.source)
 
 
 if __name__ == "__main__":

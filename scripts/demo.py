@@ -43,12 +43,16 @@ class Config:
     lr: float
     warmup: int
     workers: int
+    cuda_speed: bool = False  # bf16, channels_last and --device_views in the training and kNN stages
+
+
 
 
 CONFIGS = {
     "quick": Config("quick", "resnet34", 16, 8, 32, 1, 1, 1, 32, 64, 0.03, 0, 0),
     "cpu": Config("cpu", "resnet34", 100, 50, 32, 12, 5, 5, 32, 512, 0.03, 1, 1),
-    "gpu": Config("gpu", "resnet50", None, None, 32, 200, 100, 50, 256, 16384, 0.03, 10, 8),
+    # Sized (by estimate, not yet measured) to take about 15 minutes on one H100 with 16 cores; see bench/RESULTS.md.
+    "gpu": Config("gpu", "resnet50", None, None, 32, 100, 30, 30, 512, 16384, 0.06, 3, 16, cuda_speed=True),
 }
 STUDENTS = ("moco", "seed", "bingo")
 LABELS = {"teacher": "Teacher (MoCo-v2)", "moco": "ResNet-18, MoCo-v2 (no teacher)",
@@ -86,7 +90,8 @@ def distill_args(cfg: Config, data: Path, out: Path, method: str, arch: str, epo
     return [f"--method={method}", f"--s_arch={arch}", f"--data_dir={data}", f"--output_dir={out}",
             f"--image_size={cfg.image_size}", f"--batch_size={cfg.batch_size}", f"--moco_k={cfg.queue}",
             f"--init_lr={cfg.lr}", f"--end_epoch={epochs}", f"--num_workers={cfg.workers}", "--seed=0",
-            "--report_freq=50", "--save_freq=0", "--resume=auto", *extra]
+            "--report_freq=50", "--save_freq=0", "--resume=auto",
+            *(["--amp", "--channels_last", "--device_views"] if cfg.cuda_speed else []), *extra]
 
 
 def evaluate(runner: Runner, cfg: Config, data: Path, name: str, arch: str, checkpoint: Path) -> None:
@@ -103,10 +108,10 @@ def evaluate(runner: Runner, cfg: Config, data: Path, name: str, arch: str, chec
         (linear / "done").write_text("")
 
 
-def run(cfg: Config, run_dir: Path, data_dir: Path, device: str) -> dict:
+def run(cfg: Config, run_dir: Path, data_dir: Path, device: str, source: Path | None = None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    data = prepare(data_dir, cfg.train_per_class, cfg.val_per_class).resolve()
+    data = prepare(data_dir, cfg.train_per_class, cfg.val_per_class, source=source).resolve()
     runner = Runner(run_dir, device)
     runner.stage("teacher", run_dir / "teacher" / "final.pth", "main_distill.py",
                  distill_args(cfg, data, run_dir / "teacher", "moco", cfg.teacher_arch, cfg.teacher_epochs))
@@ -114,7 +119,8 @@ def run(cfg: Config, run_dir: Path, data_dir: Path, device: str) -> dict:
     runner.stage("kNN step", run_dir / "neighbours.npy", "run_knn.py",
                  [f"--arch={cfg.teacher_arch}", f"--ckpt_name={teacher}", f"--data_dir={data}", "--clus_pos_num=5",
                   f"--image_size={cfg.image_size}", f"--corr_name={run_dir / 'neighbours.npy'}",
-                  f"--batch_size={cfg.batch_size}", f"--num_workers={cfg.workers}"])
+                  f"--batch_size={cfg.batch_size}", f"--num_workers={cfg.workers}",
+                  *(["--channels_last", "--device_views"] if cfg.cuda_speed else [])])
     for method in STUDENTS:
         extra = [f"--t_arch={cfg.teacher_arch}", f"--pretrain_path={teacher}", f"--corr_npy={run_dir / 'neighbours.npy'}",
                  f"--bag_warmup_epochs={cfg.warmup}"] if method != "moco" else []
@@ -209,13 +215,15 @@ def main() -> None:
     parser.add_argument("--run_dir", type=Path, help="default: runs/demo-<config>")
     parser.add_argument("--data_dir", type=Path, help="default: demo_data/fmnist-<config>")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    parser.add_argument("--fmnist_dir", type=Path,
+                        help="folder with the four Fashion-MNIST .gz files (default: Debian's package folder)")
     args = parser.parse_args()
     import torch
 
     name = "quick" if args.quick else args.config or ("gpu" if torch.cuda.is_available() else "cpu")
     cfg = CONFIGS[name]
     run(cfg, (args.run_dir or REPO / "runs" / f"demo-{name}").resolve(),
-        (args.data_dir or REPO / "demo_data" / f"fmnist-{name}").resolve(), args.device)
+        (args.data_dir or REPO / "demo_data" / f"fmnist-{name}").resolve(), args.device, args.fmnist_dir)
 
 
 if __name__ == "__main__":

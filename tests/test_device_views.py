@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from torch.utils.data import default_collate
 
-from datasets.device_views import (DeviceViews, EncodedBagDataset, EncodedImageFolder, collate_encoded, read_encoded,
-                                   sample_view)
-from datasets.folders import BagDataset, IndexedImageFolder
+from datasets.device_views import (DeviceViews, EncodedBagDataset, EncodedImageFolder, PackedImages, collate_encoded,
+                                   read_encoded, sample_view)
+from datasets.folders import BagDataset, DatasetError, IndexedImageFolder
 from datasets.transforms import IMAGENET_STD, MOCO_V1, MOCO_V2, augmentation, eval_transform
 from engine import dist as edist
 from engine.features import embed
@@ -64,7 +64,7 @@ def test_device_views_equal_the_cpu_pipeline_view_for_view(tmp_path, spec):
         params.append(sample_view(encoded.width, encoded.height, spec))
     params = default_collate(params)
     views = DeviceViews(32, spec, "cpu")
-    device = views.augment(views.decode([encoded.data]) * 48, params)
+    device = views.augment(views.decode(PackedImages.pack([encoded])) * 48, params)
     cpu = torch.stack(cpu)
 
     # every branch ran both ways
@@ -120,6 +120,18 @@ def test_bag_batches_on_the_device_equal_the_cpu_bag_batches(tmp_path):
             assert view_error(device, cpu).max() < 0.03
 
 
+def test_a_jpeg_that_cannot_be_decoded_is_named(tmp_path):
+    root = make_photo_folder(tmp_path)
+    broken = root / "train" / "class_1" / "img_2.jpg"
+    data = broken.read_bytes()
+    broken.write_bytes(data[:data.index(b"\xff\xda") + 20])  # the header survives, the image data does not
+    assert read_encoded(str(broken)).data.dim() == 1  # the worker cannot tell: it reads the header only
+    dataset = EncodedImageFolder(root / "train")
+    batch = collate_encoded([dataset[i] for i in range(len(dataset))])
+    with pytest.raises(DatasetError, match="class_1/img_2.jpg"):
+        DeviceViews(32, MOCO_V2, "cpu").eval_crops(batch)
+
+
 def test_device_eval_crops_embed_like_the_cpu_transform(tmp_path):
     root = make_photo_folder(tmp_path)
     ctx = edist.init("cpu")
@@ -139,14 +151,16 @@ def test_run_knn_and_distill_run_with_device_views(tmp_path):
     calibrated_teacher("resnet18", root, tmp_path / "teacher.pth.tar")
     run_script("run_knn.py", ["--arch=resnet18", f"--ckpt_name={tmp_path / 'teacher.pth.tar'}", f"--data_dir={root}",
                               "--image_size=32", "--clus_pos_num=3", f"--corr_name={tmp_path / 'nn.npy'}",
-                              "--num_workers=1", "--batch_size=8", "--device_views"], tmp_path)
+                              "--num_workers=1", "--batch_size=8", "--device_views", "--channels_last"],
+               tmp_path)
     neighbours = np.load(tmp_path / "nn.npy")
     assert neighbours.shape == (18, 3) and not (neighbours == np.arange(18)[:, None]).any()
     out = tmp_path / "run"
     run_script("main_distill.py", ["--t_arch=resnet18", f"--pretrain_path={tmp_path / 'teacher.pth.tar'}",
                                    f"--data_dir={root}", f"--corr_npy={tmp_path / 'nn.npy'}", "--clus_pos_num=3",
                                    "--image_size=32", "--batch_size=6", "--moco_k=12", "--num_workers=1", "--seed=0",
-                                   "--end_epoch=2", f"--output_dir={out}", "--device_views"], tmp_path)
+                                   "--end_epoch=2", f"--output_dir={out}", "--device_views",
+                                   "--amp", "--channels_last"], tmp_path)  # the demo's GPU flags
     final = torch.load(out / "final.pth", weights_only=True)
     assert final["epoch"] == 2 and final["bingo"]["flags"]["device_views"]
     assert (out / "student_backbone.pth").is_file()

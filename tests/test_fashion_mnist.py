@@ -2,9 +2,10 @@ import gzip
 import json
 
 import numpy as np
+import pytest
 
 from datasets import fashion_mnist
-from datasets.folders import IndexedImageFolder
+from datasets.folders import DatasetError, IndexedImageFolder
 
 
 def _write_idx(folder, split_files, n, seed):
@@ -35,3 +36,15 @@ def test_prepare_writes_a_class_balanced_imagenet_layout(tmp_path, monkeypatch):
     assert json.loads((out / "prepared.json").read_text())["images"] == {"train": 30, "val": 20}
     fashion_mnist.prepare(tmp_path / "fm", train_per_class=1, val_per_class=1)  # another size replaces the folders
     assert len(IndexedImageFolder(out / "train")) == 10
+
+
+def test_prepare_reads_a_given_folder_of_gz_files(tmp_path):
+    source = tmp_path / "carried"
+    source.mkdir()
+    _write_idx(source, fashion_mnist._FILES["train"], 20, 0)
+    _write_idx(source, fashion_mnist._FILES["val"], 10, 1)
+    out = fashion_mnist.prepare(tmp_path / "fm", train_per_class=None, val_per_class=None, source=source)
+    assert len(IndexedImageFolder(out / "train")) == 20 and len(IndexedImageFolder(out / "val")) == 10
+    (source / fashion_mnist._FILES["val"][0]).unlink()
+    with pytest.raises(DatasetError, match="t10k-images-idx3-ubyte.gz"):
+        fashion_mnist.prepare(tmp_path / "other", train_per_class=1, val_per_class=1, source=source)
