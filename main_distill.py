@@ -157,6 +157,28 @@ def build_dataset(seed: int, device: torch.device) -> tuple[BagDataset, Callable
     return dataset, DeviceViews(FLAGS.image_size, spec, device, FLAGS.channels_last).train_views, collate_encoded
 
 
+def build_distiller(teacher: Embedder | None, ctx: edist.Context) -> tuple[Distiller, torch.optim.Optimizer]:
+    """Student + teacher + queue on the device (DDP around the student when distributed), and the optimizer."""
+    backbone = build_backbone(FLAGS.s_arch)
+    student = Embedder(backbone, student_head(backbone.feature_dim, FLAGS.moco_dim, FLAGS.mlp))
+    config = DistillConfig(
+        method=FLAGS.method, loss=FLAGS.loss, dim=FLAGS.moco_dim, queue_size=FLAGS.moco_k, t=FLAGS.moco_t,
+        moco_m=FLAGS.moco_m, lam=tuple(float(x) for x in FLAGS.lam), seed_teacher_t=FLAGS.seed_teacher_t,
+        warmup_epochs=FLAGS.bag_warmup_epochs,
+        teacher_mode=FLAGS.teacher_mode, fuse_teacher=FLAGS.fuse_teacher, subgroup=FLAGS.subgroup, amp=FLAGS.amp)
+    distiller = Distiller(student, teacher, config).to(ctx.device)
+    memory_format = torch.channels_last if FLAGS.channels_last else torch.contiguous_format
+    distiller = distiller.to(memory_format=memory_format)
+    if FLAGS.compile:
+        distiller.compile_networks()
+    if ctx.distributed:
+        distiller.student = DistributedDataParallel(
+            distiller.student, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+    optimizer = torch.optim.SGD(unwrap(distiller.student).parameters(), lr=FLAGS.init_lr, momentum=FLAGS.momentum,
+                                weight_decay=FLAGS.wd)
+    return distiller, optimizer
+
+
 def check_sizes(world_size: int) -> int:
     if FLAGS.batch_size % world_size:
         raise app.UsageError(f"--batch_size={FLAGS.batch_size} (global) is not divisible by {world_size} processes")
@@ -195,25 +217,9 @@ def main(argv: list[str]) -> None:
     if len(dataset) < FLAGS.batch_size:
         raise DatasetError(f"{dataset.root} has {len(dataset)} images, fewer than one global batch ({FLAGS.batch_size})")
 
-    backbone = build_backbone(FLAGS.s_arch)
-    student = Embedder(backbone, student_head(backbone.feature_dim, FLAGS.moco_dim, FLAGS.mlp))
-    config = DistillConfig(
-        method=FLAGS.method, loss=FLAGS.loss, dim=FLAGS.moco_dim, queue_size=FLAGS.moco_k, t=FLAGS.moco_t,
-        moco_m=FLAGS.moco_m, lam=tuple(float(x) for x in FLAGS.lam), seed_teacher_t=FLAGS.seed_teacher_t,
-        warmup_epochs=FLAGS.bag_warmup_epochs,
-        teacher_mode=FLAGS.teacher_mode, fuse_teacher=FLAGS.fuse_teacher, subgroup=FLAGS.subgroup, amp=FLAGS.amp)
-    distiller = Distiller(student, teacher, config).to(ctx.device)
-    memory_format = torch.channels_last if FLAGS.channels_last else torch.contiguous_format
-    distiller = distiller.to(memory_format=memory_format)
-    if FLAGS.compile:
-        distiller.compile_networks()
+    distiller, optimizer = build_distiller(teacher, ctx)
     # The teacher's parameters are compared with the checkpoint file's after every epoch.
     teacher_reference = None if FLAGS.method == "moco" else dict(build_teacher(False).named_parameters())
-    if ctx.distributed:
-        distiller.student = DistributedDataParallel(
-            distiller.student, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
-    optimizer = torch.optim.SGD(unwrap(distiller.student).parameters(), lr=FLAGS.init_lr, momentum=FLAGS.momentum,
-                                weight_decay=FLAGS.wd)
     meta = run_meta(seed)
     start_epoch = 0
     if resumed is not None:
