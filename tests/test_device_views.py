@@ -99,12 +99,13 @@ def test_sampled_parameters_follow_the_moco_v2_distribution():
     assert sigma.min() >= 0.1 and sigma.max() <= 2.0
 
 
-def test_bag_batches_on_the_device_equal_the_cpu_bag_batches(tmp_path):
+@pytest.mark.parametrize("views", ["bag", "pair"])
+def test_bag_batches_on_the_device_equal_the_cpu_bag_batches(tmp_path, views):
     root = make_photo_folder(tmp_path)
     n = 15
-    neighbours = np.stack([(np.arange(n) + s) % n for s in (1, 2)], axis=1)
-    cpu_set = BagDataset(root / "train", augmentation(MOCO_V2, 32), neighbours, clus_pos_num=2, seed=5)
-    device_set = EncodedBagDataset(root / "train", MOCO_V2, neighbours, clus_pos_num=2, seed=5)
+    neighbours = np.stack([(np.arange(n) + s) % n for s in (1, 2)], axis=1) if views == "bag" else None
+    cpu_set = BagDataset(root / "train", augmentation(MOCO_V2, 32), neighbours, clus_pos_num=2, seed=5, views=views)
+    device_set = EncodedBagDataset(root / "train", MOCO_V2, neighbours, clus_pos_num=2, seed=5, views=views)
     kinds = {Path(path).name: read_encoded(path).data.dim() for path, _ in device_set.samples}
     assert kinds["cmyk.jpg"] == 3 and kinds["lossless.png"] == 3 and kinds["gray.jpg"] == 1
     for epoch in (0, 1):
@@ -112,10 +113,10 @@ def test_bag_batches_on_the_device_equal_the_cpu_bag_batches(tmp_path):
         device_set.set_epoch(epoch)
         cpu_batch = default_collate([cpu_set[i] for i in range(n)])
         device_batch = collate_encoded([device_set[i] for i in range(n)])
-        views = DeviceViews(32, MOCO_V2, "cpu").train_views(device_batch)
+        made = DeviceViews(32, MOCO_V2, "cpu").train_views(device_batch)
         assert torch.equal(device_batch[-1], cpu_batch[-1])
-        assert len(views) == 4
-        for device, cpu in zip(views, cpu_batch[:4]):
+        assert len(made) == len(cpu_batch) - 1 == (4 if views == "bag" else 2)
+        for device, cpu in zip(made, cpu_batch[:-1]):
             assert device.shape == cpu.shape == (n, 3, 32, 32)
             assert view_error(device, cpu).max() < 0.03
 
