@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from datasets.device_views import DeviceViews, EncodedBagDataset, collate_encoded  # noqa: E402
 from datasets.folders import BagDataset  # noqa: E402
 from datasets.transforms import MOCO_V2, augmentation  # noqa: E402
+from engine.training import views_to_device  # noqa: E402
 from distill_step import CONFIGS, build, step, sync  # noqa: E402
 
 
@@ -54,12 +55,7 @@ def make_loader(root: Path, path: str, workers: int, batch: int, size: int, devi
                    pin_memory=device.type == "cuda")
     if path == "cpu":
         dataset = BagDataset(root / "train", augmentation(MOCO_V2, size), neighbours, clus_pos_num=5, seed=0)
-        channels_last = torch.channels_last
-
-        def prepare(views):
-            return tuple(v.to(device, non_blocking=True).contiguous(memory_format=channels_last) for v in views[:4])
-
-        return DataLoader(dataset, **options), prepare
+        return DataLoader(dataset, **options), lambda batch: views_to_device(batch[:-1], device, channels_last=True)
     dataset = EncodedBagDataset(root / "train", MOCO_V2, neighbours, clus_pos_num=5, seed=0)
     views = DeviceViews(size, MOCO_V2, device, channels_last=True)
     return DataLoader(dataset, collate_fn=collate_encoded, **options), views.train_views

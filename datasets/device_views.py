@@ -10,6 +10,7 @@ tests/test_device_views.py checks that view for view.
 from __future__ import annotations
 
 import functools
+import io
 import itertools
 import math
 from pathlib import Path
@@ -103,10 +104,11 @@ class EncodedImage(NamedTuple):
 def read_encoded(path: str) -> EncodedImage:
     """Read ``path`` for the device path: JPEGs stay encoded, other formats (PNG, CMYK JPEG, ...) are decoded here."""
     try:
-        with Image.open(path) as image:
+        raw = Path(path).read_bytes()
+        with Image.open(io.BytesIO(raw)) as image:
             width, height = image.size
             if image.format == "JPEG" and image.mode in ("RGB", "L"):
-                data = torch.from_numpy(np.frombuffer(Path(path).read_bytes(), dtype=np.uint8).copy())
+                data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
             else:
                 data = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
     except (OSError, ValueError, Image.DecompressionBombError) as error:
@@ -248,8 +250,12 @@ class DeviceViews:
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
+    def _on_device(self, values: torch.Tensor) -> torch.Tensor:
+        """Host-side parameters of the selected rows, as float32 on the device."""
+        return values.to(self.device, torch.float32, non_blocking=True)
+
     def _sigmas(self, params: ViewParams, rows: torch.Tensor) -> torch.Tensor:
-        return params.blur_sigma[rows].to(self.device, torch.float32, non_blocking=True)[:, None].expand(-1, 2)
+        return self._on_device(params.blur_sigma[rows])[:, None].expand(-1, 2)
 
     def _where(self, x: torch.Tensor, mask: torch.Tensor, op) -> torch.Tensor:
         """Apply ``op(x[rows], rows)`` to the rows where the host-side ``mask`` is true (no device sync)."""
@@ -263,7 +269,6 @@ class DeviceViews:
         return self._where(x, params.gray, lambda part, rows: rgb_to_grayscale(part).expand(-1, 3, -1, -1))
 
     def _jitter(self, x: torch.Tensor, params: ViewParams) -> torch.Tensor:
-        factors = params.factors.to(self.device, non_blocking=True)
         ops = (
             lambda part, f: (part * f.view(-1, 1, 1, 1)).clamp(0, 1),  # torchvision's brightness (Kornia's adds)
             adjust_contrast_with_mean_subtraction,
@@ -273,5 +278,5 @@ class DeviceViews:
         for position in range(4):
             for op_id, op in enumerate(ops):
                 mask = params.jitter & (params.order[:, position] == op_id)
-                x = self._where(x, mask, lambda part, rows: op(part, factors[rows.to(self.device), op_id]))
+                x = self._where(x, mask, lambda part, rows: op(part, self._on_device(params.factors[rows, op_id])))
         return x

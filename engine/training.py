@@ -16,7 +16,8 @@ from engine.logs import MetricsLog, Progress, format_seconds, log
 from models.checkpoints import MOMENTUM_PREFIX, from_official_keys, to_official_keys
 from models.distiller import Distiller, unwrap
 
-__all__ = ["make_train_loader", "train_epoch", "save_checkpoint", "load_checkpoint", "NonFiniteLoss", "RunState"]
+__all__ = ["make_train_loader", "views_to_device", "train_epoch", "save_checkpoint", "load_checkpoint", "NonFiniteLoss",
+           "RunState"]
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -54,7 +55,8 @@ def make_train_loader(dataset: Dataset, ctx: edist.Context, batch_per_process: i
     )
 
 
-def _to_device(views, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, ...]:
+def views_to_device(views, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, ...]:
+    """Copy batch tensors to ``device`` (asynchronously from pinned memory), in channels_last when asked."""
     out = []
     for view in views:
         view = view.to(device, non_blocking=True)
@@ -76,7 +78,7 @@ def train_epoch(distiller: Distiller, loader: DataLoader, optimizer: torch.optim
     progress = Progress(steps * loader.batch_size * ctx.world_size, f"epoch {state.epoch}")
     lr = optimizer.param_groups[0]["lr"]
     for step, batch in enumerate(loader):
-        views = prepare(batch) if prepare is not None else _to_device(batch[:-1], ctx.device, channels_last)
+        views = prepare(batch) if prepare is not None else views_to_device(batch[:-1], ctx.device, channels_last)
         loss, terms = distiller(views, state.epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

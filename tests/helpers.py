@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def make_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: int = 40, seed: int = 0,
-                      splits: tuple[str, ...] = ("train",), ext: str = "png") -> Path:
-    """``root/<split>/class_<c>/img_<i>.<ext>``: class c is a noisy image of one colour, so classes are separable."""
+                      splits: tuple[str, ...] = ("train",)) -> Path:
+    """``root/<split>/class_<c>/img_<i>.png``: class c is a noisy image of one colour, so classes are separable."""
     rng = np.random.default_rng(seed)
     colours = rng.integers(0, 256, size=(classes, 3))
     for split in splits:
@@ -29,7 +29,7 @@ def make_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: in
             for i in range(per_class):
                 noise = rng.normal(0, 40, size=(size, size, 3))
                 pixels = np.clip(colours[c] + noise, 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"img_{i:03d}.{ext}")
+                Image.fromarray(pixels).save(folder / f"img_{i:03d}.png")
     return root
 
 
