@@ -171,8 +171,8 @@ def head_from_state(state: dict[str, torch.Tensor], where: str) -> nn.Sequential
         head = swav_head(state["0.weight"].shape[1], state["0.weight"].shape[0], state["3.weight"].shape[0])
     elif "2.weight" in state and "0.weight" in state:
         head = mlp_head(state["0.weight"].shape[1], state["0.weight"].shape[0], state["2.weight"].shape[0])
-    elif set(state) == {"weight", "bias"}:
-        state = {f"0.{k}": v for k, v in state.items()}
+    elif set(state) in ({"weight", "bias"}, {"0.weight", "0.bias"}):  # MoCo-v1's fc; this project's --nomlp head
+        state = {k if k.startswith("0.") else f"0.{k}": v for k, v in state.items()}
         head = nn.Sequential(nn.Linear(state["0.weight"].shape[1], state["0.weight"].shape[0]))
     else:
         raise CheckpointError(f"{where}: unrecognised projection head with keys {sorted(state)[:_SHOWN]}")

@@ -27,6 +27,21 @@ def test_swav_release_round_trip(tmp_path):
     assert isinstance(head[1], torch.nn.BatchNorm1d)
 
 
+@pytest.mark.parametrize("mlp", [True, False])
+def test_a_network_trained_here_loads_as_a_teacher_with_its_head(tmp_path, mlp):
+    """What main_distill.py --method=moco saves (MLP head, or one linear layer with --nomlp) is a teacher."""
+    from models.checkpoints import to_official_keys
+    from models.distiller import Embedder
+    from models.heads import student_head
+
+    student = Embedder(build_backbone("resnet18"), student_head(512, 128, mlp=mlp))
+    torch.save({"bingo": {"arch": "resnet18", "method": "moco"}, "state_dict": to_official_keys(student)},
+               tmp_path / "final.pth")
+    backbone, head, weights = load_teacher("resnet18", tmp_path / "final.pth")
+    assert weights.fmt == "bingo" and len(head) == (3 if mlp else 1)
+    assert _equal(backbone, student.backbone.state_dict()) and _equal(head, student.head.state_dict())
+
+
 def test_torchvision_state_dict_round_trip(tmp_path):
     net = build_backbone("resnet18")
     state = {**net.state_dict(), "fc.weight": torch.randn(1000, 512), "fc.bias": torch.randn(1000)}
