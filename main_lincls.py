@@ -8,6 +8,7 @@ Writes ``results.json`` (last and best epoch, top-1 and top-5) and ``epochs.csv`
 from __future__ import annotations
 
 import csv
+import json
 import time
 from pathlib import Path
 
@@ -21,11 +22,11 @@ from datasets.transforms import eval_transform, linear_train_transform
 from engine import dist as edist
 from engine.cli import run
 from engine.evaluation import Classifier, assert_unchanged, backbone_fingerprint, evaluate, knn_classify, \
-    label_subset, train_classifier_epoch
+    label_subset, recompute_bn_statistics, train_classifier_epoch
 from engine.io import atomic_json, atomic_torch_save, check_writable, resolve_resume
 from engine.logs import log
 from engine.schedule import learning_rate, set_lr
-from models.backbones import BACKBONES
+from models.backbones import BACKBONES, FLOORS, build_backbone
 from models.checkpoints import file_sha256, load_backbone, torch_load
 
 FLAGS = flags.FLAGS
@@ -45,7 +46,8 @@ flags.DEFINE_list("schedule", ["60", "80"], "Milestone epochs for --decay_method
 flags.DEFINE_float("lr_decay", 0.1, "Factor at each milestone for --decay_method=step.")
 flags.DEFINE_enum("decay_method", "cos", ["cos", "step"], "cos: official scripts; step: MoCo's protocol.")
 flags.DEFINE_float("min_lr", 0.01, "Cosine floor (EfficientNet default: 0.001).")
-flags.DEFINE_enum("arch", "resnet18", sorted(BACKBONES), "Network whose backbone is evaluated.")
+flags.DEFINE_enum("arch", "resnet18", sorted(BACKBONES) + sorted(FLOORS),
+                  "Network whose backbone is evaluated; pixels: the raw-input floor (the image, 32x32, flattened).")
 flags.DEFINE_enum("pool_type", "avg", ["avg", "max"], "Global pooling before the linear layer.")
 flags.DEFINE_string("resume", "", "Probe checkpoint to continue from, or 'auto' for <output_dir>/probe.pth.")
 flags.DEFINE_integer("report_freq", 100, "Steps between progress lines.")
@@ -53,15 +55,24 @@ flags.DEFINE_integer("save_freq", 10, "Epochs between numbered probe checkpoints
 # Additions.
 flags.DEFINE_string("pretrained", None, "Checkpoint with the backbone: this project's, official BINGO, MoCo-v2, SwAV "
                     "or a plain torchvision state_dict.")
+flags.DEFINE_bool("recompute_bn", False,
+                  "Before scoring, replace every BatchNorm's running statistics by their averages over train/ (the "
+                  "evaluation crop), as PreciseBN does; with --untrained: the floor of a random network that "
+                  "normalises its activations as a trained one does (its own running statistics are the identity).")
+flags.DEFINE_bool("untrained", False, "Score --arch as initialised (random weights drawn with --seed), with no "
+                  "checkpoint: the floor a trained network must beat. --arch=pixels never takes a checkpoint.")
 flags.DEFINE_enum("protocol", "linear", ["linear", "knn", "semi"],
                   "linear probe, k-NN classifier, or semi-supervised fine-tuning of the whole network.")
 flags.DEFINE_list("knn_k", ["10", "200"], "k values for --protocol=knn.")
+flags.DEFINE_bool("with_knn", False, "With --protocol=linear or semi: after training, score the backbone with the "
+                  "k-NN classifier too, in the same start-up, into results.json's 'knn' (for semi: the fine-tuned "
+                  "backbone).")
 flags.DEFINE_float("knn_t", 0.07, "Temperature of the weighted k-NN vote (the plain majority vote is also reported).")
 flags.DEFINE_float("label_fraction", None, "--protocol=semi: fraction of each class's labels (e.g. 0.01, 0.1).")
 flags.DEFINE_string("label_file", None, "--protocol=semi: file listing the labelled images (SimCLR split format).")
 flags.DEFINE_integer("image_size", 224, "Crop size.")
 flags.DEFINE_enum("device", "auto", ["auto", "cuda", "cpu"], "Where to run (auto: CUDA when available).")
-flags.mark_flags_as_required(["pretrained", "data_dir"])
+flags.mark_flags_as_required(["data_dir"])
 
 CSV_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5"]
 
@@ -77,18 +88,44 @@ def resolve_defaults() -> None:
         FLAGS.end_epoch = 100
 
 
-def run_knn_protocol(backbone, ctx, output_dir: Path, provenance: dict) -> None:
+def build_evaluated(announce: bool) -> tuple[torch.nn.Module, dict]:
+    """The backbone to score and what results.json says about it: loaded strictly from --pretrained, or, for a
+    floor (--untrained, --arch=pixels), built with no checkpoint."""
+    floor = FLAGS.untrained or FLAGS.arch in FLOORS
+    if floor and FLAGS.pretrained:
+        raise app.UsageError(f"--pretrained={FLAGS.pretrained} and a floor (--untrained or --arch=pixels) exclude each "
+                             "other: drop one")
+    if not floor and not FLAGS.pretrained:
+        raise app.UsageError("--pretrained is required (or --untrained to score a randomly initialised network)")
+    flag_values = FLAGS.flag_values_dict()
+    if floor:
+        backbone = build_backbone(FLAGS.arch, FLAGS.pool_type)
+        what = "raw pixels" if FLAGS.arch in FLOORS else f"randomly initialised (seed {FLAGS.seed})"
+        log(f"{FLAGS.arch}: {what}, no checkpoint: a floor", announce)
+        return backbone, {"arch": FLAGS.arch, "pretrained": None, "checkpoint_format": "untrained",
+                          "checkpoint_sha256": None, "recomputed_bn": FLAGS.recompute_bn, "flags": flag_values}
+    backbone, weights = load_backbone(FLAGS.arch, FLAGS.pretrained, FLAGS.pool_type)
+    log(f"{FLAGS.arch} backbone from {FLAGS.pretrained} (format: {weights.fmt}); every backbone weight loaded, the "
+        "new linear classifier is the only part not from the checkpoint", announce)
+    return backbone, {"arch": FLAGS.arch, "pretrained": str(FLAGS.pretrained), "checkpoint_format": weights.fmt,
+                      "checkpoint_sha256": file_sha256(FLAGS.pretrained), "recomputed_bn": FLAGS.recompute_bn,
+                      "flags": flag_values}
+
+
+def run_knn_protocol(backbone, ctx) -> dict | None:
+    """k-NN top-1 / top-5 with k = 10 (majority vote) and each --knn_k (weighted vote); rank 0 gets
+    ``{"num_train", "num_val", "knn"}``, the other processes None."""
     train_set = IndexedImageFolder(open_split(FLAGS.data_dir, "train"), eval_transform(FLAGS.image_size))
     val_set = IndexedImageFolder(open_split(FLAGS.data_dir, "val"), eval_transform(FLAGS.image_size))
     settings = [(10, None)] + [(int(k), FLAGS.knn_t) for k in FLAGS.knn_k]
     per_process = FLAGS.batch_size // ctx.world_size
     results = knn_classify(backbone.to(ctx.device), train_set, val_set, ctx, per_process, FLAGS.num_workers,
                            settings)
-    if ctx.is_main:
-        atomic_json({"protocol": "knn", **provenance, "num_train": len(train_set), "num_val": len(val_set),
-                     "knn": results}, output_dir / "results.json")
-        for name, r in results.items():
-            log(f"k-NN {name}: top-1 {r['top1']:.2f}  top-5 {r['top5']:.2f}")
+    if not ctx.is_main:
+        return None
+    for name, r in results.items():
+        log(f"k-NN {name}: top-1 {r['top1']:.2f}  top-5 {r['top5']:.2f}")
+    return {"num_train": len(train_set), "num_val": len(val_set), "knn": results}
 
 
 def make_loaders(ctx, per_process: int):
@@ -122,13 +159,17 @@ def main(argv: list[str]) -> None:
     if ctx.is_main:
         check_writable(output_dir)
     torch.manual_seed(FLAGS.seed)
-    backbone, weights = load_backbone(FLAGS.arch, FLAGS.pretrained, FLAGS.pool_type)  # before any data is read
-    provenance = {"arch": FLAGS.arch, "pretrained": str(FLAGS.pretrained), "checkpoint_format": weights.fmt,
-                  "checkpoint_sha256": file_sha256(FLAGS.pretrained), "flags": FLAGS.flag_values_dict()}
-    log(f"{FLAGS.arch} backbone from {FLAGS.pretrained} (format: {weights.fmt}); every backbone weight loaded, the "
-        "new linear classifier is the only part not from the checkpoint", ctx.is_main)
+    backbone, provenance = build_evaluated(ctx.is_main)  # before any data is read
+    if FLAGS.recompute_bn:
+        backbone.to(ctx.device)
+        train_crops = IndexedImageFolder(open_split(FLAGS.data_dir, "train"), eval_transform(FLAGS.image_size))
+        count = recompute_bn_statistics(backbone, train_crops, ctx, per_process, FLAGS.num_workers)
+        log(f"BatchNorm running statistics of {count} layers re-estimated on {len(train_crops)} training images",
+            ctx.is_main)
     if FLAGS.protocol == "knn":
-        run_knn_protocol(backbone, ctx, output_dir, provenance)
+        knn = run_knn_protocol(backbone, ctx)
+        if ctx.is_main:
+            atomic_json({"protocol": "knn", **provenance, **knn}, output_dir / "results.json")
         edist.shutdown()
         return
 
@@ -181,6 +222,11 @@ def main(argv: list[str]) -> None:
                 f"(best {best['val_top1']:.2f} at epoch {best['epoch']}), {time.perf_counter() - t0:.1f} s")
             save_outputs(model, optimizer, epoch, best, history, provenance, output_dir, len(val_set))
         edist.barrier()
+    if FLAGS.with_knn:  # the backbone as trained (semi) or as given (linear: frozen, checked above)
+        knn = run_knn_protocol(model.backbone, ctx)
+        if ctx.is_main:
+            results = json.loads((output_dir / "results.json").read_text())
+            atomic_json({**results, "knn": knn["knn"]}, output_dir / "results.json")
     edist.shutdown()
 
 

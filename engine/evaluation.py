@@ -24,6 +24,8 @@ __all__ = [
     "evaluate",
     "knn_predict",
     "knn_classify",
+    "KnnMonitor",
+    "recompute_bn_statistics",
     "label_subset",
     "backbone_fingerprint",
     "assert_unchanged",
@@ -103,6 +105,33 @@ def evaluate(model: nn.Module, dataset: Dataset, ctx: edist.Context, batch_size:
             "loss": totals[2].item() / count, "count": int(count)}
 
 
+@torch.no_grad()
+def recompute_bn_statistics(backbone: nn.Module, dataset: Dataset, ctx: edist.Context, batch_size: int,
+                            num_workers: int) -> int:
+    """Replace every BatchNorm's running mean and variance by their averages over ``dataset`` (PreciseBN), the
+    weights untouched; returns how many BN layers were re-estimated. An untrained network's running statistics are
+    the identity (mean 0, variance 1): this gives the random network the normalisation a trained one has. Each
+    process averages over its shard, then the processes' averages are averaged."""
+    norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+    shard = Subset(dataset, list(range(ctx.rank, len(dataset), ctx.world_size)))
+    backbone.train()
+    with torch.random.fork_rng(devices=[]):
+        for images, _, _ in DataLoader(shard, batch_size=batch_size, num_workers=num_workers):
+            backbone(images.to(ctx.device, non_blocking=True))
+    backbone.eval()
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+        if dist.is_initialized():
+            for stat in (m.running_mean, m.running_var):
+                dist.all_reduce(stat)
+                stat /= ctx.world_size
+    return len(norms)
+
+
 def knn_predict(neighbour_labels: torch.Tensor, neighbour_sims: torch.Tensor, num_classes: int, k: int,
                 temperature: float | None) -> torch.Tensor:
     """Class scores ``[Q, C]`` from the ``k`` nearest neighbours: a plain vote (``temperature=None``) or the
@@ -122,9 +151,12 @@ def knn_classify(backbone: nn.Module, train_set: Dataset, val_set: Dataset, ctx:
     """k-NN accuracy of the normalised pooled features; ``settings`` lists ``(k, temperature or None)``.
 
     Embedding and search are the kNN step's own (``engine.features``). Rank 0 returns the results, others None.
+    It leaves torch's random generator as it found it (loader workers draw their seeds from it), so what runs
+    after it draws the same numbers with or without it.
     """
-    train_features = embed(backbone, train_set, ctx, batch_size, num_workers, label="embed train")
-    val_features = embed(backbone, val_set, ctx, batch_size, num_workers, label="embed val")
+    with torch.random.fork_rng(devices=[]):
+        train_features = embed(backbone, train_set, ctx, batch_size, num_workers, label="embed train")
+        val_features = embed(backbone, val_set, ctx, batch_size, num_workers, label="embed val")
     if not ctx.is_main:
         return None
     train_labels = torch.tensor([t for _, t in train_set.samples])
@@ -141,6 +173,28 @@ def knn_classify(backbone: nn.Module, train_set: Dataset, val_set: Dataset, ctx:
         results[name] = {"k": k, "temperature": temperature, "top1": 100.0 * top1.item() / len(val_labels),
                          "top5": 100.0 * top5.item() / len(val_labels)}
     return results
+
+
+class KnnMonitor:
+    """``knn_classify`` (10 nearest neighbours, majority vote) as a monitor of a network while it trains, as
+    solo-learn's and lightly's online k-NN: ``train_set`` is the labelled memory, ``val_set`` the queries, both with
+    the evaluation crop. Every process calls it; rank 0 gets ``{"knn10_top1", "knn10_top5"}``, the others None.
+    Like ``knn_classify`` it leaves the random generators as it found them: a run trains the same with or
+    without it."""
+
+    def __init__(self, train_set: Dataset, val_set: Dataset, ctx: edist.Context, batch_size: int,
+                 num_workers: int) -> None:
+        self.train_set, self.val_set, self.ctx = train_set, val_set, ctx
+        self.batch_size, self.num_workers = batch_size, num_workers
+
+    def __call__(self, backbone: nn.Module) -> dict[str, float] | None:
+        was_training = backbone.training
+        results = knn_classify(backbone, self.train_set, self.val_set, self.ctx, self.batch_size, self.num_workers,
+                               [(10, None)])
+        backbone.train(was_training)
+        if results is None:
+            return None
+        return {"knn10_top1": results["k10_majority"]["top1"], "knn10_top5": results["k10_majority"]["top5"]}
 
 
 def label_subset(samples: list[tuple[str, int]], root: str, fraction: float | None = None,

@@ -5,6 +5,9 @@ and which carries ``feature_dim`` (that width) and ``pool_attr`` (the name of it
 linear probe can swap average for max pooling). Parameter names are those of the upstream implementation
 (torchvision, efficientnet_pytorch, SwAV's ``resnet50w2``) minus the classifier, so state_dicts load and export
 without renaming.
+
+``pixels`` is not a network but the raw-input floor: the image itself, area-resized to 32 x 32 and flattened, so
+that evaluation code can score raw pixels exactly as it scores a network's features.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import Bottleneck
 
-__all__ = ["build_backbone", "BACKBONES", "TEACHERS", "STUDENTS", "ResNet50w2"]
+__all__ = ["build_backbone", "BACKBONES", "TEACHERS", "STUDENTS", "FLOORS", "ResNet50w2", "Pixels"]
 
 
 class ResNet50w2(nn.Module):
@@ -62,6 +65,18 @@ class ResNet50w2(nn.Module):
         return torch.flatten(self.avgpool(x), 1)
 
 
+class Pixels(nn.Module):
+    """The raw-input floor: the image area-resized to ``side`` x ``side`` and flattened (3,072 values at 32), no
+    parameters. At 32 px input the resize is the identity."""
+
+    def __init__(self, side: int = 32) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(side)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(x), 1)
+
+
 def _torchvision_resnet(name: str) -> nn.Module:
     net = getattr(tvm, name)(weights=None)
     width = net.fc.in_features
@@ -91,7 +106,7 @@ def _mobilenetv3_large() -> nn.Module:
     return _tag(net, width, "avgpool")
 
 
-def _tag(net: nn.Module, width: int, pool_attr: str) -> nn.Module:
+def _tag(net: nn.Module, width: int, pool_attr: str | None) -> nn.Module:
     net.feature_dim = width
     net.pool_attr = pool_attr
     return net
@@ -110,13 +125,19 @@ STUDENTS: dict[str, Callable[[], nn.Module]] = {
     "mobilenetv3_large": _mobilenetv3_large,
 }
 BACKBONES: dict[str, Callable[[], nn.Module]] = {**STUDENTS, **TEACHERS}
+# Scored by the evaluation code like a network, never trained.
+FLOORS: dict[str, Callable[[], nn.Module]] = {"pixels": lambda: _tag(Pixels(32), 3 * 32 * 32, None)}
 
 
 def build_backbone(name: str, pool: str = "avg") -> nn.Module:
-    """Build the named backbone with random weights; ``pool`` is ``avg`` or ``max`` (adaptive, any input size)."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown network {name!r}; choose one of {sorted(BACKBONES)}")
-    net = BACKBONES[name]()
+    """Build the named backbone (or floor) with random weights; ``pool`` is ``avg`` or ``max`` (adaptive, any input
+    size)."""
+    builders = {**BACKBONES, **FLOORS}
+    if name not in builders:
+        raise ValueError(f"unknown network {name!r}; choose one of {sorted(builders)}")
+    net = builders[name]()
+    if pool != "avg" and net.pool_attr is None:
+        raise ValueError(f"{name} has no pooling layer to change; use pool='avg'")
     if pool == "max":
         setattr(net, net.pool_attr, nn.AdaptiveMaxPool2d(1))
     elif pool != "avg":

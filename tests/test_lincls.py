@@ -120,3 +120,81 @@ def test_label_subsets(tmp_path):
         label_subset(samples, "/r", label_file=str(listing))
     listing.write_text("c0/i3.png\nc2/i4.png\n")
     assert label_subset(samples, "/r", label_file=str(listing)) == [3, 24]
+
+
+def _pixel_knn_by_hand(data, size: int = 32) -> float:
+    """10-NN majority top-1 (ties to the class with the larger summed similarity) of cosine similarity between raw
+    eval-crop pixels, computed here without the project's code: the number the pixels floor must reproduce."""
+    from torchvision.datasets import ImageFolder
+
+    from datasets.transforms import eval_transform
+
+    train, val = (ImageFolder(str(data / split), eval_transform(size)) for split in ("train", "val"))
+    features = [torch.nn.functional.normalize(torch.stack([x.flatten() for x, _ in split]), dim=1)
+                for split in (train, val)]
+    train_labels = torch.tensor(train.targets)
+    hits = 0
+    for query, target in zip(features[1], val.targets):
+        sims, top = (features[0] @ query).topk(10)
+        classes = len(train.classes)
+        votes = torch.bincount(train_labels[top], minlength=classes).double()
+        votes += 1e-6 * torch.bincount(train_labels[top], weights=sims.double(), minlength=classes)
+        hits += int(votes.argmax() == target)
+    return 100.0 * hits / len(val)
+
+
+def test_floors_are_scored_by_the_same_code(probe_data, tmp_path):
+    tmp, data = probe_data
+    # raw pixels: the k-NN classifier on the images themselves, and a linear probe trained on them
+    pixels = tmp_path / "pixels"
+    run_script("main_lincls.py", ["--arch=pixels", "--image_size=32", "--batch_size=8", "--num_workers=0",
+                                  f"--data_dir={data}", f"--output_dir={pixels}", "--with_knn", "--end_epoch=3",
+                                  "--init_lr=0.1"], tmp_path)
+    results = json.loads((pixels / "results.json").read_text())
+    assert results["checkpoint_format"] == "untrained" and results["pretrained"] is None
+    assert results["knn"]["k10_majority"]["top1"] == pytest.approx(_pixel_knn_by_hand(data))
+    assert results["epochs_done"] == 3 and results["last"]["top1"] > 60  # colour classes: pixels separate them
+
+    # an untrained network scores exactly as the same weights loaded from a checkpoint file
+    torch.manual_seed(5)
+    torch.save(build_backbone("resnet18").state_dict(), tmp_path / "init.pth")
+    scored = {}
+    for name, weights in (("untrained", ["--untrained", "--seed=5"]), ("file", [f"--pretrained={tmp_path / 'init.pth'}",
+                                                                            "--seed=5"])):
+        run_script("main_lincls.py", BASE + [f"--data_dir={data}", f"--output_dir={tmp_path / name}", *weights,
+                                             "--with_knn", "--end_epoch=1", "--init_lr=0.1"], tmp_path)
+        scored[name] = json.loads((tmp_path / name / "results.json").read_text())
+    assert scored["untrained"]["knn"] == scored["file"]["knn"]
+    assert scored["untrained"]["last"] == scored["file"]["last"]
+    assert scored["untrained"]["checkpoint_format"] == "untrained"
+
+
+def test_floor_and_checkpoint_flags_exclude_each_other(probe_data, tmp_path):
+    tmp, data = probe_data
+    both = run_script("main_lincls.py", BASE + [f"--data_dir={data}", f"--output_dir={tmp_path / 'a'}", "--untrained",
+                                                f"--pretrained={tmp / 'tv.pth'}"], tmp_path, check=False)
+    assert both.returncode == 2 and "exclude each other" in both.stderr
+    neither = run_script("main_lincls.py", BASE + [f"--data_dir={data}", f"--output_dir={tmp_path / 'b'}"], tmp_path,
+                         check=False)
+    assert neither.returncode == 2 and "--pretrained is required" in neither.stderr
+
+
+def test_recomputed_bn_statistics_are_the_data_averages_on_two_processes(probe_data, tmp_path):
+    tmp, data = probe_data
+    out = tmp_path / "precise"
+    result = run_script("main_lincls.py", BASE + [f"--data_dir={data}", f"--output_dir={out}", "--untrained",
+                                                  "--seed=3", "--recompute_bn", "--end_epoch=1", "--init_lr=0.1"],
+                        tmp_path, nproc=2)
+    assert "running statistics of 20 layers re-estimated on 24 training images" in result.stdout
+    assert json.loads((out / "results.json").read_text())["recomputed_bn"] is True
+    from datasets.folders import IndexedImageFolder
+    from datasets.transforms import eval_transform
+
+    torch.manual_seed(3)
+    net = build_backbone("resnet18")  # the same initial weights
+    crops = torch.stack([x for x, _, _ in IndexedImageFolder(data / "train", eval_transform(32))])
+    with torch.no_grad():
+        first = net.conv1(crops)
+    probe = torch.load(out / "probe.pth", weights_only=True)["model"]
+    assert torch.allclose(probe["backbone.bn1.running_mean"], first.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert not torch.allclose(probe["backbone.layer4.1.bn2.running_var"], torch.ones(512))
