@@ -19,11 +19,12 @@ import torch
 from absl import app, flags
 from torch.nn.parallel import DistributedDataParallel
 
-from datasets.folders import BagDataset, DatasetError, file_list_sha256, open_split
+from datasets.folders import BagDataset, DatasetError, IndexedImageFolder, file_list_sha256, open_split
 from datasets.device_views import DeviceViews, EncodedBagDataset, collate_encoded
-from datasets.transforms import pretrain_augmentation, pretrain_spec
+from datasets.transforms import eval_transform, pretrain_augmentation, pretrain_spec
 from engine import dist as edist
 from engine.cli import run
+from engine.evaluation import KnnMonitor
 from engine.io import atomic_json, atomic_torch_save, check_writable, resolve_resume
 from engine.logs import MetricsLog, log
 from engine.schedule import learning_rate, set_lr
@@ -87,11 +88,21 @@ flags.DEFINE_bool("compile", False, "torch.compile the student and the teacher (
 flags.DEFINE_bool("device_views", False,
                   "Decode JPEGs (nvJPEG on CUDA) and make the views on the training device; loader workers only read "
                   "files and draw the views' random parameters (the same draws as the CPU path).")
+flags.DEFINE_bool("in_memory", False,
+                  "With --device_views: decode every training image once at start-up and keep the pixels in memory "
+                  "(small datasets such as Fashion-MNIST or CIFAR; 3 KB an image at 32 px).")
 flags.DEFINE_bool("fuse_teacher", False, "One teacher forward for anchor and neighbour keys (needs teacher_mode=eval).")
 flags.DEFINE_bool("check_corr_json", True,
                   "Require the .npy's JSON from run_knn.py and check it against this dataset (turn off only for "
                   ".npy files made by the official code).")
 flags.DEFINE_enum("device", "auto", ["auto", "cuda", "cpu"], "Where to run (auto: CUDA when available).")
+flags.DEFINE_integer("knn_monitor_freq", 0,
+                     "Every N epochs, before the first and after the last, score the backbone being trained (the "
+                     "student; the query encoder for --method=moco) with main_lincls.py --protocol=knn's classifier "
+                     "(k = 10) and log it to metrics.jsonl as kind 'knn'. 0: off.")
+flags.DEFINE_string("knn_monitor_data", None,
+                    "Labelled dataset root for the k-NN monitor: train/ is the memory, val/ the queries (default: "
+                    "--data_dir).")
 
 
 def corr_path(name: str) -> Path:
@@ -153,12 +164,16 @@ def build_dataset(seed: int, device: torch.device) -> tuple[BagDataset, Callable
         transform = pretrain_augmentation(FLAGS.image_size, FLAGS.aug_plus)
         return BagDataset(root, transform, neighbours=None, views=views, seed=seed), None, None
     spec = pretrain_spec(FLAGS.aug_plus)
-    dataset = EncodedBagDataset(root, spec, neighbours=None, views=views, seed=seed)
+    dataset = EncodedBagDataset(root, spec, neighbours=None, views=views, seed=seed, in_memory=FLAGS.in_memory)
     return dataset, DeviceViews(FLAGS.image_size, spec, device, FLAGS.channels_last).train_views, collate_encoded
 
 
-def build_distiller(teacher: Embedder | None, ctx: edist.Context) -> tuple[Distiller, torch.optim.Optimizer]:
-    """Student + teacher + queue on the device (DDP around the student when distributed), and the optimizer."""
+def build_distiller(teacher: Embedder | None, ctx: edist.Context, seed: int
+                    ) -> tuple[Distiller, torch.optim.Optimizer]:
+    """Student + teacher + queue on the device (DDP around the student when distributed), and the optimizer. The
+    student's initial weights depend on ``seed`` alone, so every method starts from the same network under a seed
+    (building a teacher first draws from the generator too)."""
+    torch.manual_seed(seed)
     backbone = build_backbone(FLAGS.s_arch)
     student = Embedder(backbone, student_head(backbone.feature_dim, FLAGS.moco_dim, FLAGS.mlp))
     config = DistillConfig(
@@ -179,7 +194,40 @@ def build_distiller(teacher: Embedder | None, ctx: edist.Context) -> tuple[Disti
     return distiller, optimizer
 
 
+def build_monitor(ctx: edist.Context, batch_per_process: int) -> KnnMonitor | None:
+    """The k-NN monitor on --knn_monitor_data (default --data_dir), or None when --knn_monitor_freq is 0."""
+    if FLAGS.knn_monitor_freq <= 0:
+        return None
+    root = FLAGS.knn_monitor_data or FLAGS.data_dir
+    transform = eval_transform(FLAGS.image_size)
+    memory = IndexedImageFolder(open_split(root, "train"), transform)
+    queries = IndexedImageFolder(open_split(root, "val"), transform)
+    if memory.classes != queries.classes:
+        raise DatasetError(f"the k-NN monitor needs the same class folders in {root}/train and {root}/val; they "
+                           "differ. Pass --knn_monitor_data=<a labelled dataset root>, or --knn_monitor_freq=0.")
+    return KnnMonitor(memory, queries, ctx, batch_per_process, FLAGS.num_workers)
+
+
+def monitor_knn(monitor: KnnMonitor | None, distiller: Distiller, epochs_done: int, metrics: MetricsLog,
+                ctx: edist.Context) -> None:
+    """Score the trained backbone after ``epochs_done`` epochs when the monitor is on and the epoch is due."""
+    if monitor is None:
+        return
+    if epochs_done not in (0, FLAGS.end_epoch) and epochs_done % FLAGS.knn_monitor_freq:
+        return
+    scores = monitor(unwrap(distiller.student).backbone)
+    if ctx.is_main:
+        log(f"k-NN monitor after {epochs_done} epochs: top-1 {scores['knn10_top1']:.2f} "
+            f"top-5 {scores['knn10_top5']:.2f} (k = 10)")
+        metrics.write({"kind": "knn", "epoch": epochs_done, **scores}, step=epochs_done)
+
+
 def check_sizes(world_size: int) -> int:
+    """Flag combinations that cannot work, refused before anything is loaded; returns the per-process batch."""
+    if FLAGS.in_memory and not FLAGS.device_views:
+        raise app.UsageError("--in_memory needs --device_views (the batched views take the decoded pixels)")
+    if FLAGS.knn_monitor_freq < 0:
+        raise app.UsageError(f"--knn_monitor_freq={FLAGS.knn_monitor_freq}: give a number of epochs, or 0 for off")
     if FLAGS.batch_size % world_size:
         raise app.UsageError(f"--batch_size={FLAGS.batch_size} (global) is not divisible by {world_size} processes")
     if FLAGS.moco_k % FLAGS.batch_size:
@@ -216,8 +264,9 @@ def main(argv: list[str]) -> None:
         dataset.set_neighbours(neighbours, FLAGS.clus_pos_num)
     if len(dataset) < FLAGS.batch_size:
         raise DatasetError(f"{dataset.root} has {len(dataset)} images, fewer than one global batch ({FLAGS.batch_size})")
+    monitor = build_monitor(ctx, per_process)
 
-    distiller, optimizer = build_distiller(teacher, ctx)
+    distiller, optimizer = build_distiller(teacher, ctx, seed)
     # The teacher's parameters are compared with the checkpoint file's after every epoch.
     teacher_reference = None if FLAGS.method == "moco" else dict(build_teacher(False).named_parameters())
     meta = run_meta(seed)
@@ -235,6 +284,8 @@ def main(argv: list[str]) -> None:
     metrics = MetricsLog(output_dir, enabled=ctx.is_main)
     state = RunState(epoch=start_epoch, end_epoch=FLAGS.end_epoch, report_freq=FLAGS.report_freq, metrics=metrics,
                      total_steps=len(loader) * (FLAGS.end_epoch - start_epoch))
+    if start_epoch == 0:
+        monitor_knn(monitor, distiller, 0, metrics, ctx)
     for epoch in range(start_epoch, FLAGS.end_epoch):
         state.epoch = epoch
         loader.sampler.set_epoch(epoch)
@@ -247,6 +298,7 @@ def main(argv: list[str]) -> None:
         if teacher_reference is not None:
             assert_teacher_unchanged(distiller, teacher_reference)
             means["teacher_unchanged"] = True
+        monitor_knn(monitor, distiller, epoch + 1, metrics, ctx)
         if ctx.is_main:
             metrics.write({"kind": "epoch", "epoch": epoch, "lr": lr, **means}, step=epoch)
             payload = checkpoint_payload(distiller, optimizer, epoch + 1, meta)

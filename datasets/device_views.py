@@ -29,11 +29,14 @@ from torchvision.transforms.v2 import functional as TF
 
 from datasets.folders import BagDataset, DatasetError, IndexedImageFolder
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, resize_size
+from engine.logs import Progress, log
 
 __all__ = [
     "ViewParams",
     "sample_view",
     "read_encoded",
+    "read_decoded",
+    "DecodedCache",
     "EncodedBagDataset",
     "EncodedImageFolder",
     "collate_encoded",
@@ -116,6 +119,33 @@ def read_encoded(path: str) -> EncodedImage:
     return EncodedImage(data, width, height, str(path))
 
 
+def read_decoded(path: str) -> EncodedImage:
+    """Read and decode ``path`` (any format PIL reads) to ``uint8 [3, H, W]`` pixels."""
+    try:
+        with Image.open(path) as image:
+            pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise DatasetError(f"cannot read image {path}: {error}. Remove or replace the file.") from error
+    return EncodedImage(pixels, pixels.shape[2], pixels.shape[1], str(path))
+
+
+class DecodedCache:
+    """Every image of a dataset decoded once and held in memory, for small datasets (Fashion-MNIST, CIFAR: 3 KB an
+    image at 32 px): the loader then reads nothing from disk and decodes nothing. Used as the dataset's loader;
+    loader workers share the pixels with the main process."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        progress = Progress(len(paths), "decode into memory")
+        self.images = {}
+        for path in paths:
+            self.images[path] = read_decoded(path)
+            progress.update(1)
+        log(progress.line())
+
+    def __call__(self, path: str) -> EncodedImage:
+        return self.images[path]
+
+
 class _Sampler:
     """``BagDataset``'s per-view transform on the device path: (the image, that view's parameters)."""
 
@@ -128,12 +158,13 @@ class _Sampler:
 
 class EncodedBagDataset(BagDataset):
     """``BagDataset`` for ``--device_views``: items are ``(images, view parameters, index)`` where ``images`` holds
-    the anchor (and the neighbour) once as ``EncodedImage`` and the parameters are those of the CPU path's views."""
+    the anchor (and the neighbour) once as ``EncodedImage`` and the parameters are those of the CPU path's views.
+    With ``in_memory`` every image is decoded once, up front, and kept (``DecodedCache``)."""
 
     def __init__(self, root, spec: AugmentSpec, neighbours: np.ndarray | None, clus_pos_num: int = 5,
-                 seed: int = 0, views: str = "bag") -> None:
+                 seed: int = 0, views: str = "bag", in_memory: bool = False) -> None:
         super().__init__(root, _Sampler(spec), neighbours, clus_pos_num, seed, views)
-        self.loader = read_encoded
+        self.loader = DecodedCache([path for path, _ in self.samples]) if in_memory else read_encoded
 
     def __getitem__(self, index: int) -> tuple:  # type: ignore[override]
         *views, index = super().__getitem__(index)

@@ -69,7 +69,8 @@ def views_to_device(views, device: torch.device, channels_last: bool) -> tuple[t
 def train_epoch(distiller: Distiller, loader: DataLoader, optimizer: torch.optim.Optimizer, ctx: edist.Context,
                 state: RunState, channels_last: bool = False,
                 prepare: Callable[[Any], tuple[torch.Tensor, ...]] | None = None) -> dict[str, float]:
-    """One epoch; returns the epoch's mean loss terms. Raises ``NonFiniteLoss`` before anything is saved.
+    """One epoch; returns the epoch's mean loss terms and its images/s (all processes together). Raises
+    ``NonFiniteLoss`` before anything is saved.
     ``prepare`` turns a batch into the views on the device (``--device_views``); by default batches hold them."""
     distiller.train()
     steps = len(loader)
@@ -103,7 +104,7 @@ def train_epoch(distiller: Distiller, loader: DataLoader, optimizer: torch.optim
                                     step=state.epoch * steps + step + 1)
     if steps == 0:
         raise RuntimeError("the loader gave no batch: the dataset is smaller than one global batch")
-    return _check_finite({k: v / steps for k, v in sums.items()}, state, steps - 1)
+    return {**_check_finite({k: v / steps for k, v in sums.items()}, state, steps - 1), "images_per_s": progress.rate}
 
 
 def _check_finite(means: dict[str, torch.Tensor], state: RunState, step: int) -> dict[str, float]:

@@ -165,3 +165,26 @@ def test_run_knn_and_distill_run_with_device_views(tmp_path):
     final = torch.load(out / "final.pth", weights_only=True)
     assert final["epoch"] == 2 and final["bingo"]["flags"]["device_views"]
     assert (out / "student_backbone.pth").is_file()
+
+
+def test_images_held_in_memory_give_the_same_batches_as_files(tmp_path):
+    root = make_photo_folder(tmp_path)
+    n = 15
+    neighbours = np.stack([(np.arange(n) + s) % n for s in (1, 2)], axis=1)
+    views = DeviceViews(32, MOCO_V2, "cpu")
+
+    def batches(dataset):
+        out = []
+        for epoch in (0, 1):
+            dataset.set_epoch(epoch)
+            out.append(views.train_views(collate_encoded([dataset[i] for i in range(n)])))
+        return out
+
+    from_files = batches(EncodedBagDataset(root / "train", MOCO_V2, neighbours, clus_pos_num=2, seed=3))
+    in_memory = EncodedBagDataset(root / "train", MOCO_V2, neighbours, clus_pos_num=2, seed=3, in_memory=True)
+    for path in (root / "train").rglob("*.*"):  # nothing is read from disk once the images are held
+        path.unlink()
+    for held, read in zip(batches(in_memory), from_files):
+        assert len(held) == len(read) == 4
+        for a, b in zip(held, read):  # JPEGs: PIL's decoder here, torchvision's there
+            assert a.shape == b.shape == (n, 3, 32, 32) and view_error(a, b).max() < 0.03

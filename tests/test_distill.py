@@ -1,3 +1,6 @@
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -187,3 +190,53 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(distill_data, 
     assert result.returncode == 2 and "the loss became" in result.stderr, result.stderr
     assert (out / "checkpoint.pth").read_bytes() == good
     assert not (out / "final.pth").exists() or torch.load(out / "final.pth", weights_only=True)["epoch"] == 1
+
+
+def test_knn_monitor_logs_the_asked_epochs_and_changes_nothing(tmp_path):
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=6, size=40, splits=("train", "val"))
+    common = ["--method=moco", f"--data_dir={data}", "--image_size=32", "--batch_size=6", "--moco_k=12",
+              "--num_workers=0", "--seed=0", "--end_epoch=3", "--report_freq=100", "--save_freq=0"]
+    on, off = tmp_path / "on", tmp_path / "off"
+    result = run_script("main_distill.py", common + [f"--output_dir={on}", "--knn_monitor_freq=2"], tmp_path, nproc=2)
+    run_script("main_distill.py", common + [f"--output_dir={off}"], tmp_path, nproc=2)
+    knn = [m for m in _metrics(on) if m["kind"] == "knn"]
+    assert [m["epoch"] for m in knn] == [0, 2, 3]  # before training, every 2 epochs, after the last
+    assert all(0 <= m["knn10_top1"] <= m["knn10_top5"] <= 100 for m in knn)
+    assert "k-NN monitor after 2 epochs" in result.stdout
+    assert not any(m["kind"] == "knn" for m in _metrics(off))
+    # the monitor draws nothing from the run's generators: the same weights and queue with and without it
+    with_monitor, without = (torch.load(d / "final.pth", weights_only=True) for d in (on, off))
+    for key, value in with_monitor["state_dict"].items():
+        assert torch.equal(value, without["state_dict"][key]), key
+    assert torch.equal(with_monitor["queue"], without["queue"])
+    # its last point is main_lincls.py's k-NN classifier on the final checkpoint
+    run_script("main_lincls.py", ["--arch=resnet18", f"--pretrained={on / 'final.pth'}", f"--data_dir={data}",
+                                  "--image_size=32", "--batch_size=6", "--num_workers=0", "--protocol=knn",
+                                  f"--output_dir={tmp_path / 'knn'}"], tmp_path)
+    final = json.loads((tmp_path / "knn" / "results.json").read_text())["knn"]["k10_majority"]
+    assert knn[-1]["knn10_top1"] == pytest.approx(final["top1"])
+
+
+def test_knn_monitor_needs_matching_val_classes(tmp_path):
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=6, size=40, splits=("train", "val"))
+    shutil.rmtree(data / "val" / "class_2")
+    result = run_script("main_distill.py", ["--method=moco", f"--data_dir={data}", "--image_size=32",
+                                            "--batch_size=6", "--moco_k=12", "--num_workers=0", "--end_epoch=1",
+                                            "--knn_monitor_freq=1", f"--output_dir={tmp_path / 'out'}"], tmp_path,
+                        check=False)
+    assert result.returncode == 2 and "the same class folders" in result.stderr, result.stderr
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_every_method_starts_from_the_same_student_under_one_seed(distill_data):
+    tmp, data = distill_data
+    finals = {}
+    for method in ("bingo", "moco"):
+        out = tmp / f"init-{method}"
+        run_script("main_distill.py", _args(tmp, data, out, 1, [f"--method={method}", "--init_lr=0"]), tmp)
+        finals[method] = torch.load(out / "final.pth", weights_only=True)["state_dict"]
+    # at lr 0 the weights stay as initialised (BN statistics still follow the batches, so they are left out)
+    weights = [k for k in finals["bingo"] if k.startswith("module.encoder_q.") and "running" not in k
+               and "num_batches" not in k]
+    assert len(weights) > 60
+    assert all(torch.equal(finals["bingo"][k], finals["moco"][k]) for k in weights)
