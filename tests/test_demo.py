@@ -17,16 +17,33 @@ def _demo(tmp_path):
                           capture_output=True, text=True, timeout=600)
 
 
-def test_quick_demo_runs_the_whole_chain_and_resumes(tmp_path):
+def test_quick_demo_runs_the_whole_chain_with_floors_and_resumes(tmp_path):
     first = _demo(tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     run = tmp_path / "run"
-    for name in ("results.md", "results.json", "loss_curves.png", "accuracy.png", "neighbours.npy"):
+    for name in ("results.md", "results.json", "learning_curves.png", "accuracy.png", "loss_curves.png",
+                 "neighbours.npy"):
         assert (run / name).is_file(), name
     results = json.loads((run / "results.json").read_text())
-    assert [r["model"] for r in results["rows"]] == ["teacher", "moco", "seed", "bingo"]
-    assert all(0 <= r["linear_top1"] <= r["linear_top5"] <= 100 for r in results["rows"])
-    assert "| ResNet-18, BINGO |" in first.stdout
+    rows = {r["model"]: r for r in results["rows"]}
+    assert list(rows) == ["pixels", "untrained-resnet34", "untrained-resnet34-data-bn", "untrained-resnet18",
+                          "untrained-resnet18-data-bn", "teacher", "moco", "seed", "bingo"]
+    assert [r["kind"] for r in rows.values()] == ["floor"] * 5 + ["teacher"] + ["student"] * 3
+    for row in rows.values():
+        assert 0 <= row["knn10_top1"] <= 100 and 0 <= row["linear_top1"] <= row["linear_top5"] <= 100
+    # each trained row is compared with its own network untrained, and the table says so
+    assert rows["teacher"]["untrained"]["knn10_top1"] == rows["untrained-resnet34"]["knn10_top1"]
+    assert rows["bingo"]["untrained"]["linear_top1"] == rows["untrained-resnet18"]["linear_top1"]
+    assert rows["seed"]["untrained_data_bn"]["knn10_top1"] == rows["untrained-resnet18-data-bn"]["knn10_top1"]
+    # the untrained floor is the very network the runs start from: their monitor's first point is its score
+    assert rows["teacher"]["knn_curve"][0][1] == pytest.approx(rows["untrained-resnet34"]["knn10_top1"])
+    assert all(r["knn_curve"][0][1] == pytest.approx(rows["untrained-resnet18"]["knn10_top1"])
+               for method in ("moco", "seed", "bingo") for r in rows[method]["runs"])
+    assert "| Raw pixels (32×32, no network) | floor |" in first.stdout
+    assert "the same network untrained" in first.stdout
+    # the k-NN monitor ran in every training stage: before training and after its epoch
+    assert [e for e, _ in rows["teacher"]["knn_curve"]] == [0, 1]
+    assert all([e for e, _ in run_["knn_curve"]] == [0, 1] for run_ in rows["bingo"]["runs"])
     assert (tmp_path / "data" / "train").is_dir() and len(list((tmp_path / "data" / "train").iterdir())) == 10
     again = _demo(tmp_path)  # everything is done: every stage is skipped, the report is rebuilt
-    assert again.returncode == 0 and again.stdout.count("done already") == 13
+    assert again.returncode == 0 and again.stdout.count("done already") == 14

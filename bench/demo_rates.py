@@ -1,0 +1,149 @@
+"""Images/s of each training stage of the demo against the compute-only rate of the same step; prints a table.
+
+    python -m bench.demo_rates                    # the cpu configuration, on the demo's own data
+    python -m bench.demo_rates --config quick --epochs 2 --steps 2        # smoke size (the tests run this)
+
+For each training stage of the demo (the MoCo-v2 teacher, then the MoCo-v2, SEED and BINGO students) it runs
+`main_distill.py` with the demo's own flags for `--epochs` epochs on the demo's data and takes the median
+images/s of the epochs after the first (what the loop reports, data loading included); then, in this process, it
+builds the very same networks, optimizer and distiller from the same flags (`main_distill.build_distiller`) and
+times `--steps` steps on synthetic tensors of the same batch and size (compute only). Both rates come from the
+same run, so machine load affects them alike. `--inputs` adds rows for other input paths: `files` is the
+default loader path (PIL in `--num_workers` loader processes), `memory` the demo's (decoded images held in memory,
+views made in batches in the training process).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from engine.logs import read_metrics
+from scripts.demo import CONFIGS, CPU_INPUT, REPO, Training, train_args
+
+INPUTS = {"memory": CPU_INPUT, "files": ()}
+
+
+def data_fed(args: list[str], out: Path) -> dict:
+    """Run main_distill.py with ``args``; median images/s of the epochs after the first, and the process's wall
+    time (start-up included)."""
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, str(REPO / "main_distill.py"), *args, "--device=cpu"],
+                            capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"main_distill.py failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    epochs = [m for m in read_metrics(out / "metrics.jsonl") if m["kind"] == "epoch"]
+    rates = [m["images_per_s"] for m in epochs[1:]] or [epochs[0]["images_per_s"]]
+    return {"images_per_s": statistics.median(rates), "process_seconds": time.perf_counter() - start}
+
+
+def compute_only(args: list[str], steps: int, views: int) -> float:
+    """Images/s of the step ``main_distill.py args`` would build, on synthetic tensors (no data loading)."""
+    import main_distill
+    from absl import flags
+
+    from engine import dist as edist
+
+    flag_values = flags.FLAGS
+    flag_values.unparse_flags()
+    flag_values(["main_distill.py", *args, "--device=cpu"])
+    ctx = edist.init("cpu")
+    distiller, optimizer = main_distill.build_distiller(main_distill.build_teacher(False), ctx, seed=0)
+    distiller.set_epoch(0, 0, 0)
+    batch, size = flag_values.batch_size, flag_values.image_size
+    tensors = tuple(torch.randn(batch, 3, size, size) for _ in range(views))
+
+    def step() -> None:
+        loss, _ = distiller(tensors, epoch=flag_values.end_epoch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def stage_args(cfg, stage: Training, data: Path, out: Path, method: str, epochs: int, inputs: tuple,
+               extra: tuple = ()) -> list[str]:
+    args = train_args(cfg, replace(stage, epochs=epochs), data, out, method, seed=0, extra=extra)
+    args = [a for a in args if a not in CPU_INPUT and not a.startswith(("--knn_monitor_freq", "--resume"))]
+    workers = cfg.workers if inputs else max(1, cfg.workers)
+    return [a for a in args if not a.startswith("--num_workers")] + [f"--num_workers={workers}", *inputs]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="cpu", choices=sorted(CONFIGS))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10, help="timed synthetic steps per stage")
+    parser.add_argument("--inputs", default="memory,files", help=f"comma-separated, from {sorted(INPUTS)}")
+    parser.add_argument("--stages", default="teacher,moco,seed,bingo",
+                        help="comma-separated; seed and bingo distil from the teacher stage's network")
+    parser.add_argument("--data_dir", type=Path, help="default: demo_data/fmnist-<config> (prepared if missing)")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    from datasets.fashion_mnist import prepare
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    cfg = CONFIGS[args.config]
+    data = prepare((args.data_dir or REPO / "demo_data" / f"fmnist-{args.config}").resolve(), cfg.train_per_class,
+                   cfg.val_per_class)
+    work = Path(tempfile.mkdtemp(prefix="demo_rates."))
+    inputs = args.inputs.split(",")
+    teacher, neighbours = work / f"teacher-{inputs[0]}" / "final.pth", work / "neighbours.npy"
+    rows = []
+    load = os.getloadavg()
+    stages = args.stages.split(",")
+    distilled = any(m in stages for m in ("seed", "bingo"))
+    for method in ("teacher", "moco", "seed", "bingo"):
+        measured = method in stages
+        if not measured and not (method == "teacher" and distilled):
+            continue
+        stage = cfg.teacher if method == "teacher" else cfg.student
+        extra = () if method in ("teacher", "moco") else (
+            f"--t_arch={cfg.teacher.arch}", f"--pretrain_path={teacher}", f"--corr_npy={neighbours}")
+        for name in inputs if measured else inputs[:1]:  # an unmeasured teacher still trains, for the students
+            out = work / f"{method}-{name}"
+            run_args = stage_args(cfg, stage, data, out, "moco" if method == "teacher" else method, args.epochs,
+                                  INPUTS[name], extra)
+            fed = data_fed(run_args, out)
+            if not measured:
+                continue
+            compute = compute_only(run_args, args.steps, views=4 if method == "bingo" else 2)
+            row = {"stage": method, "inputs": name, "arch": stage.arch, "batch": stage.batch_size,
+                   "size": cfg.image_size, "data_fed": fed["images_per_s"], "compute_only": compute,
+                   "ratio": fed["images_per_s"] / compute, "process_seconds": fed["process_seconds"]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        if method == "teacher" and distilled:
+            subprocess.run([sys.executable, str(REPO / "run_knn.py"), f"--arch={cfg.teacher.arch}",
+                            f"--ckpt_name={teacher}", f"--data_dir={data}", "--clus_pos_num=5",
+                            f"--image_size={cfg.image_size}", f"--corr_name={neighbours}", "--num_workers=0",
+                            "--device=cpu"], check=True, capture_output=True)
+    print(f"\nconfig {cfg.name}: {args.epochs} epochs per stage (rate: median of epochs 2..), {args.steps} synthetic "
+          f"steps; {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load average before "
+          f"{load[0]:.2f} after {os.getloadavg()[0]:.2f}")
+    print("| stage | input path | network | batch | data-fed img/s | compute-only img/s | data-fed / compute | "
+          "process s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['stage']} | {r['inputs']} | {r['arch']} | {r['batch']} | {r['data_fed']:.1f} | "
+              f"{r['compute_only']:.1f} | {100 * r['ratio']:.0f} % | {r['process_seconds']:.0f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "config": cfg.name, "load_average": load}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

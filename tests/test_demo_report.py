@@ -1,0 +1,60 @@
+"""The demo's report: aggregation over seeds, marks for rows that do not beat their untrained network."""
+import math
+
+import pytest
+
+from scripts.demo import aggregate, cell, mean_curve, summary
+
+
+def test_aggregate_gives_mean_and_sample_std_over_seeds():
+    runs = [{"knn10_top1": 70.0, "linear_top1": 60.0, "linear_top5": 95.0, "train_seconds": 10.0,
+             "images_per_s": 100.0},
+            {"knn10_top1": 72.0, "linear_top1": 64.0, "linear_top5": 97.0, "train_seconds": 12.0,
+             "images_per_s": 110.0},
+            {"knn10_top1": 74.0, "linear_top1": 62.0, "linear_top5": 96.0, "train_seconds": 11.0,
+             "images_per_s": 90.0}]
+    out = aggregate(runs)
+    assert out["knn10_top1"] == pytest.approx(72.0) and out["knn10_top1_std"] == pytest.approx(2.0)
+    assert out["linear_top1"] == pytest.approx(62.0) and out["linear_top1_std"] == pytest.approx(2.0)
+    assert out["linear_top5_std"] == pytest.approx(1.0)
+    single = aggregate(runs[:1])
+    assert single["knn10_top1"] == 70.0 and single["knn10_top1_std"] == 0.0
+
+
+def test_cells_show_std_for_several_seeds_and_mark_rows_below_their_floor():
+    row = {"seeds": 3, "knn10_top1": 72.04, "knn10_top1_std": 1.96, "above_untrained": {"knn10_top1": False},
+           "above_untrained_data_bn": {"knn10_top1": True}}
+    assert cell(row, "knn10_top1") == "72.0 ± 2.0 †"
+    row["above_untrained_data_bn"]["knn10_top1"] = False
+    assert cell(row, "knn10_top1") == "72.0 ± 2.0 † ‡"
+    row = {"seeds": 1, "knn10_top1": 80.0, "above_untrained": {"knn10_top1": True}}
+    assert cell(row, "knn10_top1") == "80.0"
+    assert cell({"seeds": 1, "knn10_top1": 73.4}, "knn10_top1") == "73.4"  # a floor: no mark
+
+
+def test_summary_names_rows_below_their_untrained_network_and_compares_bingo():
+    floor = {"kind": "floor", "model": "untrained-resnet18"}
+
+    def student(model, knn, linear):
+        row = {"kind": "student", "model": model, "label": model, "seeds": 3, "knn10_top1": knn,
+               "linear_top1": linear}
+        for name, floor_knn, floor_linear in (("untrained", 70.0, 50.0), ("untrained_data_bn", 60.0, 52.0)):
+            row[name] = {"knn10_top1": floor_knn, "linear_top1": floor_linear}
+            row[f"above_{name}"] = {"knn10_top1": knn > floor_knn, "linear_top1": linear > floor_linear}
+        return row
+
+    rows = [floor, student("moco", 69.0, 55.0), student("seed", 71.0, 51.0), student("bingo", 73.0, 58.5)]
+    lines = summary({"rows": rows})
+    assert lines[0] == ("moco: NOT above (†) the same network untrained (10-NN -1.0, linear +5.0); above the same "
+                        "network untrained with BN statistics of the data (10-NN +9.0, linear +3.0)")
+    assert lines[1].endswith("NOT above (‡) the same network untrained with BN statistics of the data "
+                             "(10-NN +11.0, linear -1.0)")
+    assert lines[2].startswith("bingo: above the same network untrained (10-NN +3.0, linear +8.5); above")
+    assert lines[3].startswith("BINGO against MoCo-v2 (no teacher): 10-NN +4.0, linear +3.5")
+    assert "over 3 seed(s)" in lines[4]
+
+
+def test_mean_curve_keeps_the_points_every_seed_has():
+    xs, mean, std = mean_curve([[[0, 60.0], [1, 64.0], [2, 70.0]], [[0, 62.0], [2, 74.0]]])
+    assert xs == [0, 2] and mean == [61.0, 72.0]
+    assert std[0] == pytest.approx(math.sqrt(2.0))
