@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from engine.logs import read_metrics
-from scripts.demo import CONFIGS, CPU_INPUT, REPO, Training, train_args
+from scripts.demo import CONFIGS, CPU_INPUT, REPO, Training, data_folder, train_args
 
 INPUTS = {"memory": CPU_INPUT, "files": ()}
 
@@ -91,14 +91,14 @@ def main() -> None:
     parser.add_argument("--inputs", default="memory,files", help=f"comma-separated, from {sorted(INPUTS)}")
     parser.add_argument("--stages", default="teacher,moco,seed,bingo",
                         help="comma-separated; seed and bingo distil from the teacher stage's network")
-    parser.add_argument("--data_dir", type=Path, help="default: demo_data/fmnist-<config> (prepared if missing)")
+    parser.add_argument("--data_dir", type=Path, help="default: the demo's folder for the configuration's split")
     parser.add_argument("--json")
     args = parser.parse_args()
     from datasets.fashion_mnist import prepare
 
     torch.set_num_threads(os.cpu_count() or 1)
     cfg = CONFIGS[args.config]
-    data = prepare((args.data_dir or REPO / "demo_data" / f"fmnist-{args.config}").resolve(), cfg.train_per_class,
+    data = prepare((args.data_dir or REPO / "demo_data" / data_folder(cfg)).resolve(), cfg.train_per_class,
                    cfg.val_per_class)
     work = Path(tempfile.mkdtemp(prefix="demo_rates."))
     inputs = args.inputs.split(",")
