@@ -28,7 +28,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
+
 from datasets.fashion_mnist import prepare  # noqa: E402
+from datasets.folders import IndexedImageFolder  # noqa: E402
 from engine.io import atomic_json  # noqa: E402
 from engine.logs import read_metrics  # noqa: E402
 
@@ -74,17 +77,17 @@ CONFIGS = {
     # wipes out a 32 px image), a queue shorter than the data; see the README for what each measured.
     "cpu": Config(name="cpu", train_per_class=100, val_per_class=50, image_size=32,
                   teacher=Training("resnet34", epochs=12, batch_size=64, lr=0.03, queue=512,
-                                   flags=("--moco_m=0.99", "--moco_t=0.1", "--nomlp", "--noaug_plus"), knn_every=4),
+                                   flags=("--moco_m=0.99", "--moco_t=0.1", "--nomlp", "--noaug_plus"), knn_every=6),
                   student=Training("resnet18", epochs=5, batch_size=64, lr=0.03, queue=512,
                                    flags=("--moco_m=0.99", "--bag_warmup_epochs=1")),
-                  probe_epochs=4, input_flags=CPU_INPUT),
+                  probe_epochs=3, input_flags=CPU_INPUT),
     # The same data and recipe, four times the teacher's epochs and twice the students', three seeds: under an hour.
     "long": Config(name="long", train_per_class=100, val_per_class=50, image_size=32,
                    teacher=Training("resnet34", epochs=60, batch_size=64, lr=0.03, queue=512,
                                     flags=("--moco_m=0.99", "--moco_t=0.1", "--nomlp", "--noaug_plus"), knn_every=10),
                    student=Training("resnet18", epochs=10, batch_size=64, lr=0.03, queue=512,
                                     flags=("--moco_m=0.99", "--bag_warmup_epochs=2"), knn_every=2),
-                   probe_epochs=5, seeds=3, input_flags=CPU_INPUT),
+                   probe_epochs=3, seeds=3, input_flags=CPU_INPUT),
     # Sized (by estimate, not yet measured) to take about 15 minutes on one H100 with 16 cores; see bench/RESULTS.md.
     "gpu": Config(name="gpu", train_per_class=None, val_per_class=None, image_size=32,
                   teacher=Training("resnet50", epochs=100, batch_size=512, lr=0.06, queue=16384, knn_every=10),
@@ -196,7 +199,7 @@ def run(cfg: Config, run_dir: Path, data_dir: Path, device: str, source: Path | 
                          train_args(cfg, cfg.student, data, run_dir / folder, method, seed,
                                     distilled if method != "moco" else ()))
             evaluate(runner, cfg, data, folder, cfg.student.arch, [f"--pretrained={run_dir / folder / 'final.pth'}"])
-    results = collect(cfg, run_dir, time.perf_counter() - started, load_before)
+    results = collect(cfg, run_dir, data, time.perf_counter() - started, load_before)
     report(results, run_dir)
     return results
 
@@ -232,7 +235,15 @@ def aggregate(runs: list[dict]) -> dict:
     return out
 
 
-def collect(cfg: Config, run_dir: Path, seconds: float, load_before: tuple[float, ...]) -> dict:
+def bag_purity(neighbours: Path, data: Path) -> float:
+    """Percentage of the kNN step's (image, neighbour) pairs whose two images share a class: how often a BINGO bag
+    holds the right kind of image. Labels are read here, for the report only; no stage sees them."""
+    labels = np.array([target for _, target in IndexedImageFolder(data / "train").samples])
+    rows = np.load(neighbours)
+    return float(100.0 * (labels[rows] == labels[:, None]).mean())
+
+
+def collect(cfg: Config, run_dir: Path, data: Path, seconds: float, load_before: tuple[float, ...]) -> dict:
     times = json.loads((run_dir / "stage_times.json").read_text())
     rows = []
     for folder, (arch, flags, label) in floors(cfg).items():
@@ -257,7 +268,8 @@ def collect(cfg: Config, run_dir: Path, seconds: float, load_before: tuple[float
                                 ("untrained_data_bn", by_model[f"untrained-{row['arch']}-data-bn"])):
                 row[name] = {key: floor[key] for key in ("knn10_top1", "linear_top1")}
                 row[f"above_{name}"] = {key: row[key] > floor[key] for key in ("knn10_top1", "linear_top1")}
-    return {"config": asdict(cfg), "rows": rows, "wall_seconds": seconds,
+    return {"config": asdict(cfg), "rows": rows, "bag_purity": bag_purity(run_dir / "neighbours.npy", data),
+            "wall_seconds": seconds,
             "total_stage_seconds": sum(times.values()), "stage_seconds": times,
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                         "cpus": os.cpu_count(), "python": platform.python_version(),
@@ -319,13 +331,16 @@ def report(results: dict, run_dir: Path) -> None:
             + "\n".join(f"- {line}" for line in summary(results))
             + f"\n\nTraining images: {cfg['train_per_class'] or 6000} per class, validation: "
             f"{cfg['val_per_class'] or 1000} per class, {cfg['image_size']} px. Linear probe: last epoch of "
-            f"{cfg['probe_epochs']}; k-NN: 10 neighbours, majority vote. All stages together: "
+            f"{cfg['probe_epochs']}; k-NN: 10 neighbours, majority vote. BINGO's bags: "
+            f"{results['bag_purity']:.1f} % of the teacher's 5 nearest neighbours share the image's class. All stages "
+            "together: "
             f"{results['total_stage_seconds'] / 60:.1f} min.\n\n"
             "![learning curves](learning_curves.png)\n![accuracy](accuracy.png)\n![loss curves](loss_curves.png)\n")
     (run_dir / "results.md").write_text(text)
     atomic_json(results, run_dir / "results.json")
     plot(results, run_dir)
     print("\n" + table(results) + "\n\n" + "\n".join(summary(results))
+          + f"\nBINGO's bags: {results['bag_purity']:.1f} % of the teacher's neighbours share the image's class"
           + f"\n\nwritten: {run_dir / 'results.md'}, results.json, learning_curves.png, accuracy.png, loss_curves.png",
           flush=True)
 

@@ -41,6 +41,7 @@ def test_quick_demo_runs_the_whole_chain_with_floors_and_resumes(tmp_path):
                for method in ("moco", "seed", "bingo") for r in rows[method]["runs"])
     assert "| Raw pixels (32×32, no network) | floor |" in first.stdout
     assert "the same network untrained" in first.stdout
+    assert 0 <= results["bag_purity"] <= 100 and "of the teacher's neighbours share the image's class" in first.stdout
     # the k-NN monitor ran in every training stage: before training and after its epoch
     assert [e for e, _ in rows["teacher"]["knn_curve"]] == [0, 1]
     assert all([e for e, _ in run_["knn_curve"]] == [0, 1] for run_ in rows["bingo"]["runs"])
