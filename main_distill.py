@@ -222,7 +222,7 @@ def monitor_knn(monitor: KnnMonitor | None, distiller: Distiller, epochs_done: i
         metrics.write({"kind": "knn", "epoch": epochs_done, **scores}, step=epochs_done)
 
 
-def check_sizes(world_size: int) -> int:
+def check_flags(world_size: int) -> int:
     """Flag combinations that cannot work, refused before anything is loaded; returns the per-process batch."""
     if FLAGS.in_memory and not FLAGS.device_views:
         raise app.UsageError("--in_memory needs --device_views (the batched views take the decoded pixels)")
@@ -247,7 +247,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--output_dir (or --train_url) and --data_dir are required")
     output_dir = Path(output_dir)
     ctx = edist.init(FLAGS.device)
-    per_process = check_sizes(ctx.world_size)
+    per_process = check_flags(ctx.world_size)
     seed = FLAGS.seed if FLAGS.seed is not None else edist.broadcast_object(secrets.randbelow(2**31))
     resume_path = resolve_resume(FLAGS.resume, output_dir)
     resumed = torch_load(resume_path) if resume_path is not None else None

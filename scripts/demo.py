@@ -218,11 +218,13 @@ def scores(run_dir: Path, folder: str) -> dict:
 def training_record(run_dir: Path, folder: str, times: dict) -> dict:
     """What a training stage's metrics.jsonl says: loss per epoch, the k-NN monitor curve, images/s."""
     metrics = read_metrics(run_dir / folder / "metrics.jsonl")
-    epochs = [m for m in metrics if m["kind"] == "epoch"]
+    # A run killed after logging an epoch but before its checkpoint logs that epoch again on resume: keep the last.
+    epochs = sorted({m["epoch"]: m for m in metrics if m["kind"] == "epoch"}.items())
+    knn = sorted({m["epoch"]: m["knn10_top1"] for m in metrics if m["kind"] == "knn"}.items())
     return {"train_seconds": times.get(folder, 0.0),
-            "images_per_s": statistics.median(m["images_per_s"] for m in epochs) if epochs else None,
-            "loss_curve": [m["loss"] for m in epochs],
-            "knn_curve": [[m["epoch"], m["knn10_top1"]] for m in metrics if m["kind"] == "knn"]}
+            "images_per_s": statistics.median(m["images_per_s"] for _, m in epochs) if epochs else None,
+            "loss_curve": [m["loss"] for _, m in epochs],
+            "knn_curve": [list(point) for point in knn]}
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -357,6 +359,7 @@ def plot(results: dict, run_dir: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     rows = results["rows"]
     floors_ = [r for r in rows if r["kind"] == "floor"]
@@ -385,17 +388,21 @@ def plot(results: dict, run_dir: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 4))
     names = [r["label"].replace(", ", "\n").replace(" (", "\n(") for r in rows]
     x = range(len(rows))
-    for offset, key, label in ((-0.2, "knn10_top1", "10-NN top-1"), (0.2, "linear_top1", "linear top-1")):
-        bars = ax.bar([i + offset for i in x], [r[key] for r in rows], width=0.4, label=label,
+    handles = []
+    for offset, key, label, colour in ((-0.2, "knn10_top1", "10-NN top-1", "tab:blue"),
+                                       (0.2, "linear_top1", "linear top-1", "tab:orange")):
+        bars = ax.bar([i + offset for i in x], [r[key] for r in rows], width=0.4, color=colour,
                       yerr=[r.get(f"{key}_std", 0.0) for r in rows], capsize=3, edgecolor="black", linewidth=0.3)
         for bar, r in zip(bars, rows):
             if r["kind"] == "floor":
                 bar.set_hatch("//")
+        handles.append(Patch(facecolor=colour, edgecolor="black", linewidth=0.3, label=label))
+    handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="floor"))
     ax.set_xticks(list(x), names, fontsize=6)
     ax.set_ylabel("accuracy (%)")
     low = min(min(r["knn10_top1"], r["linear_top1"]) for r in rows)
     ax.set_ylim(max(0, low - 15), 100)
-    ax.legend(fontsize=8)
+    ax.legend(handles=handles, fontsize=8)
     ax.set_title("Fashion-MNIST validation accuracy (hatched: floors; students: mean ± std over seeds)")
     fig.tight_layout()
     fig.savefig(run_dir / "accuracy.png", dpi=120)

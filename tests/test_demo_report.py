@@ -1,9 +1,10 @@
 """The demo's report: aggregation over seeds, marks for rows that do not beat their untrained network."""
+import json
 import math
 
 import pytest
 
-from scripts.demo import aggregate, cell, mean_curve, summary
+from scripts.demo import aggregate, cell, mean_curve, summary, training_record
 
 
 def test_aggregate_gives_mean_and_sample_std_over_seeds():
@@ -58,3 +59,20 @@ def test_mean_curve_keeps_the_points_every_seed_has():
     xs, mean, std = mean_curve([[[0, 60.0], [1, 64.0], [2, 70.0]], [[0, 62.0], [2, 74.0]]])
     assert xs == [0, 2] and mean == [61.0, 72.0]
     assert std[0] == pytest.approx(math.sqrt(2.0))
+
+
+def test_training_record_keeps_the_last_record_of_an_epoch_logged_twice(tmp_path):
+    # What a kill between an epoch's records and its checkpoint leaves after the resume: epoch 1 logged twice.
+    lines = [{"kind": "knn", "epoch": 0, "knn10_top1": 70.0},
+             {"kind": "epoch", "epoch": 1, "loss": 6.0, "images_per_s": 50.0},
+             {"kind": "knn", "epoch": 1, "knn10_top1": 71.0},
+             {"kind": "epoch", "epoch": 1, "loss": 5.9, "images_per_s": 60.0},
+             {"kind": "knn", "epoch": 1, "knn10_top1": 72.0},
+             {"kind": "epoch", "epoch": 2, "loss": 5.5, "images_per_s": 70.0},
+             {"kind": "knn", "epoch": 2, "knn10_top1": 73.0}]
+    (tmp_path / "stage").mkdir()
+    (tmp_path / "stage" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    record = training_record(tmp_path, "stage", {"stage": 12.5})
+    assert record["knn_curve"] == [[0, 70.0], [1, 72.0], [2, 73.0]]
+    assert record["loss_curve"] == [5.9, 5.5]
+    assert record["images_per_s"] == 65.0 and record["train_seconds"] == 12.5
