@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from scripts.demo import aggregate, cell, mean_curve, summary, training_record
+from scripts.demo import CONFIGS, aggregate, cell, floors, mean_curve, summary, training_record
 
 
 def test_aggregate_gives_mean_and_sample_std_over_seeds():
@@ -76,3 +76,12 @@ def test_training_record_keeps_the_last_record_of_an_epoch_logged_twice(tmp_path
     assert record["knn_curve"] == [[0, 70.0], [1, 72.0], [2, 73.0]]
     assert record["loss_curve"] == [5.9, 5.5]
     assert record["images_per_s"] == 65.0 and record["train_seconds"] == 12.5
+
+
+def test_floors_cover_the_teacher_and_the_student_network_each_with_data_bn():
+    cpu = floors(CONFIGS["cpu"])  # a ResNet-34 teacher, ResNet-18 students
+    assert list(cpu) == ["floors/pixels", "floors/untrained-resnet34", "floors/untrained-resnet34-data-bn",
+                         "floors/untrained-resnet18", "floors/untrained-resnet18-data-bn"]
+    assert cpu["floors/untrained-resnet34-data-bn"][:2] == ("resnet34", ["--untrained", "--seed=0", "--recompute_bn"])
+    assert cpu["floors/pixels"][:2] == ("pixels", [])
+    assert len(floors(CONFIGS["quick"])) == 3  # one architecture: its two floors once
