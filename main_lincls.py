@@ -97,19 +97,17 @@ def build_evaluated(announce: bool) -> tuple[torch.nn.Module, dict]:
                              "other: drop one")
     if not floor and not FLAGS.pretrained:
         raise app.UsageError("--pretrained is required (or --untrained to score a randomly initialised network)")
-    flag_values = FLAGS.flag_values_dict()
+    common = {"arch": FLAGS.arch, "recomputed_bn": FLAGS.recompute_bn, "flags": FLAGS.flag_values_dict()}
     if floor:
         backbone = build_backbone(FLAGS.arch, FLAGS.pool_type)
         what = "raw pixels" if FLAGS.arch in FLOORS else f"randomly initialised (seed {FLAGS.seed})"
         log(f"{FLAGS.arch}: {what}, no checkpoint: a floor", announce)
-        return backbone, {"arch": FLAGS.arch, "pretrained": None, "checkpoint_format": "untrained",
-                          "checkpoint_sha256": None, "recomputed_bn": FLAGS.recompute_bn, "flags": flag_values}
+        return backbone, {**common, "pretrained": None, "checkpoint_format": "untrained", "checkpoint_sha256": None}
     backbone, weights = load_backbone(FLAGS.arch, FLAGS.pretrained, FLAGS.pool_type)
     log(f"{FLAGS.arch} backbone from {FLAGS.pretrained} (format: {weights.fmt}); every backbone weight loaded, the "
         "new linear classifier is the only part not from the checkpoint", announce)
-    return backbone, {"arch": FLAGS.arch, "pretrained": str(FLAGS.pretrained), "checkpoint_format": weights.fmt,
-                      "checkpoint_sha256": file_sha256(FLAGS.pretrained), "recomputed_bn": FLAGS.recompute_bn,
-                      "flags": flag_values}
+    return backbone, {**common, "pretrained": str(FLAGS.pretrained), "checkpoint_format": weights.fmt,
+                      "checkpoint_sha256": file_sha256(FLAGS.pretrained)}
 
 
 def run_knn_protocol(backbone, ctx) -> dict | None:

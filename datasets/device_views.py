@@ -27,7 +27,7 @@ from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
-from datasets.folders import BagDataset, DatasetError, IndexedImageFolder
+from datasets.folders import BagDataset, DatasetError, IndexedImageFolder, load_rgb
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, resize_size
 from engine.logs import Progress, log
 
@@ -121,11 +121,7 @@ def read_encoded(path: str) -> EncodedImage:
 
 def read_decoded(path: str) -> EncodedImage:
     """Read and decode ``path`` (any format PIL reads) to ``uint8 [3, H, W]`` pixels."""
-    try:
-        with Image.open(path) as image:
-            pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise DatasetError(f"cannot read image {path}: {error}. Remove or replace the file.") from error
+    pixels = torch.from_numpy(np.array(load_rgb(path))).permute(2, 0, 1).contiguous()
     return EncodedImage(pixels, pixels.shape[2], pixels.shape[1], str(path))
 
 

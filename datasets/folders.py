@@ -29,7 +29,8 @@ class DatasetError(RuntimeError):
     """A data folder or image that cannot be used; the message names the path."""
 
 
-def _load_rgb(path: str) -> Image.Image:
+def load_rgb(path: str) -> Image.Image:
+    """``path`` decoded to an RGB image; a file that cannot be read raises ``DatasetError`` naming it."""
     try:
         with open(path, "rb") as handle:
             image = Image.open(handle)
@@ -55,7 +56,7 @@ class IndexedImageFolder(ImageFolder):
         if not Path(root).is_dir():
             raise DatasetError(f"{root} is not a folder")
         try:
-            super().__init__(str(root), transform=transform, loader=_load_rgb)
+            super().__init__(str(root), transform=transform, loader=load_rgb)
         except FileNotFoundError as error:
             raise DatasetError(f"{root} holds no images in class folders ({error})") from error
 
