@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from bench.distill_step import time_steps
 from engine.logs import read_metrics
 from scripts.demo import CONFIGS, CPU_INPUT, REPO, Training, data_folder, train_args
 
@@ -68,11 +69,8 @@ def compute_only(args: list[str], steps: int, views: int) -> float:
         loss.backward()
         optimizer.step()
 
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return batch * steps / (time.perf_counter() - start)
+    step()  # warm-up
+    return batch / time_steps(step, steps, ctx.device)
 
 
 def stage_args(cfg, stage: Training, data: Path, out: Path, method: str, epochs: int, inputs: tuple,
