@@ -19,19 +19,20 @@ import torch
 from absl import app, flags
 from torch.nn.parallel import DistributedDataParallel
 
-from datasets.folders import BagDataset, DatasetError, IndexedImageFolder, file_list_sha256, open_split
+from datasets.folders import BagDataset, DatasetError, file_list_sha256, labelled_splits, open_split
 from datasets.device_views import DeviceViews, EncodedBagDataset, collate_encoded
 from datasets.transforms import eval_transform, pretrain_augmentation, pretrain_spec
 from engine import dist as edist
 from engine.cli import run
 from engine.evaluation import KnnMonitor
-from engine.io import atomic_json, atomic_torch_save, check_writable, resolve_resume
-from engine.logs import MetricsLog, log
+from engine.io import OutputFolderError, RunFolderLock, atomic_json, check_writable, resolve_resume
+from engine.logs import MetricsLog, log, prune_metrics
 from engine.schedule import learning_rate, set_lr
-from engine.training import RunState, checkpoint_payload, load_checkpoint, make_train_loader, save_checkpoint, \
-    train_epoch
+from engine.signals import Preempted, StopRequests
+from engine.training import (RunState, check_resumable, checkpoint_payload, load_checkpoint, make_train_loader,
+                             save_checkpoint, save_final, train_epoch)
 from models.backbones import BACKBONES, STUDENTS, build_backbone
-from models.checkpoints import load_teacher, torch_load
+from models.checkpoints import file_sha256, load_teacher, torch_load
 from models.distiller import DistillConfig, Distiller, Embedder, unwrap
 from models.heads import student_head
 
@@ -76,8 +77,12 @@ flags.DEFINE_enum("method", "bingo", ["bingo", "seed", "moco"], "bingo, the SEED
 flags.DEFINE_enum("loss", "official", ["official", "paper"],
                   "official: the released code's loss (neighbour key, 11-epoch warm-up, CutMix term, /3); "
                   "paper: CE(anchor) + CE(neighbour) against the anchor's teacher key.")
-flags.DEFINE_enum("teacher_mode", "train", ["train", "eval"],
-                  "train: teacher BN uses shuffled batch statistics (official); eval: its running statistics.")
+flags.DEFINE_enum("teacher_mode", None, ["train", "eval"],
+                  "train: teacher BN uses shuffled batch statistics (official BINGO); eval: its running statistics "
+                  "(SEED's release). Default: train for --method=bingo, eval for --method=seed.")
+flags.DEFINE_integer("head_hidden", 2048,
+                     "Hidden width of the student's MLP head (official BINGO: 2048 for every student and method; "
+                     "MoCo's and SEED's releases use the backbone's width, 512 for a ResNet-18).")
 flags.DEFINE_float("seed_teacher_t", 1e-4, "SEED's teacher temperature (its release's default).")
 flags.DEFINE_integer("bag_warmup_epochs", 10,
                      "--loss=official: epochs 0..N use only the own-key terms (official: 10, i.e. 11 epochs).")
@@ -175,12 +180,12 @@ def build_distiller(teacher: Embedder | None, ctx: edist.Context, seed: int
     (building a teacher first draws from the generator too)."""
     torch.manual_seed(seed)
     backbone = build_backbone(FLAGS.s_arch)
-    student = Embedder(backbone, student_head(backbone.feature_dim, FLAGS.moco_dim, FLAGS.mlp))
+    student = Embedder(backbone, student_head(backbone.feature_dim, FLAGS.moco_dim, FLAGS.mlp, FLAGS.head_hidden))
     config = DistillConfig(
         method=FLAGS.method, loss=FLAGS.loss, dim=FLAGS.moco_dim, queue_size=FLAGS.moco_k, t=FLAGS.moco_t,
         moco_m=FLAGS.moco_m, lam=tuple(float(x) for x in FLAGS.lam), seed_teacher_t=FLAGS.seed_teacher_t,
         warmup_epochs=FLAGS.bag_warmup_epochs,
-        teacher_mode=FLAGS.teacher_mode, fuse_teacher=FLAGS.fuse_teacher, subgroup=FLAGS.subgroup, amp=FLAGS.amp)
+        teacher_mode=teacher_mode(), fuse_teacher=FLAGS.fuse_teacher, subgroup=FLAGS.subgroup, amp=FLAGS.amp)
     distiller = Distiller(student, teacher, config).to(ctx.device)
     memory_format = torch.channels_last if FLAGS.channels_last else torch.contiguous_format
     distiller = distiller.to(memory_format=memory_format)
@@ -200,11 +205,7 @@ def build_monitor(ctx: edist.Context, batch_per_process: int) -> KnnMonitor | No
         return None
     root = FLAGS.knn_monitor_data or FLAGS.data_dir
     transform = eval_transform(FLAGS.image_size)
-    memory = IndexedImageFolder(open_split(root, "train"), transform)
-    queries = IndexedImageFolder(open_split(root, "val"), transform)
-    if memory.classes != queries.classes:
-        raise DatasetError(f"the k-NN monitor needs the same class folders in {root}/train and {root}/val; they "
-                           "differ. Pass --knn_monitor_data=<a labelled dataset root>, or --knn_monitor_freq=0.")
+    memory, queries = labelled_splits(root, transform, transform)
     return KnnMonitor(memory, queries, ctx, batch_per_process, FLAGS.num_workers)
 
 
@@ -223,9 +224,24 @@ def monitor_knn(monitor: KnnMonitor | None, distiller: Distiller, epochs_done: i
 
 
 def check_flags(world_size: int) -> int:
-    """Flag combinations that cannot work, refused before anything is loaded; returns the per-process batch."""
+    """Flag values and combinations that cannot work, refused before anything is loaded; returns the per-process
+    batch."""
+    at_least = {"batch_size": 1, "image_size": 16, "end_epoch": 1, "moco_k": 1, "moco_dim": 1, "head_hidden": 1,
+                "report_freq": 1, "num_workers": 0, "save_freq": 0, "subgroup": 1}
+    if FLAGS.method == "bingo":
+        at_least["clus_pos_num"] = 1
+    for name, low in at_least.items():
+        if FLAGS[name].value < low:
+            raise app.UsageError(f"--{name}={FLAGS[name].value}: must be at least {low}")
+    if FLAGS.moco_t <= 0 or FLAGS.seed_teacher_t <= 0:
+        raise app.UsageError(f"--moco_t={FLAGS.moco_t} and --seed_teacher_t={FLAGS.seed_teacher_t} must be positive")
+    if len(FLAGS.lam) != 2:
+        raise app.UsageError(f"--lam={','.join(FLAGS.lam)}: give two weights, e.g. --lam=0.5,0.5")
     if FLAGS.in_memory and not FLAGS.device_views:
         raise app.UsageError("--in_memory needs --device_views (the batched views take the decoded pixels)")
+    if FLAGS.fuse_teacher and teacher_mode() != "eval":
+        raise app.UsageError("--fuse_teacher needs --teacher_mode=eval (in train mode BN statistics of one forward "
+                             "over anchor and neighbour keys differ from the official two forwards)")
     if FLAGS.knn_monitor_freq < 0:
         raise app.UsageError(f"--knn_monitor_freq={FLAGS.knn_monitor_freq}: give a number of epochs, or 0 for off")
     if FLAGS.batch_size % world_size:
@@ -235,9 +251,46 @@ def check_flags(world_size: int) -> int:
     return FLAGS.batch_size // world_size
 
 
+def teacher_mode() -> str:
+    """--teacher_mode, or each method's own: train for BINGO (official), eval for SEED (its release)."""
+    if FLAGS.teacher_mode:
+        return FLAGS.teacher_mode
+    return "eval" if FLAGS.method == "seed" else "train"
+
+
 def run_meta(seed: int) -> dict:
+    """What a checkpoint records about its run; ``check_resumable`` compares it on --resume."""
+    teacher = FLAGS.method != "moco"
     return {"s_arch": FLAGS.s_arch, "arch": FLAGS.s_arch, "method": FLAGS.method, "moco_dim": FLAGS.moco_dim,
-            "moco_k": FLAGS.moco_k, "seed": seed, "flags": FLAGS.flag_values_dict()}
+            "moco_k": FLAGS.moco_k, "head_hidden": FLAGS.head_hidden if FLAGS.mlp else None, "seed": seed,
+            "t_arch": FLAGS.t_arch if teacher else None,
+            "teacher_sha256": file_sha256(FLAGS.pretrain_path) if teacher and Path(FLAGS.pretrain_path).is_file()
+            else None,
+            "flags": FLAGS.flag_values_dict() | {"teacher_mode": teacher_mode()}}
+
+
+def claim_output_dir(output_dir: Path, resume_path: Path | None) -> RunFolderLock:
+    """Own the run folder for this run; a fresh run may not overwrite another run's checkpoints."""
+    check_writable(output_dir)
+    lock = RunFolderLock(output_dir).acquire()
+    if resume_path is None and (output_dir / "checkpoint.pth").is_file():
+        lock.release()
+        raise OutputFolderError(f"{output_dir} already holds a run (checkpoint.pth): pass --resume=auto to continue "
+                                "it, or choose another --output_dir")
+    return lock
+
+
+def read_resume(resume_path: Path | None, meta: dict) -> dict | None:
+    """The checkpoint to resume from, checked against this run's flags before the teacher loads."""
+    if resume_path is None:
+        return None
+    resumed = torch_load(resume_path)
+    check_resumable(resumed, str(resume_path), meta)
+    done = int(resumed["epoch"])
+    if done > FLAGS.end_epoch:
+        raise app.UsageError(f"--end_epoch={FLAGS.end_epoch}, but {resume_path} has already trained {done} epochs: "
+                             f"give --end_epoch={done} or more")
+    return resumed
 
 
 def main(argv: list[str]) -> None:
@@ -250,15 +303,18 @@ def main(argv: list[str]) -> None:
     per_process = check_flags(ctx.world_size)
     seed = FLAGS.seed if FLAGS.seed is not None else edist.broadcast_object(secrets.randbelow(2**31))
     resume_path = resolve_resume(FLAGS.resume, output_dir)
-    resumed = torch_load(resume_path) if resume_path is not None else None
+    lock = claim_output_dir(output_dir, resume_path) if ctx.is_main else None
+    meta = run_meta(seed)
+    resumed = read_resume(resume_path, meta)
     if resumed is not None:
-        seed = int(resumed["bingo"]["seed"])
+        seed = meta["seed"] = int(resumed["bingo"]["seed"])
     torch.manual_seed(seed)
-    if ctx.is_main:
-        check_writable(output_dir)
     teacher = build_teacher(ctx.is_main)  # before any data is read: a wrong checkpoint stops here
 
     dataset, prepare, collate_fn = build_dataset(seed, ctx.device)
+    meta.update(num_images=len(dataset.samples), file_list_sha256=file_list_sha256(dataset))
+    if resumed is not None:
+        check_resumable(resumed, str(resume_path), meta, ("num_images", "file_list_sha256"))
     if dataset.views == "bag":
         neighbours = load_neighbours(corr_path(FLAGS.corr_npy), dataset, FLAGS.clus_pos_num, FLAGS.check_corr_json)
         dataset.set_neighbours(neighbours, FLAGS.clus_pos_num)
@@ -269,23 +325,48 @@ def main(argv: list[str]) -> None:
     distiller, optimizer = build_distiller(teacher, ctx, seed)
     # The teacher's parameters are compared with the checkpoint file's after every epoch.
     teacher_reference = None if FLAGS.method == "moco" else dict(build_teacher(False).named_parameters())
-    meta = run_meta(seed)
     start_epoch = 0
     if resumed is not None:
-        start_epoch = load_checkpoint(resumed, str(resume_path), distiller, optimizer, meta)
+        start_epoch = load_checkpoint(resumed, str(resume_path), distiller, optimizer)
         log(f"resumed from {resume_path} at epoch {start_epoch}", ctx.is_main)
     if ctx.is_main:
         atomic_json(meta["flags"] | {"seed": seed, "world_size": ctx.world_size}, output_dir / "flags.json")
+        prune_metrics(output_dir / "metrics.jsonl", start_epoch)
     loader = make_train_loader(dataset, ctx, per_process, FLAGS.num_workers, seed, collate_fn)
-    log(f"{FLAGS.method}: {FLAGS.s_arch} student, {len(dataset)} images, {len(loader)} steps/epoch of "
-        f"{FLAGS.batch_size} on {ctx.world_size} process(es), epochs {start_epoch}..{FLAGS.end_epoch - 1}",
-        ctx.is_main)
+    todo = (f"epochs {start_epoch}..{FLAGS.end_epoch - 1}" if start_epoch < FLAGS.end_epoch else
+            f"no epoch left to train (--end_epoch={FLAGS.end_epoch}): writing the final outputs")
+    log(f"{FLAGS.method}: {FLAGS.s_arch} student, {dataset.describe()}; {len(loader)} steps/epoch of "
+        f"{FLAGS.batch_size} on {ctx.world_size} process(es), {todo}", ctx.is_main)
 
     metrics = MetricsLog(output_dir, enabled=ctx.is_main)
     state = RunState(epoch=start_epoch, end_epoch=FLAGS.end_epoch, report_freq=FLAGS.report_freq, metrics=metrics,
-                     total_steps=len(loader) * (FLAGS.end_epoch - start_epoch))
+                     total_steps=len(loader) * (FLAGS.end_epoch - start_epoch), epochs_saved=start_epoch)
+    try:
+        with StopRequests() as state.stop:
+            train(distiller, optimizer, loader, dataset, monitor, teacher_reference, state, prepare, ctx, seed, meta,
+                  output_dir, start_epoch)
+    except Preempted as stopped:
+        last = output_dir / "checkpoint.pth"
+        done = f"{last} holds {state.epochs_saved} finished epochs" if last.is_file() else "no epoch was finished"
+        raise Preempted(stopped.signum, f"{stopped}; {done}. Continue with the same command and --resume=auto") \
+            from None
+    if ctx.is_main:
+        payload = checkpoint_payload(distiller, optimizer, FLAGS.end_epoch, meta)
+        written = save_final(payload, unwrap(distiller.student).backbone, output_dir)
+        log(f"done: {written[0]} and {written[1]}")
+    metrics.close()
+    edist.barrier()
+    if lock is not None:
+        lock.release()
+    edist.shutdown()
+
+
+def train(distiller: Distiller, optimizer: torch.optim.Optimizer, loader, dataset: BagDataset,
+          monitor: KnnMonitor | None, teacher_reference: dict | None, state: RunState, prepare: Callable | None,
+          ctx: edist.Context, seed: int, meta: dict, output_dir: Path, start_epoch: int) -> None:
+    """Epochs ``start_epoch .. --end_epoch - 1``; each ends with its metrics, then ``checkpoint.pth``."""
     if start_epoch == 0:
-        monitor_knn(monitor, distiller, 0, metrics, ctx)
+        monitor_knn(monitor, distiller, 0, state.metrics, ctx)
     for epoch in range(start_epoch, FLAGS.end_epoch):
         state.epoch = epoch
         loader.sampler.set_epoch(epoch)
@@ -298,18 +379,14 @@ def main(argv: list[str]) -> None:
         if teacher_reference is not None:
             assert_teacher_unchanged(distiller, teacher_reference)
             means["teacher_unchanged"] = True
-        monitor_knn(monitor, distiller, epoch + 1, metrics, ctx)
+        monitor_knn(monitor, distiller, epoch + 1, state.metrics, ctx)
         if ctx.is_main:
-            metrics.write({"kind": "epoch", "epoch": epoch, "lr": lr, **means}, step=epoch)
-            payload = checkpoint_payload(distiller, optimizer, epoch + 1, meta)
-            final = epoch + 1 == FLAGS.end_epoch
-            save_checkpoint(payload, output_dir, epoch + 1, FLAGS.save_freq, final)
-            if final:
-                atomic_torch_save(unwrap(distiller.student).backbone.state_dict(), output_dir / "student_backbone.pth")
+            state.metrics.write({"kind": "epoch", "epoch": epoch, "lr": lr, **means}, step=epoch)
+            save_checkpoint(checkpoint_payload(distiller, optimizer, epoch + 1, meta), output_dir, epoch + 1,
+                            FLAGS.save_freq)
+        state.epochs_saved = epoch + 1
         edist.barrier()
-    metrics.close()
-    log(f"done: {output_dir / 'final.pth'} and {output_dir / 'student_backbone.pth'}", ctx.is_main)
-    edist.shutdown()
+        state.stop.check(f"after epoch {epoch}")
 
 
 def assert_teacher_unchanged(distiller: Distiller, reference: dict[str, torch.Tensor]) -> None:

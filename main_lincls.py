@@ -17,17 +17,17 @@ from absl import app, flags
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from datasets.folders import IndexedImageFolder, open_split
+from datasets.folders import IndexedImageFolder, labelled_splits, open_split
 from datasets.transforms import eval_transform, linear_train_transform
 from engine import dist as edist
 from engine.cli import run
 from engine.evaluation import Classifier, assert_unchanged, backbone_fingerprint, evaluate, knn_classify, \
     label_subset, recompute_bn_statistics, train_classifier_epoch
-from engine.io import atomic_json, atomic_torch_save, check_writable, resolve_resume
+from engine.io import RunFolderLock, atomic_json, atomic_torch_save, check_writable, resolve_resume
 from engine.logs import log
 from engine.schedule import learning_rate, set_lr
 from models.backbones import BACKBONES, FLOORS, build_backbone
-from models.checkpoints import file_sha256, load_backbone, torch_load
+from models.checkpoints import CheckpointError, file_sha256, load_backbone, strict_load, torch_load
 
 FLAGS = flags.FLAGS
 # Official flags (haohang96/bingo main_lincls.py); defaults follow its ready scripts (cosine, 120 epochs).
@@ -113,8 +113,8 @@ def build_evaluated(announce: bool) -> tuple[torch.nn.Module, dict]:
 def run_knn_protocol(backbone, ctx) -> dict | None:
     """k-NN top-1 / top-5 with k = 10 (majority vote) and each --knn_k (weighted vote); rank 0 gets
     ``{"num_train", "num_val", "knn"}``, the other processes None."""
-    train_set = IndexedImageFolder(open_split(FLAGS.data_dir, "train"), eval_transform(FLAGS.image_size))
-    val_set = IndexedImageFolder(open_split(FLAGS.data_dir, "val"), eval_transform(FLAGS.image_size))
+    train_set, val_set = labelled_splits(FLAGS.data_dir, eval_transform(FLAGS.image_size),
+                                         eval_transform(FLAGS.image_size))
     settings = [(10, None)] + [(int(k), FLAGS.knn_t) for k in FLAGS.knn_k]
     per_process = FLAGS.batch_size // ctx.world_size
     results = knn_classify(backbone.to(ctx.device), train_set, val_set, ctx, per_process, FLAGS.num_workers,
@@ -127,10 +127,9 @@ def run_knn_protocol(backbone, ctx) -> dict | None:
 
 
 def make_loaders(ctx, per_process: int):
-    train_set = IndexedImageFolder(open_split(FLAGS.data_dir, "train"), linear_train_transform(FLAGS.image_size))
-    val_set = IndexedImageFolder(open_split(FLAGS.data_dir, "val"), eval_transform(FLAGS.image_size))
-    if train_set.classes != val_set.classes:
-        raise app.UsageError(f"train/ and val/ of {FLAGS.data_dir} have different class folders")
+    train_set, val_set = labelled_splits(FLAGS.data_dir, linear_train_transform(FLAGS.image_size),
+                                         eval_transform(FLAGS.image_size))
+    log(f"train/: {train_set.describe()}; val/: {val_set.describe()}", ctx.is_main)
     train_items = train_set
     if FLAGS.protocol == "semi":
         chosen = label_subset(train_set.samples, train_set.root, FLAGS.label_fraction, FLAGS.label_file, FLAGS.seed)
@@ -154,8 +153,7 @@ def main(argv: list[str]) -> None:
     if FLAGS.batch_size % ctx.world_size:
         raise app.UsageError(f"--batch_size={FLAGS.batch_size} is not divisible by {ctx.world_size} processes")
     per_process = FLAGS.batch_size // ctx.world_size
-    if ctx.is_main:
-        check_writable(output_dir)
+    lock = RunFolderLock(check_writable(output_dir)).acquire() if ctx.is_main else None  # released on exit
     torch.manual_seed(FLAGS.seed)
     backbone, provenance = build_evaluated(ctx.is_main)  # before any data is read
     if FLAGS.recompute_bn:
@@ -183,10 +181,11 @@ def main(argv: list[str]) -> None:
     start_epoch, best, history = 0, None, []
     resume = resolve_resume(FLAGS.resume or ("auto" if FLAGS.evaluate else ""), output_dir, "probe.pth")
     if resume is not None:
-        saved = torch_load(resume)
-        model.load_state_dict(saved["model"])
+        saved = read_probe(resume, model)
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, best, history = saved["epoch"], saved["best"], saved["history"]
+        if FLAGS.protocol == "semi":  # the fine-tuned network in the probe file is what is scored from here on
+            provenance |= {"fine_tuned_in": str(resume), "fine_tuned_sha256": file_sha256(resume)}
         log(f"resumed from {resume} at epoch {start_epoch}", ctx.is_main)
     elif FLAGS.evaluate:
         raise app.UsageError(f"--evaluate needs a probe: --resume=PATH or {output_dir / 'probe.pth'}")
@@ -225,7 +224,32 @@ def main(argv: list[str]) -> None:
         if ctx.is_main:
             results = json.loads((output_dir / "results.json").read_text())
             atomic_json({**results, "knn": knn["knn"]}, output_dir / "results.json")
+    if lock is not None:
+        lock.release()
     edist.shutdown()
+
+
+def read_probe(path: Path, model: Classifier) -> dict:
+    """Load a probe checkpoint into ``model``, strictly. A linear probe must have been trained on the very backbone
+    --pretrained gives (its backbone is frozen): otherwise its classifier would be scored on another network than
+    the one results.json names."""
+    saved = torch_load(path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict) or "optimizer" not in saved:
+        raise CheckpointError(f"{path} is not a probe checkpoint of main_lincls.py (no 'model' and 'optimizer'); "
+                              "give a probe.pth from an evaluation folder")
+    state = saved["model"]
+    if FLAGS.protocol == "linear":
+        source = FLAGS.pretrained or f"--untrained --seed={FLAGS.seed}"
+        for key, value in model.backbone.state_dict().items():
+            if key.endswith("num_batches_tracked"):
+                continue
+            theirs = state.get(f"backbone.{key}")
+            if theirs is None or theirs.shape != value.shape or not torch.equal(theirs, value.cpu()):
+                raise CheckpointError(f"{path} was trained on a different backbone than {source} (first difference: "
+                                      f"{key}); evaluate it with the --pretrained it was trained on, or train a new "
+                                      "probe in another --output_dir")
+    strict_load(model, state, str(path), "probe (backbone + linear classifier)")
+    return saved
 
 
 def save_outputs(model, optimizer, epoch, best, history, provenance, output_dir: Path, num_val: int) -> None:

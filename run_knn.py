@@ -101,7 +101,7 @@ def main(argv: list[str]) -> None:
     n, k = len(dataset), FLAGS.clus_pos_num
     if not 0 < k < n:
         raise app.UsageError(f"--clus_pos_num={k} must be at least 1 and below the number of images ({n})")
-    log(f"{n} images in {dataset.root}, {len(dataset.classes)} classes; K={k}; {ctx.world_size} process(es)",
+    log(f"{dataset.describe()}; K={k}; {ctx.world_size} process(es)",
         ctx.is_main)
 
     t0 = time.perf_counter()

@@ -14,12 +14,14 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 __all__ = [
     "DatasetError",
     "IndexedImageFolder",
     "BagDataset",
     "open_split",
+    "labelled_splits",
     "file_list_sha256",
     "per_item_seed",
 ]
@@ -30,13 +32,21 @@ class DatasetError(RuntimeError):
 
 
 def load_rgb(path: str) -> Image.Image:
-    """``path`` decoded to an RGB image; a file that cannot be read raises ``DatasetError`` naming it."""
+    """``path`` decoded to an RGB image; a file that cannot be read raises ``DatasetError`` naming it. Images of
+    more than 8 bits a channel (16-bit PNGs open as mode ``I;16`` or ``I``) are scaled to 8 bits, not clipped."""
     try:
         with open(path, "rb") as handle:
             image = Image.open(handle)
+            if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+                wide = np.asarray(image, dtype=np.float64)
+                image = Image.fromarray(np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8), mode="L")
             return image.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise DatasetError(f"cannot read image {path}: {error}. Remove or replace the file.") from error
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
 
 
 def open_split(data_dir: str | os.PathLike, split: str) -> Path:
@@ -49,16 +59,47 @@ def open_split(data_dir: str | os.PathLike, split: str) -> Path:
     return root
 
 
+def labelled_splits(data_dir: str | os.PathLike, train_transform: Callable | None, val_transform: Callable | None
+                    ) -> tuple["IndexedImageFolder", "IndexedImageFolder"]:
+    """``train/`` and ``val/`` of ``data_dir``, which must have the same class folders (labels are class indices,
+    so a class missing from one split would shift every label after it)."""
+    train = IndexedImageFolder(open_split(data_dir, "train"), train_transform)
+    val = IndexedImageFolder(open_split(data_dir, "val"), val_transform)
+    if train.classes != val.classes:
+        only_train = sorted(set(train.classes) - set(val.classes))[:3]
+        only_val = sorted(set(val.classes) - set(train.classes))[:3]
+        raise DatasetError(f"{data_dir}: train/ and val/ have different class folders (only in train/: {only_train}, "
+                           f"only in val/: {only_val}); labels would not match. Give both splits the same classes.")
+    return train, val
+
+
 class IndexedImageFolder(ImageFolder):
-    """``torchvision.datasets.ImageFolder`` whose items are ``(image, target, index)``."""
+    """``torchvision.datasets.ImageFolder`` whose items are ``(image, target, index)``. Hidden class folders and
+    files (names starting with '.', such as ``.ipynb_checkpoints``) are skipped; ``skipped_hidden`` counts them."""
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None) -> None:
         if not Path(root).is_dir():
             raise DatasetError(f"{root} is not a folder")
+        self.skipped_hidden = 0
         try:
-            super().__init__(str(root), transform=transform, loader=load_rgb)
+            super().__init__(str(root), transform=transform, loader=load_rgb, is_valid_file=self._is_image)
         except FileNotFoundError as error:
             raise DatasetError(f"{root} holds no images in class folders ({error})") from error
+
+    def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+        entries = [e for e in os.scandir(directory) if e.is_dir()]
+        self.skipped_hidden += sum(_hidden(e.name) for e in entries)
+        classes = sorted(e.name for e in entries if not _hidden(e.name))
+        if not classes:
+            raise FileNotFoundError(f"no class folder in {directory}")
+        return classes, {name: i for i, name in enumerate(classes)}
+
+    def _is_image(self, path: str) -> bool:
+        relative = Path(os.path.relpath(path, self.root))
+        if any(_hidden(part) for part in relative.parts):
+            self.skipped_hidden += 1
+            return False
+        return has_file_allowed_extension(path, IMG_EXTENSIONS)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         path, target = self.samples[index]
@@ -69,6 +110,13 @@ class IndexedImageFolder(ImageFolder):
 
     def relative_paths(self) -> list[str]:
         return [os.path.relpath(path, self.root) for path, _ in self.samples]
+
+    def describe(self) -> str:
+        """``N images in <root>, C classes`` and how many hidden entries were skipped."""
+        text = f"{len(self.samples)} images in {self.root}, {len(self.classes)} classes"
+        if self.skipped_hidden:
+            text += f" ({self.skipped_hidden} hidden files or folders skipped)"
+        return text
 
 
 def file_list_sha256(dataset: IndexedImageFolder) -> str:

@@ -1,26 +1,65 @@
-"""Entry-point wrapper: user errors print one clear line (what is wrong, which file, what to do) and exit 2."""
+"""Entry-point wrapper: user errors print one clear line (what is wrong, which file, what to do) and exit 2; a stop
+signal during training exits with ``EXIT_PREEMPTED`` after saying how to continue.
+
+Under torchrun the same line goes into the worker's error file, so torchrun's closing summary ends with it rather
+than with a pointer to its documentation.
+"""
 from __future__ import annotations
 
+import json
+import os
 import sys
+import time
 from typing import Callable
 
 from absl import app
 
 from datasets.folders import DatasetError
 from engine.io import OutputFolderError
+from engine.signals import EXIT_PREEMPTED, Preempted
 from models.checkpoints import CheckpointError
 
-__all__ = ["run", "USER_ERRORS"]
+__all__ = ["run", "guarded", "user_message", "USER_ERRORS", "EXIT_USER_ERROR"]
 
-USER_ERRORS = (DatasetError, CheckpointError, OutputFolderError, FloatingPointError, FileNotFoundError, NotADirectoryError, PermissionError)
+USER_ERRORS = (DatasetError, CheckpointError, OutputFolderError, FloatingPointError, FileNotFoundError,
+               NotADirectoryError, PermissionError)
+EXIT_USER_ERROR = 2
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-    def guarded(argv: list[str]) -> None:
+def user_message(error: BaseException) -> str:
+    """The error's own line; for an error re-raised from a DataLoader worker (whose text is the worker's whole
+    traceback), the original exception's message."""
+    text = str(error).strip()
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        origin = text.splitlines()[0].removeprefix("Caught ").rstrip(".")
+        text = f"{last.split(': ', 1)[-1]} ({origin})"
+    return text
+
+
+def _report(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:  # torchrun shows this as the failure's "traceback" in its summary
+        with open(error_file, "w") as handle:
+            json.dump({"message": line, "timestamp": int(time.time())}, handle)
+
+
+def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+    """``main`` with user errors turned into one line and exit status 2, a stop signal into exit status 75."""
+    def call(argv: list[str]) -> None:
         try:
             main(argv)
         except (app.UsageError, *USER_ERRORS) as error:
-            print(f"error: {error}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            _report(f"error: {user_message(error)}")
+            sys.exit(EXIT_USER_ERROR)
+        except Preempted as stopped:
+            if os.environ.get("RANK", "0") == "0":
+                _report(str(stopped))
+            sys.exit(EXIT_PREEMPTED)
 
-    app.run(guarded)
+    return call
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    app.run(guarded(main))

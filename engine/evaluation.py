@@ -24,6 +24,7 @@ __all__ = [
     "evaluate",
     "knn_predict",
     "knn_classify",
+    "ranked_correct",
     "KnnMonitor",
     "recompute_bn_statistics",
     "label_subset",
@@ -168,11 +169,18 @@ def knn_classify(backbone: nn.Module, train_set: Dataset, val_set: Dataset, ctx:
     for k, temperature in settings:
         k = min(k, k_max)
         scores = knn_predict(neighbour_labels, sims, len(train_set.classes), k, temperature)
-        top1, top5 = topk_correct(scores, val_labels, (1, 5))
+        top1, top5 = ranked_correct(scores, val_labels, (1, 5))
         name = f"k{k}_" + ("majority" if temperature is None else f"weighted_T{temperature:g}")
         results[name] = {"k": k, "temperature": temperature, "top1": 100.0 * top1.item() / len(val_labels),
                          "top5": 100.0 * top5.item() / len(val_labels)}
     return results
+
+
+def ranked_correct(scores: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
+    """Like ``topk_correct``, but equal scores rank by class index (a stable sort, solo-learn's order): a k-NN top-5
+    among classes with no votes then does not depend on ``topk``'s arbitrary order."""
+    ranked = scores.sort(dim=1, descending=True, stable=True).indices
+    return [(ranked[:, :k] == target[:, None]).any(dim=1).sum() for k in ks]
 
 
 class KnnMonitor:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from engine import dist as edist
 from engine.logs import Progress, log
 
-__all__ = ["embed", "exact_knn", "search", "faiss_info", "SEARCH_BACKENDS"]
+__all__ = ["embed", "exact_knn", "search", "faiss_info", "check_finite_features", "NonFiniteFeatures", "SEARCH_BACKENDS"]
 
 SEARCH_BACKENDS = ("auto", "faiss", "torch")
 # Bound on |fp16 dot product - exact dot product| for unit vectors (inputs rounded to fp16, fp32 accumulation,
@@ -88,7 +88,24 @@ def embed(
         log(progress.line())
         if not bool((seen == 1).all()):
             raise RuntimeError(f"embedding bookkeeping error: {int((seen != 1).sum())} images not embedded once")
+        check_finite_features(out, dataset)
     return out
+
+
+class NonFiniteFeatures(FloatingPointError):
+    """The network gave NaN or infinite features; a search over them would return meaningless neighbours."""
+
+
+def check_finite_features(features: torch.Tensor, dataset: Dataset) -> None:
+    """Raise ``NonFiniteFeatures`` naming how many rows are bad and the first image's file."""
+    bad = (~torch.isfinite(features)).any(dim=1).nonzero().flatten()
+    if len(bad):
+        first = int(bad[0])
+        samples = getattr(dataset, "samples", None)
+        name = samples[first][0] if samples is not None else f"item {first}"
+        raise NonFiniteFeatures(
+            f"the network's features are NaN or infinite for {len(bad)} of {len(features)} images (first: {name}); "
+            "no neighbour search on them. Check the checkpoint (its weights load finite) and turn off --amp")
 
 
 def _width(network: nn.Module) -> int:

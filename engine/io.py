@@ -1,9 +1,12 @@
 """Files: atomic writes, run folders, RNG state capture and checkpoint discovery for ``--resume``."""
 from __future__ import annotations
 
+import datetime
+import fcntl
 import json
 import os
 import random
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -20,7 +23,15 @@ __all__ = [
     "resolve_resume",
     "check_writable",
     "OutputFolderError",
+    "RunFolderLock",
 ]
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
@@ -32,6 +43,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() respects the umask
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -68,6 +80,46 @@ def check_writable(folder: str | os.PathLike) -> Path:
     except OSError as error:
         raise OutputFolderError(f"cannot write to {folder}: {error}. Choose another output folder.") from error
     return folder
+
+
+class RunFolderLock:
+    """Exclusive ownership of a run folder for as long as this process lives.
+
+    An advisory ``flock`` on ``<folder>/run.lock``: a second run into the same folder is refused with the first
+    one's pid, host and start time; the kernel drops the lock when its process ends, so a crashed or killed run
+    never leaves the folder stuck (the file stays, unlocked).
+    """
+
+    NAME = "run.lock"
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.path = Path(folder) / self.NAME
+        self.handle = None
+
+    def acquire(self) -> "RunFolderLock":
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise OutputFolderError(
+                f"{self.path.parent} is in use by another run ({owner}); wait for it to finish, or choose another "
+                "output folder") from None
+        handle.seek(0)
+        handle.truncate()
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def release(self) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
 
 
 def rng_state() -> dict[str, Any]:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Progress", "MetricsLog", "format_seconds", "log", "read_metrics"]
+__all__ = ["Progress", "MetricsLog", "format_seconds", "log", "read_metrics", "prune_metrics"]
 
 
 def log(message: str, enabled: bool = True) -> None:
@@ -90,3 +90,26 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+
+
+def prune_metrics(path: str | os.PathLike, start_epoch: int) -> int:
+    """Before a run (re)starts at ``start_epoch``, drop the records of the work it will redo: steps and epochs from
+    ``start_epoch`` on, and k-NN scores after ``start_epoch`` epochs (at 0, the first one too). A run stopped between
+    logging an epoch and checkpointing it would otherwise log that epoch twice. Returns how many were dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    records = read_metrics(path)
+
+    def redone(record: dict[str, Any]) -> bool:
+        epoch = record.get("epoch", -1)
+        if record.get("kind") == "knn":
+            return epoch > start_epoch or start_epoch == 0
+        return epoch >= start_epoch
+
+    kept = [r for r in records if not redone(r)]
+    if len(kept) < len(records):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in kept))
+        os.replace(tmp, path)
+    return len(records) - len(kept)

@@ -13,11 +13,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from engine import dist as edist
 from engine.io import atomic_torch_save, rng_state, set_rng_state
 from engine.logs import MetricsLog, Progress, format_seconds, log
-from models.checkpoints import MOMENTUM_PREFIX, from_official_keys, to_official_keys
+from engine.signals import StopRequests
+from models.checkpoints import MOMENTUM_PREFIX, CheckpointError, check_finite, from_official_keys, to_official_keys
 from models.distiller import Distiller, unwrap
 
-__all__ = ["make_train_loader", "views_to_device", "train_epoch", "save_checkpoint", "load_checkpoint", "NonFiniteLoss",
-           "RunState"]
+__all__ = ["make_train_loader", "views_to_device", "train_epoch", "save_checkpoint", "save_final",
+           "check_resumable", "load_checkpoint", "NonFiniteLoss", "RunState"]
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -35,6 +36,8 @@ class RunState:
     steps_done: int = 0
     total_steps: int = 0
     started: float = field(default_factory=time.perf_counter)
+    stop: StopRequests | None = None  # checked after every step
+    epochs_saved: int = 0  # epochs in the run folder's checkpoint.pth
 
 
 def make_train_loader(dataset: Dataset, ctx: edist.Context, batch_per_process: int, num_workers: int,
@@ -102,6 +105,8 @@ def train_epoch(distiller: Distiller, loader: DataLoader, optimizer: torch.optim
                 state.metrics.write({"kind": "step", "epoch": state.epoch, "step": step + 1, "lr": lr,
                                      "images_per_s": progress.rate, **means},
                                     step=state.epoch * steps + step + 1)
+        if state.stop is not None and step + 1 < steps:  # after the last step, the epoch's checkpoint comes first
+            state.stop.check(f"in epoch {state.epoch} after step {step + 1}/{steps}")
     if steps == 0:
         raise RuntimeError("the loader gave no batch: the dataset is smaller than one global batch")
     return {**_check_finite({k: v / steps for k, v in sums.items()}, state, steps - 1), "images_per_s": progress.rate}
@@ -134,24 +139,45 @@ def checkpoint_payload(distiller: Distiller, optimizer: torch.optim.Optimizer, e
     }
 
 
-def save_checkpoint(payload: dict[str, Any], output_dir: Path, epoch: int, save_freq: int, final: bool) -> None:
-    """``checkpoint.pth`` every epoch, ``checkpoint_<epoch>.pth`` every ``save_freq`` epochs and ``final.pth`` at the
-    end; all writes are atomic."""
+def save_checkpoint(payload: dict[str, Any], output_dir: Path, epoch: int, save_freq: int) -> None:
+    """``checkpoint.pth`` every epoch and ``checkpoint_<epoch>.pth`` every ``save_freq`` epochs; atomic writes."""
     atomic_torch_save(payload, output_dir / "checkpoint.pth")
     if save_freq and epoch % save_freq == 0:
         atomic_torch_save(payload, output_dir / f"checkpoint_{epoch:04d}.pth")
-    if final:
-        atomic_torch_save(payload, output_dir / "final.pth")
 
 
-def load_checkpoint(payload: dict[str, Any], where: str, distiller: Distiller, optimizer: torch.optim.Optimizer,
-                    meta: dict[str, Any]) -> int:
-    """Restore student, momentum encoder, queue, optimizer and RNG states from a checkpoint read from ``where``;
-    returns the epoch to start from."""
-    saved = payload.get("bingo", {})
-    for key in ("s_arch", "method", "moco_dim", "moco_k"):
-        if key in saved and saved[key] != meta[key]:
-            raise ValueError(f"--resume={where}: it was trained with {key}={saved[key]!r}, this run has {meta[key]!r}")
+def save_final(payload: dict[str, Any], backbone: torch.nn.Module, output_dir: Path) -> list[Path]:
+    """``final.pth`` (the last checkpoint) and ``student_backbone.pth`` (torchvision layout); returns both paths."""
+    paths = [output_dir / "final.pth", output_dir / "student_backbone.pth"]
+    atomic_torch_save(payload, paths[0])
+    atomic_torch_save(backbone.state_dict(), paths[1])
+    return paths
+
+
+RESUME_KEYS = ("method", "s_arch", "t_arch", "teacher_sha256", "moco_dim", "moco_k", "head_hidden", "num_images",
+               "file_list_sha256")
+
+
+def check_resumable(payload: object, where: str, meta: dict[str, Any], keys: tuple[str, ...] = RESUME_KEYS) -> None:
+    """Refuse to resume from a file that is not this loop's checkpoint, or one made with other data, networks or
+    method (each of ``keys`` the file records must equal this run's)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("bingo"), dict) or "state_dict" not in payload:
+        raise CheckpointError(f"--resume={where} is not a checkpoint written by main_distill.py (no 'bingo' record); "
+                              "give a checkpoint.pth from a run folder, or drop --resume")
+    saved = payload["bingo"]
+    for key in keys:
+        if key in saved and key in meta and saved[key] != meta[key]:
+            raise CheckpointError(f"--resume={where} was made with {key}={saved[key]!r}, but this run has "
+                                  f"{meta[key]!r}: resume with the same data, networks and method, or start a new "
+                                  "run in another --output_dir")
+
+
+def load_checkpoint(payload: dict[str, Any], where: str, distiller: Distiller, optimizer: torch.optim.Optimizer
+                    ) -> int:
+    """Restore student, momentum encoder, queue, optimizer and RNG states from a checkpoint read from ``where``
+    (checked with ``check_resumable`` first); returns the epoch to start from."""
+    check_finite(payload["state_dict"], where)
+    check_finite({"queue": payload["queue"]}, where)
     from_official_keys(unwrap(distiller.student), payload["state_dict"], where)
     if distiller.config.method == "moco":
         from_official_keys(distiller.teacher, payload["state_dict"], where, MOMENTUM_PREFIX)

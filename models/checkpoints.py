@@ -5,11 +5,13 @@ Formats recognised (``detect_format``):
 - ``bingo``: this project's checkpoints (``main_distill.py``); a ``bingo`` metadata dict and a ``state_dict`` whose
   student keys are ``module.encoder_q.*`` with the head under ``module.encoder_q.fc.*``, as the official code writes.
 - ``moco``: MoCo-v2 releases and official BINGO checkpoints (``state_dict`` with ``module.encoder_q.*``).
-- ``swav``: SwAV releases (a raw ``module.*`` state_dict with ``projection_head.*`` and ``prototypes.*``).
+- ``swav``: SwAV releases (a raw ``module.*`` state_dict with ``projection_head.*`` and ``prototypes.*``), and
+  SwAV's training checkpoints (``{"epoch", "state_dict": {module.*}, ...}``, what its ``main_swav.py`` saves).
 - ``torchvision``: a plain backbone state_dict (a torchvision classifier, or this project's exported backbone).
 
 Loading never skips a weight silently: any missing, unexpected or wrongly shaped key raises ``CheckpointError``
-naming the file, the detected format and the first offending keys.
+naming the file, the detected format and the first offending keys. So does a file that is not a checkpoint (or is
+truncated), and a weight that is NaN or infinite.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ __all__ = [
     "load_backbone",
     "load_teacher",
     "file_sha256",
+    "check_finite",
 ]
 
 # Keys of a network's own classifier, which a backbone does not have.
@@ -62,10 +65,26 @@ def torch_load(path: str | Path) -> object:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            if "weights_only" not in str(error):
+                raise
         warnings.warn(f"{path} holds Python objects besides tensors; loading it with weights_only=False", stacklevel=2)
         return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # truncated, not a checkpoint at all, or pickled classes this program lacks
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise CheckpointError(f"{path} ({path.stat().st_size} bytes) is not a readable PyTorch checkpoint: {reason}. "
+                              "It may be truncated or another kind of file: copy or download it again.") from error
+
+
+def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
+    """Raise ``CheckpointError`` naming the first tensor of ``state`` holding a NaN or an infinity."""
+    for name, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{where}: {name} holds {bad} NaN or infinite value(s) of {value.numel()}; this "
+                                  "network is broken (a diverged run?): use an earlier checkpoint")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -92,20 +111,24 @@ def detect_format(obj: object) -> str:
         raise CheckpointError(f"expected a dict, found {type(obj).__name__}")
     if "bingo" in obj and "state_dict" in obj:
         return "bingo"
-    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        keys = obj["state_dict"].keys()
-        if any(k.startswith(("module.encoder_q.", "encoder_q.")) for k in keys):
-            return "moco"
-        return "torchvision"
-    if any(k.startswith(("module.projection_head.", "projection_head.", "module.prototypes.")) for k in obj):
+    state = obj["state_dict"] if isinstance(obj.get("state_dict"), dict) else obj
+    if any(k.startswith(("module.encoder_q.", "encoder_q.")) for k in state) and state is not obj:
+        return "moco"
+    if any(k.startswith(("module.projection_head.", "projection_head.", "module.prototypes.")) for k in state):
         return "swav"
     return "torchvision"
 
 
 def read_weights(path: str | Path) -> Weights:
-    """Load a checkpoint file and split it into backbone and (if it has one) projection-head weights."""
-    path = str(path)
-    obj = torch_load(path)
+    """Load a checkpoint file and split it into backbone and (if it has one) projection-head weights, all finite."""
+    weights = _split_weights(str(path), torch_load(path))
+    where = f"{path} (detected format: {weights.fmt})"
+    check_finite(weights.backbone, where)
+    check_finite(weights.head, where)
+    return weights
+
+
+def _split_weights(path: str, obj: object) -> Weights:
     fmt = detect_format(obj)
     if fmt in ("bingo", "moco"):
         state = obj["state_dict"]
@@ -114,7 +137,8 @@ def read_weights(path: str | Path) -> Weights:
         meta = dict(obj.get("bingo", {})) if fmt == "bingo" else {"epoch": obj.get("epoch"), "arch": obj.get("arch")}
         return Weights(path, fmt, backbone, head, meta)
     if fmt == "swav":
-        state = {k.removeprefix("module."): v for k, v in obj.items()}
+        state = obj["state_dict"] if isinstance(obj.get("state_dict"), dict) else obj
+        state = {k.removeprefix("module."): v for k, v in state.items()}
         backbone, head = _split_head(state, "projection_head.")
         prototypes = [k for k in backbone if k.startswith("prototypes.")]
         backbone = {k: v for k, v in backbone.items() if k not in prototypes}

@@ -104,3 +104,18 @@ def calibrated_teacher(arch: str, data_dir: Path, path: Path, image_size: int = 
     state = {f"module.encoder_q.{k}": v for k, v in backbone.state_dict().items()}
     state.update({f"module.encoder_q.fc.{k}": v for k, v in head.state_dict().items()})
     torch.save({"epoch": 200, "arch": arch, "state_dict": state}, path)
+
+
+def run_cases(module: str, cases: list[list[str]], tmp_path: Path, timeout: int = 600) -> list[dict]:
+    """Each argument list of ``cases`` through ``module``'s main in one process (``tests/entry_cases.py``): the
+    exit status, stdout and stderr a user would see for each."""
+    import json
+
+    cases_file, results_file = tmp_path / "cases.json", tmp_path / "results.json"
+    cases_file.write_text(json.dumps([[str(a) for a in args] for args in cases]))
+    cmd = [sys.executable, str(REPO / "tests" / "entry_cases.py"), module, str(cases_file), str(results_file)]
+    done = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True,
+                          timeout=timeout)
+    if done.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return json.loads(results_file.read_text())

@@ -224,7 +224,7 @@ def test_knn_monitor_needs_matching_val_classes(tmp_path):
                                             "--batch_size=6", "--moco_k=12", "--num_workers=0", "--end_epoch=1",
                                             "--knn_monitor_freq=1", f"--output_dir={tmp_path / 'out'}"], tmp_path,
                         check=False)
-    assert result.returncode == 2 and "the same class folders" in result.stderr, result.stderr
+    assert result.returncode == 2 and "different class folders" in result.stderr, result.stderr
     assert not (tmp_path / "out" / "metrics.jsonl").exists()
 
 
