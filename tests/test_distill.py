@@ -9,7 +9,7 @@ from torch import nn
 
 from dist_workers import distiller_step, tiny_embedder
 from engine.logs import read_metrics
-from helpers import calibrated_teacher, free_port, make_image_folder, moco_release, run_script
+from helpers import calibrated_teacher, free_port, make_image_folder, moco_release, run_cases, run_script
 from models.backbones import build_backbone
 from models.distiller import DistillConfig, Distiller
 
@@ -136,48 +136,41 @@ def test_end_to_end_two_processes_learns_keeps_teacher_and_resumes_exactly(disti
     assert torch.equal(final["queue"], again["queue"])
 
 
-@pytest.mark.parametrize("method", ["moco", "seed"])
-def test_baselines_run_in_the_same_loop(distill_data, method):
+def test_baselines_and_the_paper_loss_run_in_the_same_loop(distill_data, tmp_path):
     tmp, data = distill_data
-    out = tmp / method
-    run_script("main_distill.py", _args(tmp, data, out, 1, [f"--method={method}", "--moco_k=8"]), tmp)
-    payload = torch.load(out / "final.pth", weights_only=True)
-    assert payload["bingo"]["method"] == method
-    assert any(k.startswith("module.encoder_k.") for k in payload["state_dict"]) == (method == "moco")
-
-
-def test_paper_loss_and_eval_teacher_run(distill_data):
-    tmp, data = distill_data
-    out = tmp / "paper"
-    run_script("main_distill.py", _args(tmp, data, out, 1, ["--loss=paper", "--teacher_mode=eval",
-                                                            "--fuse_teacher"]), tmp)
-    step = [m for m in _metrics(out) if m["kind"] == "step"][0]
+    runs = {"moco": ["--method=moco"], "seed": ["--method=seed"],
+            "paper": ["--loss=paper", "--teacher_mode=eval", "--fuse_teacher"]}
+    results = run_cases("main_distill", [_args(tmp, data, tmp_path / name, 1, extra) for name, extra in runs.items()],
+                        tmp_path)
+    assert [r["status"] for r in results] == [0, 0, 0], results
+    for method in ("moco", "seed"):
+        payload = torch.load(tmp_path / method / "final.pth", weights_only=True)
+        assert payload["bingo"]["method"] == method
+        assert any(k.startswith("module.encoder_k.") for k in payload["state_dict"]) == (method == "moco")
+    step = [m for m in _metrics(tmp_path / "paper") if m["kind"] == "step"][0]
     assert "loss_mix" not in step and "loss_neighbour" in step
 
 
-@pytest.mark.parametrize("case", ["rows", "other_dataset", "missing_json", "batch", "queue"])
-def test_bad_neighbours_or_sizes_stop_before_the_first_step(distill_data, tmp_path, case):
+def test_bad_neighbours_or_sizes_stop_before_the_first_step(distill_data, tmp_path):
     tmp, data = distill_data
-    extra = []
-    expect = ""
-    if case == "rows":
-        np.save(tmp_path / "nn.npy", np.load(tmp / "nn.npy")[:-1])
-        extra, expect = [f"--corr_npy={tmp_path / 'nn.npy'}", "--nocheck_corr_json"], "has shape (23, 3)"
-    elif case == "other_dataset":
-        other = make_image_folder(tmp_path / "other", classes=4, per_class=6, size=40, seed=5)
-        (other / "train" / "class_0" / "img_000.png").rename(other / "train" / "class_0" / "zzz.png")
-        extra, expect = [f"--data_dir={other}"], "was made for the dataset at"
-    elif case == "missing_json":
-        np.save(tmp_path / "nn.npy", np.load(tmp / "nn.npy"))
-        extra, expect = [f"--corr_npy={tmp_path / 'nn.npy'}"], "nn.json"
-    elif case == "batch":
-        extra, expect = ["--batch_size=5", "--moco_k=10"], "is not divisible by 2 processes"
-    else:
-        extra, expect = ["--moco_k=10"], "multiple of the global --batch_size"
-    result = run_script("main_distill.py", _args(tmp, data, tmp_path / "out", 1, extra), tmp_path,
-                        nproc=2 if case == "batch" else 1, check=False)
-    assert result.returncode != 0 and expect in result.stderr, result.stderr
-    assert not (tmp_path / "out" / "metrics.jsonl").exists()
+    np.save(tmp_path / "rows.npy", np.load(tmp / "nn.npy")[:-1])
+    np.save(tmp_path / "nn.npy", np.load(tmp / "nn.npy"))  # no JSON beside it
+    other = make_image_folder(tmp_path / "other", classes=4, per_class=6, size=40, seed=5)
+    (other / "train" / "class_0" / "img_000.png").rename(other / "train" / "class_0" / "zzz.png")
+    out = tmp_path / "out"
+    cases = {  # expected text: extra flags (the last value of a repeated flag wins)
+        "has shape (23, 3)": [f"--corr_npy={tmp_path / 'rows.npy'}", "--nocheck_corr_json"],
+        "was made for the dataset at": [f"--data_dir={other}"],
+        "nn.json": [f"--corr_npy={tmp_path / 'nn.npy'}"],
+        "multiple of the global --batch_size": ["--moco_k=10"],
+    }
+    results = run_cases("main_distill", [_args(tmp, data, out, 1, extra) for extra in cases.values()], tmp_path)
+    for expect, result in zip(cases, results):
+        assert result["status"] == 2 and expect in result["stderr"], (expect, result["stderr"])
+    result = run_script("main_distill.py", _args(tmp, data, out, 1, ["--batch_size=5", "--moco_k=10"]), tmp_path,
+                        nproc=2, check=False)
+    assert result.returncode != 0 and "is not divisible by 2 processes" in result.stderr, result.stderr
+    assert not (out / "metrics.jsonl").exists()
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(distill_data, tmp_path):

@@ -8,7 +8,7 @@ from torchvision import models as tvm
 
 from datasets.folders import IndexedImageFolder
 from datasets.transforms import eval_transform
-from helpers import make_image_folder, moco_release, run_script
+from helpers import run_cases, make_image_folder, moco_release, run_script
 
 ARGS = ["--arch=resnet18", "--image_size=32", "--clus_pos_num=3", "--num_workers=0", "--batch_size=4"]
 
@@ -80,25 +80,20 @@ def test_equals_an_independent_torchvision_computation(knn_setup):
     np.testing.assert_allclose(sims.numpy()[rows, got], sims.numpy()[rows, expected], atol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["k_too_large", "empty", "wrong_arch", "unwritable"])
-def test_bad_input_fails_with_a_clear_message(knn_setup, tmp_path, case):
+def test_bad_input_fails_with_a_clear_message(knn_setup, tmp_path):
     tmp, data, _, _ = knn_setup
     args = ARGS + [f"--data_dir={data}", f"--ckpt_name={tmp / 'teacher.pth.tar'}", f"--corr_name={tmp_path / 'x.npy'}"]
-    expect = {"k_too_large": "clus_pos_num", "empty": "no images", "wrong_arch": "missing",
-              "unwritable": "cannot write"}[case]
-    if case == "k_too_large":
-        args.append("--clus_pos_num=15")
-    elif case == "empty":
-        (tmp_path / "empty" / "train").mkdir(parents=True)
-        args.append(f"--data_dir={tmp_path / 'empty'}")
-    elif case == "wrong_arch":
-        args.append("--arch=resnet34")
-    else:
-        blocker = tmp_path / "file"
-        blocker.write_text("")
-        args.append(f"--corr_name={blocker / 'sub' / 'x.npy'}")
-    result = run_script("run_knn.py", args, tmp_path, check=False)
-    assert result.returncode == 2 and expect in result.stderr, result.stderr
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cases = {  # expected text: command line (a repeated flag's last value wins, as on a shell)
+        "clus_pos_num": args + ["--clus_pos_num=15"],
+        "no images": args + [f"--data_dir={tmp_path / 'empty'}"],
+        "missing": args + ["--arch=resnet34"],
+        "cannot write": args + [f"--corr_name={blocker / 'sub' / 'x.npy'}"],
+    }
+    for expect, result in zip(cases, run_cases("run_knn", list(cases.values()), tmp_path)):
+        assert result["status"] == 2 and expect in result["stderr"], (expect, result["stderr"])
 
 
 def test_head_feature_option(knn_setup, tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engine.evaluation import Classifier, knn_predict, label_subset
-from helpers import make_image_folder, moco_release, run_script, swav_release
+from helpers import make_image_folder, moco_release, run_cases, run_script, swav_release
 from models.backbones import build_backbone
 
 BASE = ["--arch=resnet18", "--image_size=32", "--batch_size=8", "--num_workers=0"]
@@ -55,31 +55,30 @@ def test_classifier_init_and_frozen_backbone():
     assert not model.backbone.training
 
 
-@pytest.mark.parametrize("fmt", ["bingo", "moco", "swav"])
-def test_each_checkpoint_format_loads(probe_data, tmp_path, fmt):
+def test_each_checkpoint_format_loads_and_a_wrong_one_names_its_keys(probe_data, tmp_path):
     tmp, data = probe_data
-    path = tmp_path / f"{fmt}.pth"
-    if fmt == "swav":
-        swav_release(path, arch="resnet18", hidden=32)
-    else:
-        moco_release("resnet18", path)
-        if fmt == "bingo":
-            obj = torch.load(path, weights_only=True)
-            obj["bingo"] = {"arch": "resnet18", "method": "bingo"}
-            torch.save(obj, path)
-    out = tmp_path / "out"
-    result = run_script("main_lincls.py", BASE + [f"--data_dir={data}", f"--pretrained={path}",
-                                                  f"--output_dir={out}", "--end_epoch=1", "--init_lr=0.1"], tmp_path)
-    assert f"format: {fmt}" in result.stdout
-    assert json.loads((out / "results.json").read_text())["checkpoint_format"] == fmt
-
-
-def test_wrong_checkpoint_names_the_missing_keys(probe_data, tmp_path):
-    tmp, data = probe_data
+    formats = ("bingo", "moco", "swav")
+    for fmt in formats:
+        path = tmp_path / f"{fmt}.pth"
+        if fmt == "swav":
+            swav_release(path, arch="resnet18", hidden=32)
+        else:
+            moco_release("resnet18", path)
+            if fmt == "bingo":
+                obj = torch.load(path, weights_only=True)
+                obj["bingo"] = {"arch": "resnet18", "method": "bingo"}
+                torch.save(obj, path)
     moco_release("resnet34", tmp_path / "r34.pth")
-    result = run_script("main_lincls.py", BASE + [f"--data_dir={data}", f"--pretrained={tmp_path / 'r34.pth'}",
-                                                  f"--output_dir={tmp_path / 'o'}"], tmp_path, check=False)
-    assert result.returncode == 2 and "unexpected" in result.stderr and "layer1.2.conv1.weight" in result.stderr
+    common = BASE + [f"--data_dir={data}", "--end_epoch=1", "--init_lr=0.1"]
+    results = run_cases("main_lincls", [
+        *[common + [f"--pretrained={tmp_path / f'{fmt}.pth'}", f"--output_dir={tmp_path / fmt}"] for fmt in formats],
+        common + [f"--pretrained={tmp_path / 'r34.pth'}", f"--output_dir={tmp_path / 'r34'}"],
+    ], tmp_path)
+    for fmt, result in zip(formats, results):
+        assert result["status"] == 0 and f"format: {fmt}" in result["stdout"], result
+        assert json.loads((tmp_path / fmt / "results.json").read_text())["checkpoint_format"] == fmt
+    wrong = results[-1]
+    assert wrong["status"] == 2 and "unexpected" in wrong["stderr"] and "layer1.2.conv1.weight" in wrong["stderr"]
 
 
 def test_knn_protocol_and_semi_supervised(probe_data):
@@ -159,10 +158,12 @@ def test_floors_are_scored_by_the_same_code(probe_data, tmp_path):
     torch.manual_seed(5)
     torch.save(build_backbone("resnet18").state_dict(), tmp_path / "init.pth")
     scored = {}
-    for name, weights in (("untrained", ["--untrained", "--seed=5"]), ("file", [f"--pretrained={tmp_path / 'init.pth'}",
-                                                                            "--seed=5"])):
-        run_script("main_lincls.py", BASE + [f"--data_dir={data}", f"--output_dir={tmp_path / name}", *weights,
-                                             "--with_knn", "--end_epoch=1", "--init_lr=0.1"], tmp_path)
+    weights = {"untrained": ["--untrained", "--seed=5"], "file": [f"--pretrained={tmp_path / 'init.pth'}", "--seed=5"]}
+    results = run_cases("main_lincls", [BASE + [f"--data_dir={data}", f"--output_dir={tmp_path / name}", *flags,
+                                                "--with_knn", "--end_epoch=1", "--init_lr=0.1"]
+                                        for name, flags in weights.items()], tmp_path)
+    assert [r["status"] for r in results] == [0, 0], results
+    for name in weights:
         scored[name] = json.loads((tmp_path / name / "results.json").read_text())
     assert scored["untrained"]["knn"] == scored["file"]["knn"]
     assert scored["untrained"]["last"] == scored["file"]["last"]
@@ -171,12 +172,12 @@ def test_floors_are_scored_by_the_same_code(probe_data, tmp_path):
 
 def test_floor_and_checkpoint_flags_exclude_each_other(probe_data, tmp_path):
     tmp, data = probe_data
-    both = run_script("main_lincls.py", BASE + [f"--data_dir={data}", f"--output_dir={tmp_path / 'a'}", "--untrained",
-                                                f"--pretrained={tmp / 'tv.pth'}"], tmp_path, check=False)
-    assert both.returncode == 2 and "exclude each other" in both.stderr
-    neither = run_script("main_lincls.py", BASE + [f"--data_dir={data}", f"--output_dir={tmp_path / 'b'}"], tmp_path,
-                         check=False)
-    assert neither.returncode == 2 and "--pretrained is required" in neither.stderr
+    both, neither = run_cases("main_lincls", [
+        BASE + [f"--data_dir={data}", f"--output_dir={tmp_path / 'a'}", "--untrained", f"--pretrained={tmp / 'tv.pth'}"],
+        BASE + [f"--data_dir={data}", f"--output_dir={tmp_path / 'b'}"],
+    ], tmp_path)
+    assert both["status"] == 2 and "exclude each other" in both["stderr"]
+    assert neither["status"] == 2 and "--pretrained is required" in neither["stderr"]
 
 
 def test_recomputed_bn_statistics_are_the_data_averages_on_two_processes(probe_data, tmp_path):
