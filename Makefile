@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: test demo demo-quick demo-data install clean gpu-wheels
+.PHONY: test test-fast demo demo-quick demo-data install clean gpu-wheels
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ demo-data:
 test: $(BIN)/.installed demo-data
 	TORCH_HOME=$${TMPDIR:-/tmp}/bingo-torch-home MPLCONFIGDIR=$${TMPDIR:-/tmp}/bingo-mpl PYTHONDONTWRITEBYTECODE=1 \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider -o tmp_path_retention_policy=failed -n 2 --dist loadfile tests
+
+# The tests that start no process (tests/conftest.py marks the others slow), for a quick check while editing.
+test-fast: $(BIN)/.installed
+	TORCH_HOME=$${TMPDIR:-/tmp}/bingo-torch-home MPLCONFIGDIR=$${TMPDIR:-/tmp}/bingo-mpl PYTHONDONTWRITEBYTECODE=1 \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider -o tmp_path_retention_policy=failed -m "not slow" tests
 
 demo: $(BIN)/.installed demo-data
 	$(BIN)/python -m scripts.demo

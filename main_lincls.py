@@ -19,13 +19,13 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from datasets.folders import IndexedImageFolder, labelled_splits, open_split
 from datasets.transforms import eval_transform, linear_train_transform
-from engine import dist as edist
+from utils import dist as edist
 from engine.cli import run
-from engine.evaluation import Classifier, assert_unchanged, backbone_fingerprint, evaluate, knn_classify, \
-    label_subset, recompute_bn_statistics, train_classifier_epoch
-from engine.io import RunFolderLock, atomic_json, atomic_torch_save, check_writable, resolve_resume
-from engine.logs import log
-from engine.schedule import learning_rate, set_lr
+from engine.evaluation import (Classifier, assert_unchanged, backbone_fingerprint, evaluate, knn_classify,
+                               label_subset, recompute_bn_statistics, train_classifier_epoch)
+from utils.io import RunFolderLock, atomic_json, atomic_torch_save, check_writable, resolve_resume
+from utils.logs import log
+from utils.schedule import learning_rate, set_lr
 from models.backbones import BACKBONES, FLOORS, build_backbone
 from models.checkpoints import CheckpointError, file_sha256, load_backbone, strict_load, torch_load
 

@@ -19,11 +19,11 @@ from torch import nn
 from datasets.folders import IndexedImageFolder, file_list_sha256, open_split
 from datasets.device_views import DeviceViews, EncodedImageFolder, collate_encoded
 from datasets.transforms import MOCO_V2, eval_transform
-from engine import dist as edist
+from utils import dist as edist
 from engine.cli import run
 from engine.features import SEARCH_BACKENDS, embed, exact_knn
-from engine.io import atomic_json, atomic_write, check_writable
-from engine.logs import log
+from utils.io import atomic_json, atomic_write, check_writable
+from utils.logs import log
 from models.backbones import BACKBONES
 from models.checkpoints import file_sha256, head_from_state, load_backbone
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,13 +25,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets.device_views import DeviceViews, EncodedBagDataset, collate_encoded  # noqa: E402
-from datasets.folders import BagDataset  # noqa: E402
-from datasets.transforms import MOCO_V2, augmentation  # noqa: E402
-from engine.training import views_to_device  # noqa: E402
-from distill_step import CONFIGS, build, step, sync  # noqa: E402
+from datasets.device_views import DeviceViews, EncodedBagDataset, collate_encoded
+from datasets.folders import BagDataset
+from datasets.transforms import MOCO_V2, augmentation
+from engine.training import views_to_device
+from bench.distill_step import CONFIGS, build, step, sync
 
 
 def make_jpegs(root: Path, count: int, classes: int = 8, width: int = 500, height: int = 375) -> None:

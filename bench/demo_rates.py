@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from bench.distill_step import time_steps
-from engine.logs import read_metrics
+from utils.logs import read_metrics
 from scripts.demo import CONFIGS, CPU_INPUT, REPO, Training, data_folder, train_args
 
 INPUTS = {"memory": CPU_INPUT, "files": ()}
@@ -52,7 +52,7 @@ def compute_only(args: list[str], steps: int, views: int) -> float:
     import main_distill
     from absl import flags
 
-    from engine import dist as edist
+    from utils import dist as edist
 
     flag_values = flags.FLAGS
     flag_values.unparse_flags()
@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--data_dir", type=Path, help="default: the demo's folder for the configuration's split")
     parser.add_argument("--json")
     args = parser.parse_args()
-    from datasets.fashion_mnist import prepare
+    from scripts.fashion_mnist import prepare
 
     torch.set_num_threads(os.cpu_count() or 1)
     cfg = CONFIGS[args.config]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -24,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from models.backbones import build_backbone  # noqa: E402
-from models.distiller import DistillConfig, Distiller, Embedder  # noqa: E402
-from models.heads import mlp_head, student_head, swav_head  # noqa: E402
+from models.backbones import build_backbone
+from models.distiller import DistillConfig, Embedder
+from models.methods import build_method
+from models.heads import mlp_head, student_head, swav_head
 
 CONFIGS = {
     "official": dict(amp=False, channels_last=False, teacher_mode="train", fuse=False, compile=False),
@@ -60,7 +59,7 @@ def build(student_arch: str, teacher_arch: str, config: dict, device: torch.devi
     student = Embedder(backbone, student_head(backbone.feature_dim, 128))
     distill = DistillConfig(queue_size=queue, amp=config["amp"], teacher_mode=config["teacher_mode"],
                             fuse_teacher=config["fuse"])
-    distiller = Distiller(student, teacher_for(teacher_arch), distill).to(device)
+    distiller = build_method(student, teacher_for(teacher_arch), distill).to(device)
     if config["channels_last"]:
         distiller = distiller.to(memory_format=torch.channels_last)
     if config["compile"]:

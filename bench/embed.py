@@ -13,22 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_pipeline import make_jpegs  # noqa: E402
-from datasets.device_views import DeviceViews, EncodedImageFolder, collate_encoded  # noqa: E402
-from datasets.folders import IndexedImageFolder  # noqa: E402
-from datasets.transforms import MOCO_V2, eval_transform  # noqa: E402
-from engine import dist as edist  # noqa: E402
-from engine.features import embed  # noqa: E402
-from models.backbones import build_backbone  # noqa: E402
+from bench.data_pipeline import make_jpegs
+from datasets.device_views import DeviceViews, EncodedImageFolder, collate_encoded
+from datasets.folders import IndexedImageFolder
+from datasets.transforms import MOCO_V2, eval_transform
+from utils import dist as edist
+from engine.features import embed
+from models.backbones import build_backbone
 
 
 def measure(root: Path, path: str, channels_last: bool, args, ctx: edist.Context) -> float:

@@ -12,23 +12,21 @@
 from __future__ import annotations
 
 import io
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from PIL import Image  # noqa: E402
-from torch.utils.data import default_collate  # noqa: E402
+from PIL import Image
+from torch.utils.data import default_collate
 
-from datasets.device_views import DeviceViews, EncodedImage, PackedImages, sample_view  # noqa: E402
-from datasets.transforms import IMAGENET_STD, MOCO_V2, augmentation  # noqa: E402
-from engine.features import exact_knn  # noqa: E402
-from models.backbones import build_backbone  # noqa: E402
-from models.distiller import DistillConfig, Distiller, Embedder  # noqa: E402
-from models.heads import mlp_head, student_head  # noqa: E402
+from datasets.device_views import DeviceViews, EncodedImage, PackedImages, sample_view
+from datasets.transforms import IMAGENET_STD, MOCO_V2, augmentation
+from engine.features import exact_knn
+from models.backbones import build_backbone
+from models.distiller import DistillConfig, Embedder
+from models.methods import build_method
+from models.heads import mlp_head, student_head
 
 
 def reference(features: torch.Tensor, k: int) -> torch.Tensor:
@@ -69,7 +67,7 @@ def check_amp_step() -> None:
         student = Embedder(backbone, student_head(512, 128))
         teacher_backbone = build_backbone("resnet50")
         teacher = Embedder(teacher_backbone, mlp_head(2048, 2048, 128))
-        distiller = Distiller(student, teacher, DistillConfig(queue_size=4096, amp=amp)).cuda()
+        distiller = build_method(student, teacher, DistillConfig(queue_size=4096, amp=amp)).cuda()
         if amp:
             distiller = distiller.to(memory_format=torch.channels_last)
         distiller.set_epoch(0, 0, 0)

@@ -18,15 +18,15 @@ python3 -c 'import torch, torchvision; print("torch", torch.__version__, "torchv
 for part in "${@:-checks knn embed pipeline distill}"; do
   for p in $part; do
     case $p in
-      checks) python3 bench/gpu_checks.py 2>&1 | tee "$OUT/gpu_checks.log" ;;
-      embed) python3 bench/embed.py --json "$OUT/embed.json" 2>&1 | tee "$OUT/embed.log" ;;
-      knn) python3 bench/knn.py --json "$OUT/knn.json" 2>&1 | tee "$OUT/knn.log" ;;
-      pipeline) python3 bench/data_pipeline.py --workers 1,4,16 --batches 10 --json "$OUT/pipeline.json" 2>&1 \
+      checks) python3 -m bench.gpu_checks 2>&1 | tee "$OUT/gpu_checks.log" ;;
+      embed) python3 -m bench.embed --json "$OUT/embed.json" 2>&1 | tee "$OUT/embed.log" ;;
+      knn) python3 -m bench.knn --json "$OUT/knn.json" 2>&1 | tee "$OUT/knn.log" ;;
+      pipeline) python3 -m bench.data_pipeline --workers 1,4,16 --batches 10 --json "$OUT/pipeline.json" 2>&1 \
                   | tee "$OUT/pipeline.log" ;;
       demo) timeout "${DEMO_SECONDS:-560}" python3 -m scripts.demo --config gpu --device cuda \
               ${FMNIST_DIR:+--fmnist_dir "$FMNIST_DIR"} 2>&1 | tee -a "$OUT/demo.log"
             cp runs/demo-gpu/results.* runs/demo-gpu/*.png runs/demo-gpu/stage_times.json "$OUT/" 2>/dev/null ;;
-      distill) python3 bench/distill_step.py --rounds 2 --steps 8 --warmup 2 --json "$OUT/distill.json" 2>&1 | tee "$OUT/distill.log" ;;
+      distill) python3 -m bench.distill_step --rounds 2 --steps 8 --warmup 2 --json "$OUT/distill.json" 2>&1 | tee "$OUT/distill.log" ;;
     esac
   done
 done

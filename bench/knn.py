@@ -11,15 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from engine.features import exact_knn, faiss_info  # noqa: E402
+from engine.features import exact_knn, faiss_info
 
 
 def matmul_tflops(device: torch.device, n: int = 8192, dtype=torch.float16) -> float:
@@ -95,7 +93,7 @@ def main() -> None:
                     row["floor_s"] = 2 * n * n * d / (floor_rate * 1e12)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    print(f"\n| backend | N | d | K | search s | peak GiB | matmul floor s | x floor | rows exact |")
+    print("\n| backend | N | d | K | search s | peak GiB | matmul floor s | x floor | rows exact |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         floor = r.get("floor_s")

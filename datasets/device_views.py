@@ -29,7 +29,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from datasets.folders import BagDataset, DatasetError, IndexedImageFolder, load_rgb
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, resize_size
-from engine.logs import Progress, log
+from utils.logs import Progress, log
 
 __all__ = [
     "ViewParams",

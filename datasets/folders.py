@@ -156,15 +156,16 @@ class BagDataset(IndexedImageFolder):
         self.views = views
         self.neighbours: np.ndarray | None = None
         if neighbours is not None:
-            self.set_neighbours(neighbours, clus_pos_num)
+            self.set_neighbours(neighbours[:, :clus_pos_num])
         self.seed = seed
         self.epoch = 0
 
-    def set_neighbours(self, neighbours: np.ndarray, clus_pos_num: int) -> None:
-        """Use the first ``clus_pos_num`` columns of the ``[N, K]`` neighbour array."""
+    def set_neighbours(self, neighbours: np.ndarray) -> None:
+        """Draw each bag member from the whole row of this ``[N, K]`` array (``main_distill.load_neighbours`` keeps
+        the first ``--clus_pos_num`` columns)."""
         if neighbours.shape[0] != len(self.samples):
             raise ValueError(f"{neighbours.shape[0]} neighbour rows for {len(self.samples)} images")
-        self.neighbours = np.ascontiguousarray(neighbours[:, :clus_pos_num])
+        self.neighbours = np.ascontiguousarray(neighbours)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -1,1 +1,2 @@
-"""Shared machinery: processes, gathers, checkpoints, schedules, logging, embedding and exact search."""
+"""The loops and what they share: one training epoch and checkpoints, evaluation, embedding and exact search, the
+entry points' error handling."""

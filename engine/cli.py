@@ -15,8 +15,8 @@ from typing import Callable
 from absl import app
 
 from datasets.folders import DatasetError
-from engine.io import OutputFolderError
-from engine.signals import EXIT_PREEMPTED, Preempted
+from utils.io import OutputFolderError
+from utils.signals import EXIT_PREEMPTED, Preempted
 from models.checkpoints import CheckpointError
 
 __all__ = ["run", "guarded", "user_message", "USER_ERRORS", "EXIT_USER_ERROR"]

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from engine import dist as edist
+from utils import dist as edist
 from engine.features import embed, search
-from engine.logs import Progress, log
-from models.losses import topk_correct
+from utils.logs import Progress, log
+from utils.metrics import topk_correct
 
 __all__ = [
     "Classifier",

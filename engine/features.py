@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from engine import dist as edist
-from engine.logs import Progress, log
+from utils import dist as edist
+from utils.logs import Progress, log
 
 __all__ = ["embed", "exact_knn", "search", "faiss_info", "check_finite_features", "NonFiniteFeatures", "SEARCH_BACKENDS"]
 
@@ -33,7 +33,6 @@ def embed(
     batch_size: int,
     num_workers: int = 4,
     channels_last: bool = False,
-    amp: bool = False,
     report_every: float = 10.0,
     label: str = "embed",
     collate_fn: Callable | None = None,
@@ -72,7 +71,7 @@ def embed(
             idx = batch[-1]
             images = prepare(batch) if prepare is not None else batch[0]
             index[: len(idx)] = idx
-            features_pad[: len(idx)] = _forward(network, images, ctx.device, channels_last, amp)
+            features_pad[: len(idx)] = _forward(network, images, ctx.device, channels_last)
         all_features = edist.all_gather(features_pad)
         all_index = edist.all_gather(index.to(ctx.device))
         if ctx.is_main:
@@ -105,7 +104,7 @@ def check_finite_features(features: torch.Tensor, dataset: Dataset) -> None:
         name = samples[first][0] if samples is not None else f"item {first}"
         raise NonFiniteFeatures(
             f"the network's features are NaN or infinite for {len(bad)} of {len(features)} images (first: {name}); "
-            "no neighbour search on them. Check the checkpoint (its weights load finite) and turn off --amp")
+            "no neighbour search on them. The weights loaded finite, so check the images and the network's scale")
 
 
 def _width(network: nn.Module) -> int:
@@ -115,13 +114,11 @@ def _width(network: nn.Module) -> int:
     return width
 
 
-def _forward(network: nn.Module, images: torch.Tensor, device: torch.device, channels_last: bool, amp: bool):
+def _forward(network: nn.Module, images: torch.Tensor, device: torch.device, channels_last: bool):
     images = images.to(device, non_blocking=True)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-        features = network(images)
-    return F.normalize(features.float(), dim=1)
+    return F.normalize(network(images).float(), dim=1)
 
 
 def faiss_info() -> tuple[bool, bool]:

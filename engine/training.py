@@ -10,15 +10,15 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from engine import dist as edist
-from engine.io import atomic_torch_save, rng_state, set_rng_state
-from engine.logs import MetricsLog, Progress, format_seconds, log
-from engine.signals import StopRequests
+from utils import dist as edist
+from utils.io import atomic_torch_save, rng_state, set_rng_state
+from utils.logs import MetricsLog, Progress, format_seconds, log
+from utils.signals import StopRequests
 from models.checkpoints import MOMENTUM_PREFIX, CheckpointError, check_finite, from_official_keys, to_official_keys
 from models.distiller import Distiller, unwrap
 
 __all__ = ["make_train_loader", "views_to_device", "train_epoch", "save_checkpoint", "save_final",
-           "check_resumable", "load_checkpoint", "NonFiniteLoss", "RunState"]
+           "check_resumable", "check_teacher_unchanged", "load_checkpoint", "NonFiniteLoss", "RunState"]
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -122,6 +122,13 @@ def _check_finite(means: dict[str, torch.Tensor], state: RunState, step: int) ->
     return values
 
 
+def check_teacher_unchanged(teacher: torch.nn.Module, reference: dict[str, torch.Tensor]) -> None:
+    """Every teacher parameter must equal ``reference`` (the checkpoint file's), bit for bit; raises otherwise."""
+    for name, param in teacher.named_parameters():
+        if not torch.equal(param.detach().cpu(), reference[name].detach().cpu()):
+            raise RuntimeError(f"the frozen teacher's parameter {name} changed during training")
+
+
 def checkpoint_payload(distiller: Distiller, optimizer: torch.optim.Optimizer, epoch: int, meta: dict[str, Any]
                        ) -> dict[str, Any]:
     """Everything an exact resume needs, with the student under the official ``module.encoder_q.*`` names."""
@@ -132,8 +139,8 @@ def checkpoint_payload(distiller: Distiller, optimizer: torch.optim.Optimizer, e
         "bingo": {**meta, "epoch": epoch},
         "epoch": epoch,
         "state_dict": state,
-        "queue": distiller.queue.detach().cpu(),
-        "queue_ptr": distiller.queue_ptr,
+        "queue": distiller.queue.keys.detach().cpu(),
+        "queue_ptr": distiller.queue.ptr,
         "optimizer": optimizer.state_dict(),
         "rng": rng_state(),
     }
@@ -181,8 +188,8 @@ def load_checkpoint(payload: dict[str, Any], where: str, distiller: Distiller, o
     from_official_keys(unwrap(distiller.student), payload["state_dict"], where)
     if distiller.config.method == "moco":
         from_official_keys(distiller.teacher, payload["state_dict"], where, MOMENTUM_PREFIX)
-    distiller.queue.copy_(payload["queue"].to(distiller.queue.device))
-    distiller.queue_ptr = int(payload["queue_ptr"])
+    distiller.queue.keys.copy_(payload["queue"].to(distiller.queue.keys.device))
+    distiller.queue.ptr = int(payload["queue_ptr"])
     optimizer.load_state_dict(payload["optimizer"])
     set_rng_state(payload["rng"])
     return int(payload["epoch"])

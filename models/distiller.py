@@ -1,18 +1,13 @@
-"""The whole method in one module: student, frozen teacher (or MoCo momentum encoder) and the queue of keys.
+"""What every method's step shares: the student, the network giving keys, the queue, and how keys are computed.
 
-``Distiller.forward`` is one training step's loss for ``--method``:
+The methods themselves, each one step a reader can follow top to bottom, are ``models.bingo.Bingo`` (the paper),
+``models.seed.Seed`` and ``models.moco.MoCo`` (the baselines); ``models.methods.build_method`` picks one by name.
 
-- ``bingo`` (default): the student embeds the anchor query, the neighbour query and (official loss) their CutMix;
-  the frozen teacher (backbone + its own pretrained head) embeds the anchor key and the neighbour key; InfoNCE
-  against a queue of teacher anchor keys (``models.losses.bingo_official_loss`` / ``bingo_paper_loss``).
-- ``seed``: SEED, the student's softmax over ``[teacher key, queue]`` matched to the teacher's.
-- ``moco``: MoCo-v2 on the student alone, with a momentum copy of it giving the keys (the paper's "no teacher" row).
-
-The teacher's parameters never receive gradients; ``teacher_unchanged`` checks them against a reference copy.
+The teacher's parameters never receive gradients (frozen, and its keys are computed under ``no_grad``); the loop
+checks them against the checkpoint file's after every epoch (``engine.training.check_teacher_unchanged``).
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine import dist as edist
 from models import losses
+from models.queue import KeyQueue
+from utils import dist as edist
+from utils.metrics import topk_accuracy
 
 __all__ = ["Embedder", "Distiller", "DistillConfig", "unwrap"]
 
@@ -45,6 +42,8 @@ class Embedder(nn.Module):
 
 @dataclass
 class DistillConfig:
+    """The step's settings; ``main_distill.py``'s flags of the same meaning set them."""
+
     method: str = "bingo"  # bingo | seed | moco
     loss: str = "official"  # official | paper (bingo only)
     dim: int = 128
@@ -61,12 +60,11 @@ class DistillConfig:
 
 
 class Distiller(nn.Module):
-    def __init__(self, student: Embedder, teacher: Embedder | None, config: DistillConfig) -> None:
+    """Student, key network (``teacher``: frozen, or MoCo's momentum encoder) and queue. Subclasses define
+    ``forward(batch, epoch) -> (loss, terms)``; the teacher keeps the BatchNorm mode ``teacher_mode`` gives."""
+
+    def __init__(self, student: Embedder, teacher: Embedder, config: DistillConfig) -> None:
         super().__init__()
-        if config.method not in ("bingo", "seed", "moco"):
-            raise ValueError(f"unknown method {config.method!r}")
-        if config.loss not in ("official", "paper"):
-            raise ValueError(f"unknown loss {config.loss!r}")
         if config.fuse_teacher and config.teacher_mode != "eval":
             raise ValueError(
                 "--fuse_teacher needs --teacher_mode=eval: in train mode BN statistics of one forward over anchor and "
@@ -74,17 +72,11 @@ class Distiller(nn.Module):
             )
         self.config = config
         self.student = student
-        if config.method == "moco":
-            teacher = copy.deepcopy(unwrap(student))  # the momentum encoder starts as a copy of the student
-        elif teacher is None:
-            raise ValueError(f"--method={config.method} needs a teacher")
         self.teacher = teacher
         for p in self.teacher.parameters():
             p.requires_grad_(False)
-        self.teacher.train(config.teacher_mode == "train" or config.method == "moco")
-        queue = F.normalize(torch.randn(config.dim, config.queue_size), dim=0)
-        self.register_buffer("queue", queue)
-        self.queue_ptr = 0  # a Python int (saved through get_extra_state): reading it never waits for the GPU
+        self.teacher.train(config.teacher_mode == "train")
+        self.queue = KeyQueue(config.dim, config.queue_size)
         self.shuffle = edist.ShuffleGroup(config.subgroup)
         self.generator = torch.Generator().manual_seed(0)
         self.rng = np.random.default_rng(0)
@@ -105,14 +97,14 @@ class Distiller(nn.Module):
         self.generator.manual_seed(int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0]))
         self.rng = np.random.default_rng([seed, epoch, rank, 2])
 
-    def _autocast(self, device: torch.device):
+    def autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.amp and device.type == "cuda")
 
     @torch.no_grad()
     def teacher_keys(self, *views: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Teacher embeddings of each view: one fused forward in eval mode when asked, otherwise a forward per view
-        (through group shuffle-BN when the teacher uses batch statistics)."""
-        with self._autocast(views[0].device):
+        """Teacher embeddings ``[B, dim]`` of each view: one fused forward in eval mode when asked, otherwise a
+        forward per view (through group shuffle-BN when the teacher uses batch statistics)."""
+        with self.autocast(views[0].device):
             if self.config.fuse_teacher and len(views) > 1:
                 return tuple(self.teacher(torch.cat(views))[0].split([v.shape[0] for v in views]))
             if not self.teacher.training:
@@ -120,70 +112,8 @@ class Distiller(nn.Module):
             return tuple(self.shuffle(lambda x: self.teacher(x)[0], v, self.generator) for v in views)
 
     @torch.no_grad()
-    def momentum_update(self) -> None:
-        m = self.config.moco_m
-        for p_t, p_s in zip(self.teacher.parameters(), unwrap(self.student).parameters()):
-            p_t.mul_(m).add_(p_s.detach(), alpha=1.0 - m)
-
-    @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """Write the keys of every process (gathered in rank order) at the queue pointer and advance it."""
-        keys = edist.all_gather(keys)
-        size = self.queue.shape[1]
-        ptr = self.queue_ptr
-        if size % keys.shape[0]:
-            raise ValueError(f"queue size {size} is not a multiple of the global batch {keys.shape[0]}")
-        self.queue[:, ptr:ptr + keys.shape[0]] = keys.T
-        self.queue_ptr = (ptr + keys.shape[0]) % size
-
-    def get_extra_state(self) -> dict:
-        return {"queue_ptr": self.queue_ptr}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.queue_ptr = int(state["queue_ptr"])
-
-    def forward(self, batch: tuple[torch.Tensor, ...], epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``batch`` is (anchor query, anchor key[, neighbour query, neighbour key]) on the device."""
-        method = self.config.method
-        if method == "bingo":
-            return self._bingo(*batch, epoch=epoch)
-        anchor_q, anchor_k = batch[:2]
-        with self._autocast(anchor_q.device):
-            (q,) = self.student(anchor_q)
-        queue = self.queue.clone()
-        if method == "moco":
-            self.momentum_update()
-            (k,) = self.teacher_keys(anchor_k)
-            loss = losses.info_nce(q, k, queue, self.config.t)
-        else:  # seed: student and teacher see the same view
-            (k,) = self.teacher_keys(anchor_q)
-            loss = losses.seed_loss(q, k, queue, self.config.t, self.config.seed_teacher_t)
-        metrics = self._accuracy(q, k, queue)
-        self.enqueue(k)
-        return loss, metrics
-
-    def _bingo(self, anchor_q, anchor_k, neighbour_q, neighbour_k, epoch: int):
-        cfg = self.config
-        queue = self.queue.clone()
-        if cfg.loss == "paper":
-            with self._autocast(anchor_q.device):
-                qa, qp = self.student(anchor_q, neighbour_q)
-            (ka,) = self.teacher_keys(anchor_k)
-            loss, terms = losses.bingo_paper_loss(qa, qp, ka, queue, cfg.t)
-        else:
-            mixed, mix_lam = losses.apply_cutmix(anchor_q, neighbour_q, self.rng)
-            with self._autocast(anchor_q.device):
-                qa, qp, qm = self.student(anchor_q, neighbour_q, mixed)
-            ka, kp = self.teacher_keys(anchor_k, neighbour_k)
-            weights = losses.bag_weights(epoch, cfg.lam, cfg.warmup_epochs)
-            loss, terms = losses.bingo_official_loss(qa, qp, qm, ka, kp, queue, cfg.t, weights, mix_lam)
-            terms["mix_lam"] = torch.tensor(mix_lam)
-        terms.update(self._accuracy(qa, ka, queue))
-        self.enqueue(ka)
-        return loss, terms
-
-    @torch.no_grad()
-    def _accuracy(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> dict[str, torch.Tensor]:
-        logits = losses.contrastive_logits(q.detach(), k, queue, self.config.t)
-        acc1, acc5 = losses.topk_accuracy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+    def instance_accuracy(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> dict[str, torch.Tensor]:
+        """How often the student's query finds its own key among the queue's (top-1 / top-5, %)."""
+        logits = losses.contrastive_logits(q.detach(), k, queue, self.config.t)  # [B, 1 + K]
+        acc1, acc5 = topk_accuracy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
         return {"acc1": acc1, "acc5": acc5}

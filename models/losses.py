@@ -5,9 +5,6 @@ Notation as in the official code: ``q*`` are L2-normalised student outputs, ``k*
 """
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -18,10 +15,6 @@ __all__ = [
     "bingo_official_loss",
     "bingo_paper_loss",
     "seed_loss",
-    "cutmix_box",
-    "apply_cutmix",
-    "topk_accuracy",
-    "topk_correct",
 ]
 
 
@@ -38,8 +31,8 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, t: float) ->
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
-def bag_weights(epoch: int, lam: tuple[float, float] = (0.5, 0.5), warmup_epochs: int = 10) -> tuple[float, float]:
-    """(own-key weight, other-bag-member weight): (1, 0) for epochs 0..warmup_epochs, then ``lam``."""
+def bag_weights(epoch: int, lam: tuple[float, float], warmup_epochs: int) -> tuple[float, float]:
+    """(own-key weight, other-bag-member weight): (1, 0) for epochs 0..warmup_epochs, then ``lam`` (``--lam``)."""
     return (1.0, 0.0) if epoch <= warmup_epochs else (float(lam[0]), float(lam[1]))
 
 
@@ -52,13 +45,13 @@ def bingo_official_loss(
     queue: torch.Tensor,
     t: float,
     weights: tuple[float, float],
-    mix_lam: float,
+    anchor_fraction: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss the official code trains with: ``(L_a + L_p + L_mix) / 3``.
 
     ``L_a = w_self CE(qa, ka) + w_other CE(qa, kp)``, ``L_p = w_self CE(qp, kp) + w_other CE(qp, ka)`` and
-    ``L_mix = mix_lam CE(qm, ka) + (1 - mix_lam) CE(qm, kp)``, where ``qm`` is the student's output on the CutMix
-    image and ``mix_lam`` its anchor pixel fraction. Terms whose weight is 0 are not computed.
+    ``L_mix = f CE(qm, ka) + (1 - f) CE(qm, kp)``, where ``qm`` is the student's output on the CutMix image and
+    ``f = anchor_fraction`` its share of anchor pixels (``models.bingo.apply_cutmix``). Terms whose weight is 0 are not computed.
     """
     w_self, w_other = weights
 
@@ -70,7 +63,7 @@ def bingo_official_loss(
 
     loss_a = weighted(qa, ka, kp, w_self, w_other)
     loss_p = weighted(qp, kp, ka, w_self, w_other)
-    loss_mix = weighted(qm, ka, kp, mix_lam, 1.0 - mix_lam)
+    loss_mix = weighted(qm, ka, kp, anchor_fraction, 1.0 - anchor_fraction)
     total = (loss_a + loss_p + loss_mix) / 3.0
     return total, {"loss_anchor": loss_a.detach(), "loss_neighbour": loss_p.detach(), "loss_mix": loss_mix.detach()}
 
@@ -95,45 +88,3 @@ def seed_loss(
     student = contrastive_logits(q, k, queue, t_student)
     target = F.softmax(contrastive_logits(k, k, queue, t_teacher), dim=1)
     return -(target * F.log_softmax(student, dim=1)).sum(dim=1).mean()
-
-
-def cutmix_box(height: int, width: int, lam: float, cx: int, cy: int) -> tuple[int, int, int, int, float]:
-    """The box CutMix pastes: sides ``int(H*sqrt(1-lam))`` and ``int(W*sqrt(1-lam))`` centred at ``(cx, cy)``,
-    clipped to the image. Returns ``(y1, y2, x1, x2, anchor_fraction)`` where the fraction is recomputed after
-    clipping: ``1 - box_area / (H*W)``."""
-    ratio = math.sqrt(1.0 - lam)
-    cut_h, cut_w = int(height * ratio), int(width * ratio)
-    y1, y2 = min(max(cy - cut_h // 2, 0), height), min(max(cy + cut_h // 2, 0), height)
-    x1, x2 = min(max(cx - cut_w // 2, 0), width), min(max(cx + cut_w // 2, 0), width)
-    fraction = 1.0 - (y2 - y1) * (x2 - x1) / (height * width)
-    return y1, y2, x1, x2, fraction
-
-
-def apply_cutmix(
-    anchor: torch.Tensor, neighbour: torch.Tensor, rng: np.random.Generator, alpha: float = 2.0
-) -> tuple[torch.Tensor, float]:
-    """One box for the whole batch (as the official code): the box region of each anchor image is replaced by the
-    same region of its own neighbour. ``lam ~ Beta(alpha, alpha)``, the centre uniform over the pixels; returns
-    ``(mixed images, anchor pixel fraction)``."""
-    height, width = anchor.shape[-2:]
-    lam = float(rng.beta(alpha, alpha))
-    cx, cy = int(rng.integers(width)), int(rng.integers(height))
-    y1, y2, x1, x2, fraction = cutmix_box(height, width, lam, cx, cy)
-    mixed = anchor.clone()
-    mixed[..., y1:y2, x1:x2] = neighbour[..., y1:y2, x1:x2]
-    return mixed, fraction
-
-
-@torch.no_grad()
-def topk_accuracy(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
-    """Percentage of rows whose ``target`` is among the ``k`` largest logits, for each ``k`` (0-d tensors, so
-    nothing waits for the GPU)."""
-    return [100.0 * c / target.shape[0] for c in topk_correct(logits, target, ks)]
-
-
-@torch.no_grad()
-def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
-    """Number of rows whose ``target`` is among the ``k`` largest logits, for each ``k``."""
-    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
-    hits = top == target[:, None]
-    return [hits[:, :k].any(dim=1).sum() for k in ks]

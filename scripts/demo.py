@@ -26,14 +26,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from datasets.fashion_mnist import prepare  # noqa: E402
-from datasets.folders import IndexedImageFolder  # noqa: E402
-from engine.io import atomic_json  # noqa: E402
-from engine.logs import read_metrics  # noqa: E402
+from scripts.fashion_mnist import prepare
+from datasets.folders import IndexedImageFolder
+from utils.io import atomic_json
+from utils.logs import read_metrics
 
 
 @dataclass(frozen=True)

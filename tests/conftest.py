@@ -6,3 +6,24 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("TORCH_HOME", "/tmp/bingo-tests-torch-home")
+
+# A test is slow when it starts a process (an entry point, torchrun, a bench script, the demo) or uses a fixture that
+# does; `make test-fast` runs the others (`pytest -m "not slow"`), `make test` runs all.
+PROCESS_CALLS = ("run_script(", "run_cases(", "subprocess.", "_demo(", "mp.spawn(", "start_processes(")
+PROCESS_FIXTURES = {"knn_setup", "distill_data", "probe_data", "rig"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: starts at least one process (see tests/conftest.py)")
+
+
+def pytest_collection_modifyitems(config, items):
+    import inspect
+
+    import pytest
+
+    for item in items:
+        function = getattr(item, "function", None)
+        source = inspect.getsource(function) if function is not None else ""
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())) or any(c in source for c in PROCESS_CALLS):
+            item.add_marker(pytest.mark.slow)

@@ -20,7 +20,8 @@ def tiny_embedder(in_dim: int = 3 * 8 * 8, dim: int = 16, seed: int = 0):
 def distiller_step(rank: int, world: int, port: int, batch: list[torch.Tensor], out_path: str,
                    teacher_mode: str) -> None:
     """One BINGO step on this rank's slice of a fixed global batch; rank 0 saves the queue and pointer."""
-    from models.distiller import DistillConfig, Distiller
+    from models.distiller import DistillConfig
+    from models.methods import build_method
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if world > 1:
@@ -28,11 +29,11 @@ def distiller_step(rank: int, world: int, port: int, batch: list[torch.Tensor], 
     per = batch[0].shape[0] // world
     mine = [v[rank * per:(rank + 1) * per] for v in batch]
     config = DistillConfig(dim=16, queue_size=4 * batch[0].shape[0], teacher_mode=teacher_mode, subgroup=8)
-    distiller = Distiller(tiny_embedder(seed=1), tiny_embedder(seed=2), config)
+    distiller = build_method(tiny_embedder(seed=1), tiny_embedder(seed=2), config)
     distiller.set_epoch(0, 0, rank)
-    before = distiller.queue.clone()
+    before = distiller.queue.keys.clone()
     loss, _ = distiller(tuple(mine), epoch=0)
     if rank == 0:
-        torch.save({"queue": distiller.queue, "before": before, "ptr": distiller.queue_ptr}, out_path)
+        torch.save({"queue": distiller.queue.keys, "before": before, "ptr": distiller.queue.ptr}, out_path)
     if world > 1:
         dist.destroy_process_group()

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from datasets.fashion_mnist import DEBIAN_DIR
+from scripts.fashion_mnist import DEBIAN_DIR
 from helpers import REPO, subprocess_env
 
 CASES = {
@@ -21,7 +21,7 @@ CASES = {
 
 @pytest.mark.parametrize("script", sorted(CASES))
 def test_bench_script_runs_on_the_cpu(tmp_path, script):
-    result = subprocess.run([sys.executable, str(REPO / "bench" / script), *CASES[script],
+    result = subprocess.run([sys.executable, "-m", f"bench.{script.removesuffix('.py')}", *CASES[script],
                              "--json", str(tmp_path / "rows.json")], cwd=tmp_path, env=subprocess_env(tmp_path),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

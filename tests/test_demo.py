@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from datasets.fashion_mnist import DEBIAN_DIR
-from helpers import REPO, subprocess_env
+from scripts.fashion_mnist import DEBIAN_DIR
+from helpers import subprocess_env
 
 pytestmark = pytest.mark.skipif(not (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file(),
                                 reason="Fashion-MNIST is not installed (make test installs dataset-fashion-mnist)")

@@ -15,7 +15,7 @@ from datasets.device_views import (DeviceViews, EncodedBagDataset, EncodedImageF
                                    read_encoded, sample_view)
 from datasets.folders import BagDataset, DatasetError, IndexedImageFolder
 from datasets.transforms import IMAGENET_STD, MOCO_V1, MOCO_V2, augmentation, eval_transform
-from engine import dist as edist
+from utils import dist as edist
 from engine.features import embed
 from helpers import calibrated_teacher, run_script
 from models.backbones import build_backbone

@@ -5,43 +5,53 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from torch import nn
 
 from dist_workers import distiller_step, tiny_embedder
-from engine.logs import read_metrics
-from helpers import calibrated_teacher, free_port, make_image_folder, moco_release, run_cases, run_script
+from utils.logs import read_metrics
+from helpers import calibrated_teacher, free_port, make_image_folder, run_cases, run_script
 from models.backbones import build_backbone
-from models.distiller import DistillConfig, Distiller
+from models.distiller import DistillConfig
+from models.methods import build_method
 
 
 def test_queue_holds_the_teacher_anchor_keys_after_a_step():
     torch.manual_seed(0)
     teacher = tiny_embedder(seed=2)
-    distiller = Distiller(tiny_embedder(seed=1), teacher, DistillConfig(dim=16, queue_size=12, teacher_mode="eval"))
+    distiller = build_method(tiny_embedder(seed=1), teacher, DistillConfig(dim=16, queue_size=12, teacher_mode="eval"))
     views = tuple(torch.randn(4, 3, 8, 8) for _ in range(4))
-    old = distiller.queue.clone()
+    old = distiller.queue.keys.clone()
     distiller(views, epoch=0)
     with torch.no_grad():
         keys = teacher(views[1])[0]
-    assert torch.allclose(distiller.queue[:, :4], keys.T)
-    assert torch.equal(distiller.queue[:, 4:], old[:, 4:])
-    assert distiller.queue_ptr == 4
+    assert torch.allclose(distiller.queue.keys[:, :4], keys.T)
+    assert torch.equal(distiller.queue.keys[:, 4:], old[:, 4:])
+    assert distiller.queue.ptr == 4
     distiller(views, epoch=0)
     distiller(views, epoch=0)
-    assert distiller.queue_ptr == 0  # wrapped around
+    assert distiller.queue.ptr == 0  # wrapped around
     with pytest.raises(ValueError, match="multiple"):
         distiller(tuple(v[:5] for v in torch.randn(4, 5, 3, 8, 8)), epoch=0)
 
 
 def test_teacher_gets_no_gradient_and_stays_frozen():
-    distiller = Distiller(tiny_embedder(seed=1), tiny_embedder(seed=2), DistillConfig(dim=16, queue_size=8))
+    from engine.training import check_teacher_unchanged
+
+    distiller = build_method(tiny_embedder(seed=1), tiny_embedder(seed=2), DistillConfig(dim=16, queue_size=8))
     before = {k: v.clone() for k, v in distiller.teacher.named_parameters()}
-    optimizer = torch.optim.SGD(distiller.student.parameters(), lr=1.0)
+    assert not any(p.requires_grad for p in distiller.teacher.parameters())
+    # An optimizer over every parameter, teacher included, with weight decay: a teacher weight that received any
+    # gradient would move.
+    optimizer = torch.optim.SGD(distiller.parameters(), lr=1.0, weight_decay=0.1)
     loss, _ = distiller(tuple(torch.randn(4, 3, 8, 8) for _ in range(4)), epoch=20)
     loss.backward()
     optimizer.step()
     assert all(p.grad is None for p in distiller.teacher.parameters())
-    assert all(torch.equal(p, before[k]) for k, p in distiller.teacher.named_parameters())
+    assert any(p.grad is not None for p in distiller.student.parameters())
+    check_teacher_unchanged(distiller.teacher, before)  # the loop's own check passes ...
+    with torch.no_grad():
+        next(distiller.teacher.parameters()).add_(1e-6)
+    with pytest.raises(RuntimeError, match="changed during training"):  # ... and fails on a changed weight
+        check_teacher_unchanged(distiller.teacher, before)
     assert distiller.teacher.training  # official default: batch statistics
     distiller.train(False)
     assert distiller.teacher.training  # the teacher keeps its mode
@@ -52,24 +62,29 @@ def test_fused_teacher_forward_equals_two_forwards_in_eval_mode():
     keys = []
     for fuse in (False, True):
         config = DistillConfig(dim=16, queue_size=8, teacher_mode="eval", fuse_teacher=fuse)
-        distiller = Distiller(tiny_embedder(seed=1), tiny_embedder(seed=2), config)
+        distiller = build_method(tiny_embedder(seed=1), tiny_embedder(seed=2), config)
         keys.append(distiller.teacher_keys(views[1], views[3]))
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*keys))
     with pytest.raises(ValueError, match="teacher_mode=eval"):
-        Distiller(tiny_embedder(), tiny_embedder(), DistillConfig(dim=16, queue_size=8, fuse_teacher=True))
+        build_method(tiny_embedder(), tiny_embedder(), DistillConfig(dim=16, queue_size=8, fuse_teacher=True))
 
 
-def test_moco_baseline_updates_its_momentum_encoder():
-    distiller = Distiller(tiny_embedder(seed=1), None, DistillConfig(method="moco", dim=16, queue_size=8, moco_m=0.5))
-    start = [p.clone() for p in distiller.teacher.parameters()]
+def test_moco_baseline_momentum_encoder_follows_k_equals_m_k_plus_1_minus_m_q():
+    m = 0.75
+    distiller = build_method(tiny_embedder(seed=1), None, DistillConfig(method="moco", dim=16, queue_size=8, moco_m=m))
     optimizer = torch.optim.SGD(distiller.student.parameters(), lr=1.0)
     for _ in range(2):
+        keys = [p.clone() for p in distiller.teacher.parameters()]
+        queries = [p.clone() for p in distiller.student.parameters()]
+        assert len(keys) == len(queries)
         loss, _ = distiller(tuple(torch.randn(4, 3, 8, 8) for _ in range(2)), epoch=0)
+        # the forward updated the key encoder from the query encoder as it was before this step
+        for k, q, now in zip(keys, queries, distiller.teacher.parameters()):
+            torch.testing.assert_close(now, m * k + (1 - m) * q, rtol=0, atol=1e-7)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    moved = [not torch.equal(a, b) for a, b in zip(start, distiller.teacher.parameters())]
-    assert any(moved)
+    assert not all(torch.equal(k, q) for k, q in zip(distiller.teacher.parameters(), distiller.student.parameters()))
 
 
 @pytest.mark.parametrize("teacher_mode", ["eval", "train"])
@@ -118,7 +133,6 @@ def test_end_to_end_two_processes_learns_keeps_teacher_and_resumes_exactly(disti
     assert "img/s" in result.stdout and "eta" in result.stdout
     epochs = [m for m in _metrics(straight) if m["kind"] == "epoch"]
     assert len(epochs) == 2 and epochs[1]["loss"] < epochs[0]["loss"]
-    assert all(m["teacher_unchanged"] for m in epochs)
     for name in ("checkpoint.pth", "final.pth", "student_backbone.pth", "flags.json"):
         assert (straight / name).is_file()
     net = build_backbone("resnet18")
@@ -233,3 +247,33 @@ def test_every_method_starts_from_the_same_student_under_one_seed(distill_data):
                and "num_batches" not in k]
     assert len(weights) > 60
     assert all(torch.equal(finals["bingo"][k], finals["moco"][k]) for k in weights)
+
+
+@pytest.mark.parametrize("method", ["bingo", "moco"])
+def test_a_checkpoint_in_the_layout_written_since_the_first_release_loads_and_is_written_back_alike(method):
+    """The payload keys main_distill.py has written from the start (official ``module.encoder_q.*`` / ``encoder_k``
+    names, queue and pointer beside them), built here by hand, load into today's methods and come back the same."""
+    from engine.training import checkpoint_payload, load_checkpoint
+    from utils.io import rng_state
+
+    saved = tiny_embedder(seed=3)
+    state = {f"module.encoder_q.{k}": v.clone() for k, v in saved.backbone.state_dict().items()}
+    state.update({f"module.encoder_q.fc.{k}": v.clone() for k, v in saved.head.state_dict().items()})
+    if method == "moco":
+        state.update({k.replace("encoder_q", "encoder_k"): v + 1 for k, v in state.items()})
+    queue = torch.nn.functional.normalize(torch.randn(16, 8), dim=0)
+    optimizer_state = torch.optim.SGD(tiny_embedder().parameters(), lr=0.1, momentum=0.9).state_dict()
+    payload = {"bingo": {"method": method, "seed": 0, "epoch": 3}, "epoch": 3, "state_dict": state, "queue": queue,
+               "queue_ptr": 4, "optimizer": optimizer_state, "rng": rng_state()}
+
+    distiller = build_method(tiny_embedder(seed=1), tiny_embedder(seed=2) if method == "bingo" else None,
+                             DistillConfig(method=method, dim=16, queue_size=8))
+    optimizer = torch.optim.SGD(distiller.student.parameters(), lr=0.1, momentum=0.9)
+    assert load_checkpoint(payload, "by hand", distiller, optimizer) == 3
+    assert torch.equal(distiller.queue.keys, queue) and distiller.queue.ptr == 4
+    written = checkpoint_payload(distiller, optimizer, 3, {"method": method})
+    assert set(written) >= {"bingo", "epoch", "state_dict", "queue", "queue_ptr", "optimizer", "rng"}
+    assert set(written["state_dict"]) == set(state)
+    for key, value in state.items():
+        assert torch.equal(written["state_dict"][key], value), key
+    assert torch.equal(written["queue"], queue) and written["queue_ptr"] == 4

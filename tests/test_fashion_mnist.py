@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from datasets import fashion_mnist
+from scripts import fashion_mnist
 from datasets.folders import DatasetError, IndexedImageFolder
 
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.schedule import learning_rate
-from models import losses
+from utils.schedule import learning_rate
+from models import bingo, losses
+from utils import metrics
 
 
 def _unit(*shape):
@@ -25,9 +26,9 @@ def test_info_nce_matches_a_hand_computation():
 
 
 def test_bag_weights_warm_up():
-    assert [losses.bag_weights(e) for e in (0, 10)] == [(1.0, 0.0), (1.0, 0.0)]
-    assert losses.bag_weights(11) == (0.5, 0.5)
-    assert losses.bag_weights(50, (0.7, 0.3)) == (0.7, 0.3)
+    assert [losses.bag_weights(e, (0.5, 0.5), 10) for e in (0, 10)] == [(1.0, 0.0), (1.0, 0.0)]
+    assert losses.bag_weights(11, (0.5, 0.5), 10) == (0.5, 0.5)
+    assert losses.bag_weights(50, (0.7, 0.3), 10) == (0.7, 0.3)
 
 
 def test_bingo_official_loss_is_the_mean_of_three_weighted_terms():
@@ -89,15 +90,15 @@ def test_losses_fall_under_gradient_steps(loss_name):
 
 
 def test_cutmix_box_and_lambda():
-    assert losses.cutmix_box(10, 10, 0.75, 5, 5) == (3, 7, 3, 7, 1 - 16 / 100)  # side int(10*0.5)=5, 5//2=2
-    y1, y2, x1, x2, frac = losses.cutmix_box(10, 10, 0.75, 0, 9)  # clipped at the corner
+    assert bingo.cutmix_box(10, 10, 0.75, 5, 5) == (3, 7, 3, 7, 1 - 16 / 100)  # side int(10*0.5)=5, 5//2=2
+    y1, y2, x1, x2, frac = bingo.cutmix_box(10, 10, 0.75, 0, 9)  # clipped at the corner
     assert (y1, y2, x1, x2) == (7, 10, 0, 2) and frac == pytest.approx(1 - 6 / 100)
     anchor, neighbour = torch.zeros(2, 3, 10, 10), torch.ones(2, 3, 10, 10)
-    mixed, fraction = losses.apply_cutmix(anchor, neighbour, np.random.default_rng(0))
+    mixed, fraction = bingo.apply_cutmix(anchor, neighbour, np.random.default_rng(0))
     assert torch.equal(mixed[0], mixed[1])  # one box for the whole batch
     assert fraction == pytest.approx(1 - mixed[0, 0].mean().item())
     assert torch.equal(anchor, torch.zeros_like(anchor))  # inputs untouched
-    fractions = [losses.apply_cutmix(anchor, neighbour, np.random.default_rng(s))[1] for s in range(400)]
+    fractions = [bingo.apply_cutmix(anchor, neighbour, np.random.default_rng(s))[1] for s in range(400)]
     assert 0.55 < float(np.mean(fractions)) < 0.8  # Beta(2,2) on 1 - box area
 
 
@@ -115,7 +116,7 @@ def test_topk_counts_by_hand():
     logits = torch.tensor([[0.1, 0.9, 0.0, 0.0, 0.0, 0.0], [0.8, 0.1, 0.05, 0.04, 0.03, 0.02],
                            [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]])
     target = torch.tensor([1, 2, 0])
-    top1, top5 = losses.topk_correct(logits, target, (1, 5))
+    top1, top5 = metrics.topk_correct(logits, target, (1, 5))
     assert (top1.item(), top5.item()) == (1, 2)
-    acc1, acc5 = losses.topk_accuracy(logits, target)
+    acc1, acc5 = metrics.topk_accuracy(logits, target)
     assert acc5 >= acc1 and acc1.item() == pytest.approx(100 / 3)

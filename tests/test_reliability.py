@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.io import RunFolderLock, atomic_torch_save
-from engine.logs import prune_metrics, read_metrics
+from utils.io import RunFolderLock, atomic_torch_save
+from utils.logs import prune_metrics, read_metrics
 from helpers import REPO, calibrated_teacher, make_image_folder, run_cases, run_script, subprocess_env
 
 USER_ERROR = 2
@@ -129,7 +129,7 @@ def test_a_second_run_into_a_held_folder_is_refused_and_a_killed_holder_leaves_n
     folder = tmp_path / "run"
     folder.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom engine.io import RunFolderLock\n"
+        [sys.executable, "-c", "import sys, time\nfrom utils.io import RunFolderLock\n"
          f"lock = RunFolderLock({str(folder)!r}).acquire()\nprint('held', flush=True)\ntime.sleep(120)"],
         env=subprocess_env(tmp_path), stdout=subprocess.PIPE, text=True)
     try:
@@ -272,7 +272,7 @@ def test_run_knn_refuses_a_nan_teacher_and_writes_nothing(rig, tmp_path):
 
 
 def test_non_finite_features_stop_before_the_search():
-    from engine.dist import Context
+    from utils.dist import Context
     from engine.features import NonFiniteFeatures, embed
 
     class Images(torch.utils.data.Dataset):

@@ -1,6 +1,6 @@
 """Fashion-MNIST (70,000 real 28x28 photographs of clothing, 10 classes, MIT licence) in the ImageNet folder layout.
 
-    python -m datasets.fashion_mnist --out demo_data/fmnist --train_per_class 200 --val_per_class 100
+    python -m scripts.fashion_mnist --out demo_data/fmnist --train_per_class 200 --val_per_class 100
 
 Source, in order: Debian's ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist``), then
 torchvision's download where the machine has internet. Writes ``train/`` and ``val/`` (the official test split) with
@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from datasets.folders import DatasetError
-from engine.logs import Progress, log
+from utils.logs import Progress, log
 
 __all__ = ["CLASSES", "DEBIAN_DIR", "load_split", "prepare"]
 

@@ -1,0 +1,37 @@
+"""The MoCo-v2 baseline's step (the paper's "no teacher" row): the keys come from a momentum copy of the student,
+``k <- m k + (1 - m) q`` before every step, through shuffle-BN; InfoNCE against a queue of its own keys."""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from models import losses
+from models.distiller import DistillConfig, Distiller, Embedder, unwrap
+
+__all__ = ["MoCo"]
+
+
+class MoCo(Distiller):
+    def __init__(self, student: Embedder, config: DistillConfig) -> None:
+        momentum_encoder = copy.deepcopy(unwrap(student))  # starts as a copy of the student
+        super().__init__(student, momentum_encoder, config)
+        self.teacher.train(True)  # batch statistics with shuffle-BN, as MoCo trains its key encoder
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        m = self.config.moco_m
+        for key, query in zip(self.teacher.parameters(), unwrap(self.student).parameters()):
+            key.mul_(m).add_(query.detach(), alpha=1.0 - m)
+
+    def forward(self, batch: tuple[torch.Tensor, ...], epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        view_q, view_k = batch[:2]  # [B, 3, H, W] each: two views of the same image
+        queue = self.queue.keys.clone()  # [D, K]
+        with self.autocast(view_q.device):
+            (q,) = self.student(view_q)  # [B, D]
+        self.momentum_update()
+        (k,) = self.teacher_keys(view_k)  # [B, D]
+        loss = losses.info_nce(q, k, queue, self.config.t)
+        terms = self.instance_accuracy(q, k, queue)
+        self.queue.enqueue(k)
+        return loss, terms
