@@ -29,8 +29,8 @@ from utils.io import OutputFolderError, RunFolderLock, atomic_json, check_writab
 from utils.logs import MetricsLog, log, prune_metrics
 from utils.schedule import learning_rate, set_lr
 from utils.signals import Preempted, StopRequests
-from engine.training import (RunState, check_resumable, check_teacher_unchanged, checkpoint_payload, load_checkpoint,
-                             make_train_loader, save_checkpoint, save_final, train_epoch)
+from engine.checkpoints import check_resumable, checkpoint_payload, load_checkpoint, save_checkpoint, save_final
+from engine.training import RunState, check_teacher_unchanged, make_train_loader, train_epoch
 from models.backbones import BACKBONES, STUDENTS, build_backbone
 from models.checkpoints import file_sha256, load_teacher, torch_load
 from models.distiller import DistillConfig, Distiller, Embedder, unwrap

@@ -21,13 +21,14 @@ from datasets.folders import IndexedImageFolder, labelled_splits, open_split
 from datasets.transforms import eval_transform, linear_train_transform
 from utils import dist as edist
 from engine.cli import run
+from engine.checkpoints import read_probe, save_probe
 from engine.evaluation import (Classifier, assert_unchanged, backbone_fingerprint, evaluate, knn_classify,
                                label_subset, recompute_bn_statistics, train_classifier_epoch)
-from utils.io import RunFolderLock, atomic_json, atomic_torch_save, check_writable, resolve_resume
+from utils.io import RunFolderLock, atomic_json, check_writable, resolve_resume
 from utils.logs import log
 from utils.schedule import learning_rate, set_lr
 from models.backbones import BACKBONES, FLOORS, build_backbone
-from models.checkpoints import CheckpointError, file_sha256, load_backbone, strict_load, torch_load
+from models.checkpoints import file_sha256, load_backbone
 
 FLAGS = flags.FLAGS
 # Official flags (haohang96/bingo main_lincls.py); defaults follow its ready scripts (cosine, 120 epochs).
@@ -181,7 +182,8 @@ def main(argv: list[str]) -> None:
     start_epoch, best, history = 0, None, []
     resume = resolve_resume(FLAGS.resume or ("auto" if FLAGS.evaluate else ""), output_dir, "probe.pth")
     if resume is not None:
-        saved = read_probe(resume, model)
+        frozen_from = (FLAGS.pretrained or f"--untrained --seed={FLAGS.seed}") if FLAGS.protocol == "linear" else None
+        saved = read_probe(resume, model, frozen_from)
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, best, history = saved["epoch"], saved["best"], saved["history"]
         if FLAGS.protocol == "semi":  # the fine-tuned network in the probe file is what is scored from here on
@@ -229,35 +231,9 @@ def main(argv: list[str]) -> None:
     edist.shutdown()
 
 
-def read_probe(path: Path, model: Classifier) -> dict:
-    """Load a probe checkpoint into ``model``, strictly. A linear probe must have been trained on the very backbone
-    --pretrained gives (its backbone is frozen): otherwise its classifier would be scored on another network than
-    the one results.json names."""
-    saved = torch_load(path)
-    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict) or "optimizer" not in saved:
-        raise CheckpointError(f"{path} is not a probe checkpoint of main_lincls.py (no 'model' and 'optimizer'); "
-                              "give a probe.pth from an evaluation folder")
-    state = saved["model"]
-    if FLAGS.protocol == "linear":
-        source = FLAGS.pretrained or f"--untrained --seed={FLAGS.seed}"
-        for key, value in model.backbone.state_dict().items():
-            if key.endswith("num_batches_tracked"):
-                continue
-            theirs = state.get(f"backbone.{key}")
-            if theirs is None or theirs.shape != value.shape or not torch.equal(theirs, value.cpu()):
-                raise CheckpointError(f"{path} was trained on a different backbone than {source} (first difference: "
-                                      f"{key}); evaluate it with the --pretrained it was trained on, or train a new "
-                                      "probe in another --output_dir")
-    strict_load(model, state, str(path), "probe (backbone + linear classifier)")
-    return saved
-
-
 def save_outputs(model, optimizer, epoch, best, history, provenance, output_dir: Path, num_val: int) -> None:
-    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1, "best": best,
-               "history": history}
-    atomic_torch_save(payload, output_dir / "probe.pth")
-    if FLAGS.save_freq and (epoch + 1) % FLAGS.save_freq == 0:
-        atomic_torch_save(payload, output_dir / f"probe_{epoch + 1:04d}.pth")
+    """The probe checkpoint, epochs.csv and results.json after ``epoch``."""
+    save_probe(model, optimizer, epoch + 1, best, history, output_dir, FLAGS.save_freq)
     with open(output_dir / "epochs.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()

@@ -1,24 +1,20 @@
-"""The distillation loop's parts: loaders, one epoch, checkpoints and exact resume."""
+"""The distillation loop's parts: loaders, one epoch, the frozen-teacher check (checkpoints: ``engine.checkpoints``)."""
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from utils import dist as edist
-from utils.io import atomic_torch_save, rng_state, set_rng_state
 from utils.logs import MetricsLog, Progress, format_seconds, log
 from utils.signals import StopRequests
-from models.checkpoints import MOMENTUM_PREFIX, CheckpointError, check_finite, from_official_keys, to_official_keys
-from models.distiller import Distiller, unwrap
+from models.distiller import Distiller
 
-__all__ = ["make_train_loader", "views_to_device", "train_epoch", "save_checkpoint", "save_final",
-           "check_resumable", "check_teacher_unchanged", "load_checkpoint", "NonFiniteLoss", "RunState"]
+__all__ = ["make_train_loader", "views_to_device", "train_epoch", "check_teacher_unchanged", "NonFiniteLoss", "RunState"]
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -127,69 +123,3 @@ def check_teacher_unchanged(teacher: torch.nn.Module, reference: dict[str, torch
     for name, param in teacher.named_parameters():
         if not torch.equal(param.detach().cpu(), reference[name].detach().cpu()):
             raise RuntimeError(f"the frozen teacher's parameter {name} changed during training")
-
-
-def checkpoint_payload(distiller: Distiller, optimizer: torch.optim.Optimizer, epoch: int, meta: dict[str, Any]
-                       ) -> dict[str, Any]:
-    """Everything an exact resume needs, with the student under the official ``module.encoder_q.*`` names."""
-    state = to_official_keys(unwrap(distiller.student))
-    if distiller.config.method == "moco":
-        state.update(to_official_keys(distiller.teacher, MOMENTUM_PREFIX))
-    return {
-        "bingo": {**meta, "epoch": epoch},
-        "epoch": epoch,
-        "state_dict": state,
-        "queue": distiller.queue.keys.detach().cpu(),
-        "queue_ptr": distiller.queue.ptr,
-        "optimizer": optimizer.state_dict(),
-        "rng": rng_state(),
-    }
-
-
-def save_checkpoint(payload: dict[str, Any], output_dir: Path, epoch: int, save_freq: int) -> None:
-    """``checkpoint.pth`` every epoch and ``checkpoint_<epoch>.pth`` every ``save_freq`` epochs; atomic writes."""
-    atomic_torch_save(payload, output_dir / "checkpoint.pth")
-    if save_freq and epoch % save_freq == 0:
-        atomic_torch_save(payload, output_dir / f"checkpoint_{epoch:04d}.pth")
-
-
-def save_final(payload: dict[str, Any], backbone: torch.nn.Module, output_dir: Path) -> list[Path]:
-    """``final.pth`` (the last checkpoint) and ``student_backbone.pth`` (torchvision layout); returns both paths."""
-    paths = [output_dir / "final.pth", output_dir / "student_backbone.pth"]
-    atomic_torch_save(payload, paths[0])
-    atomic_torch_save(backbone.state_dict(), paths[1])
-    return paths
-
-
-RESUME_KEYS = ("method", "s_arch", "t_arch", "teacher_sha256", "moco_dim", "moco_k", "head_hidden", "num_images",
-               "file_list_sha256")
-
-
-def check_resumable(payload: object, where: str, meta: dict[str, Any], keys: tuple[str, ...] = RESUME_KEYS) -> None:
-    """Refuse to resume from a file that is not this loop's checkpoint, or one made with other data, networks or
-    method (each of ``keys`` the file records must equal this run's)."""
-    if not isinstance(payload, dict) or not isinstance(payload.get("bingo"), dict) or "state_dict" not in payload:
-        raise CheckpointError(f"--resume={where} is not a checkpoint written by main_distill.py (no 'bingo' record); "
-                              "give a checkpoint.pth from a run folder, or drop --resume")
-    saved = payload["bingo"]
-    for key in keys:
-        if key in saved and key in meta and saved[key] != meta[key]:
-            raise CheckpointError(f"--resume={where} was made with {key}={saved[key]!r}, but this run has "
-                                  f"{meta[key]!r}: resume with the same data, networks and method, or start a new "
-                                  "run in another --output_dir")
-
-
-def load_checkpoint(payload: dict[str, Any], where: str, distiller: Distiller, optimizer: torch.optim.Optimizer
-                    ) -> int:
-    """Restore student, momentum encoder, queue, optimizer and RNG states from a checkpoint read from ``where``
-    (checked with ``check_resumable`` first); returns the epoch to start from."""
-    check_finite(payload["state_dict"], where)
-    check_finite({"queue": payload["queue"]}, where)
-    from_official_keys(unwrap(distiller.student), payload["state_dict"], where)
-    if distiller.config.method == "moco":
-        from_official_keys(distiller.teacher, payload["state_dict"], where, MOMENTUM_PREFIX)
-    distiller.queue.keys.copy_(payload["queue"].to(distiller.queue.keys.device))
-    distiller.queue.ptr = int(payload["queue_ptr"])
-    optimizer.load_state_dict(payload["optimizer"])
-    set_rng_state(payload["rng"])
-    return int(payload["epoch"])

@@ -253,7 +253,7 @@ def test_every_method_starts_from_the_same_student_under_one_seed(distill_data):
 def test_a_checkpoint_in_the_layout_written_since_the_first_release_loads_and_is_written_back_alike(method):
     """The payload keys main_distill.py has written from the start (official ``module.encoder_q.*`` / ``encoder_k``
     names, queue and pointer beside them), built here by hand, load into today's methods and come back the same."""
-    from engine.training import checkpoint_payload, load_checkpoint
+    from engine.checkpoints import checkpoint_payload, load_checkpoint
     from utils.io import rng_state
 
     saved = tiny_embedder(seed=3)

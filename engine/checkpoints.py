@@ -1,0 +1,119 @@
+"""This project's own checkpoints, written and read back: the distillation run's (``checkpoint.pth``, ``final.pth``,
+``student_backbone.pth``, with the checks ``--resume`` makes) and the linear probe's (``probe.pth``). Released
+formats (MoCo, SwAV, torchvision) are read by ``models.checkpoints``; every file is written atomically
+(``utils.io``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.checkpoints import (MOMENTUM_PREFIX, CheckpointError, check_finite, from_official_keys, strict_load,
+                                to_official_keys, torch_load)
+from models.distiller import Distiller, unwrap
+from utils.io import atomic_torch_save, rng_state, set_rng_state
+
+__all__ = ["checkpoint_payload", "save_checkpoint", "save_final", "check_resumable", "load_checkpoint",
+           "RESUME_KEYS", "save_probe", "read_probe"]
+
+
+def checkpoint_payload(distiller: Distiller, optimizer: torch.optim.Optimizer, epoch: int, meta: dict[str, Any]
+                       ) -> dict[str, Any]:
+    """Everything an exact resume needs, with the student under the official ``module.encoder_q.*`` names."""
+    state = to_official_keys(unwrap(distiller.student))
+    if distiller.config.method == "moco":
+        state.update(to_official_keys(distiller.teacher, MOMENTUM_PREFIX))
+    return {
+        "bingo": {**meta, "epoch": epoch},
+        "epoch": epoch,
+        "state_dict": state,
+        "queue": distiller.queue.keys.detach().cpu(),
+        "queue_ptr": distiller.queue.ptr,
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_state(),
+    }
+
+
+def save_checkpoint(payload: dict[str, Any], output_dir: Path, epoch: int, save_freq: int) -> None:
+    """``checkpoint.pth`` every epoch and ``checkpoint_<epoch>.pth`` every ``save_freq`` epochs; atomic writes."""
+    atomic_torch_save(payload, output_dir / "checkpoint.pth")
+    if save_freq and epoch % save_freq == 0:
+        atomic_torch_save(payload, output_dir / f"checkpoint_{epoch:04d}.pth")
+
+
+def save_final(payload: dict[str, Any], backbone: nn.Module, output_dir: Path) -> list[Path]:
+    """``final.pth`` (the last checkpoint) and ``student_backbone.pth`` (torchvision layout); returns both paths."""
+    paths = [output_dir / "final.pth", output_dir / "student_backbone.pth"]
+    atomic_torch_save(payload, paths[0])
+    atomic_torch_save(backbone.state_dict(), paths[1])
+    return paths
+
+
+RESUME_KEYS = ("method", "s_arch", "t_arch", "teacher_sha256", "moco_dim", "moco_k", "head_hidden", "num_images",
+               "file_list_sha256")
+
+
+def check_resumable(payload: object, where: str, meta: dict[str, Any], keys: tuple[str, ...] = RESUME_KEYS) -> None:
+    """Refuse to resume from a file that is not this loop's checkpoint, or one made with other data, networks or
+    method (each of ``keys`` the file records must equal this run's)."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("bingo"), dict) or "state_dict" not in payload:
+        raise CheckpointError(f"--resume={where} is not a checkpoint written by main_distill.py (no 'bingo' record); "
+                              "give a checkpoint.pth from a run folder, or drop --resume")
+    saved = payload["bingo"]
+    for key in keys:
+        if key in saved and key in meta and saved[key] != meta[key]:
+            raise CheckpointError(f"--resume={where} was made with {key}={saved[key]!r}, but this run has "
+                                  f"{meta[key]!r}: resume with the same data, networks and method, or start a new "
+                                  "run in another --output_dir")
+
+
+def load_checkpoint(payload: dict[str, Any], where: str, distiller: Distiller, optimizer: torch.optim.Optimizer
+                    ) -> int:
+    """Restore student, momentum encoder, queue, optimizer and RNG states from a checkpoint read from ``where``
+    (checked with ``check_resumable`` first); returns the epoch to start from."""
+    check_finite(payload["state_dict"], where)
+    check_finite({"queue": payload["queue"]}, where)
+    from_official_keys(unwrap(distiller.student), payload["state_dict"], where)
+    if distiller.config.method == "moco":
+        from_official_keys(distiller.teacher, payload["state_dict"], where, MOMENTUM_PREFIX)
+    distiller.queue.keys.copy_(payload["queue"].to(distiller.queue.keys.device))
+    distiller.queue.ptr = int(payload["queue_ptr"])
+    optimizer.load_state_dict(payload["optimizer"])
+    set_rng_state(payload["rng"])
+    return int(payload["epoch"])
+
+
+def save_probe(model: nn.Module, optimizer: torch.optim.Optimizer, epochs_done: int, best: dict, history: list,
+               output_dir: Path, save_freq: int) -> None:
+    """``probe.pth`` every epoch and ``probe_<epoch>.pth`` every ``save_freq`` epochs: the classifier (with its
+    backbone), optimizer, epochs done, best row and history."""
+    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epochs_done, "best": best,
+               "history": history}
+    atomic_torch_save(payload, output_dir / "probe.pth")
+    if save_freq and epochs_done % save_freq == 0:
+        atomic_torch_save(payload, output_dir / f"probe_{epochs_done:04d}.pth")
+
+
+def read_probe(path: Path, model: nn.Module, frozen_backbone_from: str | None) -> dict:
+    """Load a probe checkpoint into ``model`` (a ``Classifier``), strictly. With ``frozen_backbone_from`` (a linear
+    probe, whose backbone never changes) the file's backbone must equal ``model.backbone``, which came from there:
+    otherwise its classifier would be scored on another network than the one results.json names."""
+    saved = torch_load(path)
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict) or "optimizer" not in saved:
+        raise CheckpointError(f"{path} is not a probe checkpoint of main_lincls.py (no 'model' and 'optimizer'); "
+                              "give a probe.pth from an evaluation folder")
+    state = saved["model"]
+    if frozen_backbone_from is not None:
+        for key, value in model.backbone.state_dict().items():
+            if key.endswith("num_batches_tracked"):
+                continue
+            theirs = state.get(f"backbone.{key}")
+            if theirs is None or theirs.shape != value.shape or not torch.equal(theirs, value.cpu()):
+                raise CheckpointError(f"{path} was trained on a different backbone than {frozen_backbone_from} "
+                                      f"(first difference: {key}); evaluate it with the --pretrained it was trained "
+                                      "on, or train a new probe in another --output_dir")
+    strict_load(model, state, str(path), "probe (backbone + linear classifier)")
+    return saved
