@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -18,24 +19,25 @@ import numpy as np
 import torch
 from absl import app, flags
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
-from datasets.folders import BagDataset, DatasetError, file_list_sha256, labelled_splits, open_split
 from datasets.device_views import DeviceViews, EncodedBagDataset, collate_encoded
+from datasets.folders import BagDataset, DatasetError, file_list_sha256, labelled_splits, open_split
 from datasets.transforms import eval_transform, pretrain_augmentation, pretrain_spec
-from utils import dist as edist
-from engine.cli import run
-from engine.evaluation import KnnMonitor
-from utils.io import OutputFolderError, RunFolderLock, atomic_json, check_writable, resolve_resume
-from utils.logs import MetricsLog, log, prune_metrics
-from utils.schedule import learning_rate, set_lr
-from utils.signals import Preempted, StopRequests
+from engine import cli
 from engine.checkpoints import check_resumable, checkpoint_payload, load_checkpoint, save_checkpoint, save_final
+from engine.evaluation import KnnMonitor
 from engine.training import RunState, check_teacher_unchanged, make_train_loader, train_epoch
 from models.backbones import BACKBONES, STUDENTS, build_backbone
 from models.checkpoints import file_sha256, load_teacher, torch_load
 from models.distiller import DistillConfig, Distiller, Embedder, unwrap
-from models.methods import build_method
 from models.heads import student_head
+from models.methods import build_method
+from utils import dist as edist
+from utils.io import OutputFolderError, RunFolderLock, atomic_json, check_writable, resolve_resume
+from utils.logs import MetricsLog, log, prune_metrics
+from utils.schedule import learning_rate, set_lr
+from utils.signals import Preempted, StopRequests
 
 FLAGS = flags.FLAGS
 # Official flags (names and defaults of haohang96/bingo main_moco.py).
@@ -324,8 +326,6 @@ def main(argv: list[str]) -> None:
     monitor = build_monitor(ctx, per_process)
 
     distiller, optimizer = build_distiller(teacher, ctx, seed)
-    # The teacher's parameters are compared with the checkpoint file's after every epoch.
-    teacher_reference = None if FLAGS.method == "moco" else dict(build_teacher(False).named_parameters())
     start_epoch = 0
     if resumed is not None:
         start_epoch = load_checkpoint(resumed, str(resume_path), distiller, optimizer)
@@ -334,6 +334,9 @@ def main(argv: list[str]) -> None:
         atomic_json(meta["flags"] | {"seed": seed, "world_size": ctx.world_size}, output_dir / "flags.json")
         prune_metrics(output_dir / "metrics.jsonl", start_epoch)
     loader = make_train_loader(dataset, ctx, per_process, FLAGS.num_workers, seed, collate_fn)
+    run = Run(ctx, seed, meta, output_dir, distiller, optimizer, loader, dataset, prepare, monitor,
+               # the teacher's parameters are compared with the checkpoint file's after every epoch
+               teacher_reference=None if FLAGS.method == "moco" else dict(build_teacher(False).named_parameters()))
     todo = (f"epochs {start_epoch}..{FLAGS.end_epoch - 1}" if start_epoch < FLAGS.end_epoch else
             f"no epoch left to train (--end_epoch={FLAGS.end_epoch}): writing the final outputs")
     log(f"{FLAGS.method}: {FLAGS.s_arch} student, {dataset.describe()}; {len(loader)} steps/epoch of "
@@ -344,8 +347,7 @@ def main(argv: list[str]) -> None:
                      total_steps=len(loader) * (FLAGS.end_epoch - start_epoch), epochs_saved=start_epoch)
     try:
         with StopRequests() as state.stop:
-            train(distiller, optimizer, loader, dataset, monitor, teacher_reference, state, prepare, ctx, seed, meta,
-                  output_dir, start_epoch)
+            train(run, state, start_epoch)
     except Preempted as stopped:
         last = output_dir / "checkpoint.pth"
         done = f"{last} holds {state.epochs_saved} finished epochs" if last.is_file() else "no epoch was finished"
@@ -362,32 +364,48 @@ def main(argv: list[str]) -> None:
     edist.shutdown()
 
 
-def train(distiller: Distiller, optimizer: torch.optim.Optimizer, loader, dataset: BagDataset,
-          monitor: KnnMonitor | None, teacher_reference: dict | None, state: RunState, prepare: Callable | None,
-          ctx: edist.Context, seed: int, meta: dict, output_dir: Path, start_epoch: int) -> None:
+@dataclass
+class Run:
+    """What the epochs of one run work on, built by ``main``."""
+
+    ctx: edist.Context
+    seed: int
+    meta: dict
+    output_dir: Path
+    distiller: Distiller
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    dataset: BagDataset
+    prepare: Callable | None  # --device_views: batch -> views on the device
+    monitor: KnnMonitor | None
+    teacher_reference: dict[str, torch.Tensor] | None
+
+
+def train(run: Run, state: RunState, start_epoch: int) -> None:
     """Epochs ``start_epoch .. --end_epoch - 1``; each ends with its metrics, then ``checkpoint.pth``."""
+    ctx, distiller, optimizer = run.ctx, run.distiller, run.optimizer
     if start_epoch == 0:
-        monitor_knn(monitor, distiller, 0, state.metrics, ctx)
+        monitor_knn(run.monitor, distiller, 0, state.metrics, ctx)
     for epoch in range(start_epoch, FLAGS.end_epoch):
         state.epoch = epoch
-        loader.sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        distiller.set_epoch(seed, epoch, ctx.rank)
+        run.loader.sampler.set_epoch(epoch)
+        run.dataset.set_epoch(epoch)
+        distiller.set_epoch(run.seed, epoch, ctx.rank)
         lr = learning_rate(epoch, FLAGS.init_lr, FLAGS.end_epoch, FLAGS.decay_method,
                            [int(m) for m in FLAGS.schedule], FLAGS.lr_decay)
         set_lr(optimizer, lr)
-        means = train_epoch(distiller, loader, optimizer, ctx, state, FLAGS.channels_last, prepare)
-        if teacher_reference is not None:
-            check_teacher_unchanged(distiller.teacher, teacher_reference)
-        monitor_knn(monitor, distiller, epoch + 1, state.metrics, ctx)
+        means = train_epoch(distiller, run.loader, optimizer, ctx, state, FLAGS.channels_last, run.prepare)
+        if run.teacher_reference is not None:
+            check_teacher_unchanged(distiller.teacher, run.teacher_reference)
+        monitor_knn(run.monitor, distiller, epoch + 1, state.metrics, ctx)
         if ctx.is_main:
             state.metrics.write({"kind": "epoch", "epoch": epoch, "lr": lr, **means}, step=epoch)
-            save_checkpoint(checkpoint_payload(distiller, optimizer, epoch + 1, meta), output_dir, epoch + 1,
-                            FLAGS.save_freq)
+            save_checkpoint(checkpoint_payload(distiller, optimizer, epoch + 1, run.meta), run.output_dir,
+                            epoch + 1, FLAGS.save_freq)
         state.epochs_saved = epoch + 1
         edist.barrier()
         state.stop.check(f"after epoch {epoch}")
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)
