@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from utils.io import atomic_write
+
 __all__ = ["Progress", "MetricsLog", "format_seconds", "log", "read_metrics", "prune_metrics"]
 
 
@@ -90,8 +92,6 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-
-
 def prune_metrics(path: str | os.PathLike, start_epoch: int) -> int:
     """Before a run (re)starts at ``start_epoch``, drop the records of the work it will redo: steps and epochs from
     ``start_epoch`` on, and k-NN scores after ``start_epoch`` epochs (at 0, the first one too). A run stopped between
@@ -109,7 +109,6 @@ def prune_metrics(path: str | os.PathLike, start_epoch: int) -> int:
 
     kept = [r for r in records if not redone(r)]
     if len(kept) < len(records):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in kept))
-        os.replace(tmp, path)
+        text = "".join(json.dumps(r, default=float) + "\n" for r in kept)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return len(records) - len(kept)
