@@ -3,8 +3,9 @@
 # Usage (from the repository root): bash bench/gpu_suite.sh [checks|knn|embed|pipeline|distill|demo ...]
 # Packages the machine lacks (kornia, efficientnet_pytorch) come as wheels in .whl/ (`make gpu-wheels`; carry .whl).
 # `demo` runs the demo's GPU configuration (resumable: run it again until it prints its table); FMNIST_DIR names a
-# folder with the four Fashion-MNIST .gz files where Debian's package is not installed; DEMO_SECONDS (560) stops it,
-# with everything it started, before a 10-minute call ends (finished stages and epochs are kept).
+# folder with the four Fashion-MNIST .gz files where Debian's package is not installed; DEMO_SECONDS (540) stops it,
+# with everything it started, before a 10-minute call ends; demo.log keeps every stage's output, so a stopped run
+# still shows the floors and the teacher's k-NN monitor points.
 set -uo pipefail
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -23,7 +24,7 @@ for part in "${@:-checks knn embed pipeline distill}"; do
       knn) python3 -m bench.knn --json "$OUT/knn.json" 2>&1 | tee "$OUT/knn.log" ;;
       pipeline) python3 -m bench.data_pipeline --workers 1,4,16 --batches 10 --json "$OUT/pipeline.json" 2>&1 \
                   | tee "$OUT/pipeline.log" ;;
-      demo) timeout "${DEMO_SECONDS:-560}" python3 -m scripts.demo --config gpu --device cuda \
+      demo) timeout "${DEMO_SECONDS:-540}" python3 -m scripts.demo --config gpu --device cuda \
               ${FMNIST_DIR:+--fmnist_dir "$FMNIST_DIR"} 2>&1 | tee -a "$OUT/demo.log"
             cp runs/demo-gpu/results.* runs/demo-gpu/*.png runs/demo-gpu/stage_times.json "$OUT/" 2>/dev/null ;;
       distill) python3 -m bench.distill_step --rounds 2 --steps 8 --warmup 2 --json "$OUT/distill.json" 2>&1 | tee "$OUT/distill.log" ;;
