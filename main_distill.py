@@ -9,13 +9,11 @@ One process per GPU under torchrun (any number of GPUs and nodes), a single proc
 """
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from absl import app, flags
 from torch.nn.parallel import DistributedDataParallel
@@ -23,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from datasets.device_views import DeviceViews, EncodedBagDataset, collate_encoded
 from datasets.folders import BagDataset, DatasetError, file_list_sha256, labelled_splits, open_split
+from datasets.neighbours import neighbour_path, read_neighbours
 from datasets.transforms import eval_transform, pretrain_augmentation, pretrain_spec
 from engine import cli
 from engine.checkpoints import check_resumable, checkpoint_payload, load_checkpoint, save_checkpoint, save_final
@@ -71,7 +70,8 @@ flags.DEFINE_enum("s_arch", "resnet18", sorted(BACKBONES),
                   "e.g. a resnet50 MoCo-v2 teacher with --method=moco).")
 flags.DEFINE_enum("t_arch", "resnet50", sorted(BACKBONES), "Teacher network.")
 flags.DEFINE_string("corr_npy", "imgs_corr_epoch800_MoCo.npy",
-                    "Neighbour .npy from run_knn.py: a bare name is read from ./imgs_corr/, a path as given.")
+                    "Neighbour .npy from run_knn.py: a bare name is read from ./imgs_corr/, a path as given (.npy appended "
+                    "when missing, as run_knn.py does).")
 flags.DEFINE_string("pretrain_path", "moco_v2_800ep_pretrain.pth.tar", "Teacher checkpoint.")
 flags.DEFINE_enum("pretrain_alg", "moco", ["moco", "swav"],
                   "Teacher checkpoint family; checked against the detected format.")
@@ -111,45 +111,6 @@ flags.DEFINE_integer("knn_monitor_freq", 0,
 flags.DEFINE_string("knn_monitor_data", None,
                     "Labelled dataset root for the k-NN monitor: train/ is the memory, val/ the queries (default: "
                     "--data_dir).")
-
-
-def corr_path(name: str) -> Path:
-    path = Path(name)
-    return Path("imgs_corr") / path if path.parent == Path(".") else path
-
-
-def load_neighbours(path: Path, dataset: BagDataset, clus_pos_num: int, check_json: bool) -> np.ndarray:
-    """The neighbour array, after checking it belongs to this dataset; a clear error otherwise."""
-    n = len(dataset.samples)
-    fix = f"Run run_knn.py on --data_dir={Path(dataset.root).parent} to make a matching file."
-    if not path.is_file():
-        raise app.UsageError(f"--corr_npy: {path} does not exist. {fix}")
-    neighbours = np.load(path, mmap_mode="r")
-    if neighbours.ndim != 2 or neighbours.shape[0] != n:
-        raise app.UsageError(f"{path} has shape {neighbours.shape}, but {dataset.root} has {n} images. {fix}")
-    if not np.issubdtype(neighbours.dtype, np.integer):
-        raise app.UsageError(f"{path} holds {neighbours.dtype}, not integer indices. {fix}")
-    if neighbours.shape[1] < clus_pos_num:
-        raise app.UsageError(f"{path} has {neighbours.shape[1]} columns; --clus_pos_num={clus_pos_num} needs more")
-    neighbours = np.asarray(neighbours[:, :clus_pos_num], dtype=np.int64)
-    if neighbours.min() < 0 or neighbours.max() >= n:
-        raise app.UsageError(f"{path} has indices outside [0, {n}). {fix}")
-    selfs = int((neighbours == np.arange(n)[:, None]).sum())
-    if selfs:
-        raise app.UsageError(f"{path} lists {selfs} images as their own neighbour. {fix}")
-    meta_path = path.with_suffix(".json")
-    if check_json:
-        if not meta_path.is_file():
-            raise app.UsageError(f"{meta_path} (written by run_knn.py beside the .npy) is missing. {fix} "
-                                 "For an .npy made by the official code, pass --nocheck_corr_json.")
-        meta = json.loads(meta_path.read_text())
-        mine = file_list_sha256(dataset)
-        if meta.get("file_list_sha256") != mine:
-            raise app.UsageError(
-                f"{path} was made for the dataset at {meta.get('data_root')} ({meta.get('num_images')} images, file "
-                f"list {str(meta.get('file_list_sha256'))[:12]}), but --data_dir gives {dataset.root} ({n} images, "
-                f"file list {mine[:12]}). {fix}")
-    return neighbours
 
 
 def build_teacher(announce: bool = True) -> Embedder | None:
@@ -206,10 +167,26 @@ def build_monitor(ctx: edist.Context, batch_per_process: int) -> KnnMonitor | No
     """The k-NN monitor on --knn_monitor_data (default --data_dir), or None when --knn_monitor_freq is 0."""
     if FLAGS.knn_monitor_freq <= 0:
         return None
-    root = FLAGS.knn_monitor_data or FLAGS.data_dir
+    root, flag = monitor_data()
     transform = eval_transform(FLAGS.image_size)
-    memory, queries = labelled_splits(root, transform, transform)
+    memory, queries = labelled_splits(root, transform, transform, flag)
     return KnnMonitor(memory, queries, ctx, batch_per_process, FLAGS.num_workers)
+
+
+def monitor_data() -> tuple[str, str]:
+    """The k-NN monitor's dataset root and the flag that gave it."""
+    if FLAGS.knn_monitor_data:
+        return FLAGS.knn_monitor_data, "--knn_monitor_data"
+    return FLAGS.data_dir, "--data_dir (the k-NN monitor's default --knn_monitor_data)"
+
+
+def check_data_folders() -> None:
+    """The folders the run reads, checked before its output folder is made."""
+    open_split(FLAGS.data_dir, "train")
+    if FLAGS.knn_monitor_freq > 0:
+        root, flag = monitor_data()
+        for split in ("train", "val"):
+            open_split(root, split, flag)
 
 
 def monitor_knn(monitor: KnnMonitor | None, distiller: Distiller, epochs_done: int, metrics: MetricsLog,
@@ -304,6 +281,7 @@ def main(argv: list[str]) -> None:
     output_dir = Path(output_dir)
     ctx = edist.init(FLAGS.device)
     per_process = check_flags(ctx.world_size)
+    check_data_folders()
     seed = FLAGS.seed if FLAGS.seed is not None else edist.broadcast_object(secrets.randbelow(2**31))
     resume_path = resolve_resume(FLAGS.resume, output_dir)
     lock = claim_output_dir(output_dir, resume_path) if ctx.is_main else None
@@ -319,7 +297,8 @@ def main(argv: list[str]) -> None:
     if resumed is not None:
         check_resumable(resumed, str(resume_path), meta, ("num_images", "file_list_sha256"))
     if dataset.views == "bag":
-        neighbours = load_neighbours(corr_path(FLAGS.corr_npy), dataset, FLAGS.clus_pos_num, FLAGS.check_corr_json)
+        neighbours = read_neighbours(neighbour_path(FLAGS.corr_npy), dataset, FLAGS.clus_pos_num,
+                                     FLAGS.check_corr_json, report=log)
         dataset.set_neighbours(neighbours)
     if len(dataset) < FLAGS.batch_size:
         raise DatasetError(f"{dataset.root} has {len(dataset)} images, fewer than one global batch ({FLAGS.batch_size})")

@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from absl import app, flags
 from torch.nn.parallel import DistributedDataParallel
@@ -24,7 +25,7 @@ from engine.cli import run
 from engine.checkpoints import read_probe, save_probe
 from engine.evaluation import (Classifier, assert_unchanged, backbone_fingerprint, evaluate, knn_classify,
                                label_subset, recompute_bn_statistics, train_classifier_epoch)
-from utils.io import RunFolderLock, atomic_json, check_writable, resolve_resume
+from utils.io import OutputFolderError, RunFolderLock, atomic_json, check_writable, resolve_resume
 from utils.logs import log
 from utils.schedule import learning_rate, set_lr
 from models.backbones import BACKBONES, FLOORS, build_backbone
@@ -89,6 +90,36 @@ def resolve_defaults() -> None:
         FLAGS.end_epoch = 100
 
 
+def check_flags() -> None:
+    """Flag values and combinations that cannot work, refused before the network loads or a folder is made."""
+    at_least = {"batch_size": 1, "image_size": 16, "num_workers": 0, "report_freq": 1, "save_freq": 0}
+    if FLAGS.protocol != "knn" and not FLAGS.evaluate:
+        at_least["end_epoch"] = 1
+    for name, low in at_least.items():
+        if FLAGS[name].value < low:
+            raise app.UsageError(f"--{name}={FLAGS[name].value}: must be at least {low}")
+    if FLAGS.protocol == "knn" and any(not k.isdigit() or int(k) < 1 for k in FLAGS.knn_k):
+        raise app.UsageError(f"--knn_k={','.join(FLAGS.knn_k)}: give positive integers, e.g. --knn_k=10,200")
+    if FLAGS.protocol == "semi" and not FLAGS.evaluate:
+        if not FLAGS.label_file and FLAGS.label_fraction is None:
+            raise app.UsageError("--protocol=semi needs --label_fraction (e.g. 0.01) or --label_file")
+        if FLAGS.label_fraction is not None and not 0 < FLAGS.label_fraction <= 1:
+            raise app.UsageError(f"--label_fraction={FLAGS.label_fraction}: must be in (0, 1]")
+
+
+def claim_output_dir(output_dir: Path) -> RunFolderLock:
+    """Own the output folder; a fresh evaluation may not replace another one's probe and results."""
+    lock = RunFolderLock(check_writable(output_dir)).acquire()
+    if not FLAGS.resume and not FLAGS.evaluate:
+        existing = [name for name in ("probe.pth", "results.json") if (output_dir / name).is_file()]
+        if existing:
+            lock.release()
+            again = "pass --resume=auto to continue its probe, or " if "probe.pth" in existing else ""
+            raise OutputFolderError(f"{output_dir} already holds an evaluation ({', '.join(existing)}): {again}"
+                                    "choose another --output_dir")
+    return lock
+
+
 def build_evaluated(announce: bool) -> tuple[torch.nn.Module, dict]:
     """The backbone to score and what results.json says about it: loaded strictly from --pretrained, or, for a
     floor (--untrained, --arch=pixels), built with no checkpoint."""
@@ -127,10 +158,8 @@ def run_knn_protocol(backbone, ctx) -> dict | None:
     return {"num_train": len(train_set), "num_val": len(val_set), "knn": results}
 
 
-def make_loaders(ctx, per_process: int):
-    train_set, val_set = labelled_splits(FLAGS.data_dir, linear_train_transform(FLAGS.image_size),
-                                         eval_transform(FLAGS.image_size))
-    log(f"train/: {train_set.describe()}; val/: {val_set.describe()}", ctx.is_main)
+def make_loader(train_set: IndexedImageFolder, ctx, per_process: int) -> DataLoader:
+    """The training loader: every image of train/, or the labelled subset for --protocol=semi."""
     train_items = train_set
     if FLAGS.protocol == "semi":
         chosen = label_subset(train_set.samples, train_set.root, FLAGS.label_fraction, FLAGS.label_file, FLAGS.seed)
@@ -138,9 +167,14 @@ def make_loaders(ctx, per_process: int):
         train_items = Subset(train_set, chosen)
     sampler = DistributedSampler(train_items, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
                                  seed=FLAGS.seed)
-    loader = DataLoader(train_items, batch_size=per_process, sampler=sampler, num_workers=FLAGS.num_workers,
-                        pin_memory=ctx.device.type == "cuda", persistent_workers=FLAGS.num_workers > 0)
-    return loader, val_set, len(train_set.classes)
+    return DataLoader(train_items, batch_size=per_process, sampler=sampler, num_workers=FLAGS.num_workers,
+                      pin_memory=ctx.device.type == "cuda", persistent_workers=FLAGS.num_workers > 0)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of one process's epoch: its crops, flips and loader-worker seeds depend on (seed, epoch, rank) alone,
+    so a resumed probe trains bit for bit as an uninterrupted one."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
 def main(argv: list[str]) -> None:
@@ -150,11 +184,14 @@ def main(argv: list[str]) -> None:
     if not output_dir:
         raise app.UsageError("--output_dir (or --train_url) is required")
     output_dir = Path(output_dir)
+    check_flags()
+    for split in ("train", "val"):  # before any folder is made
+        open_split(FLAGS.data_dir, split)
     ctx = edist.init(FLAGS.device)
     if FLAGS.batch_size % ctx.world_size:
         raise app.UsageError(f"--batch_size={FLAGS.batch_size} is not divisible by {ctx.world_size} processes")
     per_process = FLAGS.batch_size // ctx.world_size
-    lock = RunFolderLock(check_writable(output_dir)).acquire() if ctx.is_main else None  # released on exit
+    lock = claim_output_dir(output_dir) if ctx.is_main else None  # released on exit
     torch.manual_seed(FLAGS.seed)
     backbone, provenance = build_evaluated(ctx.is_main)  # before any data is read
     if FLAGS.recompute_bn:
@@ -170,8 +207,10 @@ def main(argv: list[str]) -> None:
         edist.shutdown()
         return
 
-    loader, val_set, num_classes = make_loaders(ctx, per_process)
-    model = Classifier(backbone, num_classes, frozen=FLAGS.protocol == "linear").to(ctx.device)
+    train_set, val_set = labelled_splits(FLAGS.data_dir, linear_train_transform(FLAGS.image_size),
+                                         eval_transform(FLAGS.image_size))
+    log(f"train/: {train_set.describe()}; val/: {val_set.describe()}", ctx.is_main)
+    model = Classifier(backbone, len(train_set.classes), frozen=FLAGS.protocol == "linear").to(ctx.device)
     reference = backbone_fingerprint(model.backbone) if FLAGS.protocol == "linear" else None
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(trainable, lr=FLAGS.init_lr, momentum=FLAGS.momentum, weight_decay=FLAGS.wd)
@@ -183,7 +222,7 @@ def main(argv: list[str]) -> None:
     resume = resolve_resume(FLAGS.resume or ("auto" if FLAGS.evaluate else ""), output_dir, "probe.pth")
     if resume is not None:
         frozen_from = (FLAGS.pretrained or f"--untrained --seed={FLAGS.seed}") if FLAGS.protocol == "linear" else None
-        saved = read_probe(resume, model, frozen_from)
+        saved = read_probe(resume, model, FLAGS.protocol, frozen_from)
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, best, history = saved["epoch"], saved["best"], saved["history"]
         if FLAGS.protocol == "semi":  # the fine-tuned network in the probe file is what is scored from here on
@@ -201,7 +240,9 @@ def main(argv: list[str]) -> None:
         edist.shutdown()
         return
 
+    loader = make_loader(train_set, ctx, per_process)
     for epoch in range(start_epoch, FLAGS.end_epoch):
+        torch.manual_seed(epoch_seed(FLAGS.seed, epoch, ctx.rank))
         loader.sampler.set_epoch(epoch)
         lr = learning_rate(epoch, FLAGS.init_lr, FLAGS.end_epoch, FLAGS.decay_method,
                            [int(m) for m in FLAGS.schedule], FLAGS.lr_decay, FLAGS.min_lr)
@@ -233,7 +274,7 @@ def main(argv: list[str]) -> None:
 
 def save_outputs(model, optimizer, epoch, best, history, provenance, output_dir: Path, num_val: int) -> None:
     """The probe checkpoint, epochs.csv and results.json after ``epoch``."""
-    save_probe(model, optimizer, epoch + 1, best, history, output_dir, FLAGS.save_freq)
+    save_probe(model, optimizer, epoch + 1, best, history, output_dir, FLAGS.save_freq, FLAGS.protocol)
     with open(output_dir / "epochs.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()

@@ -11,18 +11,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from absl import app, flags
 from torch import nn
 
-from datasets.folders import IndexedImageFolder, file_list_sha256, open_split
+from datasets.folders import IndexedImageFolder, open_split
 from datasets.device_views import DeviceViews, EncodedImageFolder, collate_encoded
+from datasets.neighbours import dataset_fingerprint, neighbour_path, write_neighbours
 from datasets.transforms import MOCO_V2, eval_transform
 from utils import dist as edist
 from engine.cli import run
 from engine.features import SEARCH_BACKENDS, embed, exact_knn
-from utils.io import atomic_json, atomic_write, check_writable
+from utils.io import check_writable
 from utils.logs import log
 from models.backbones import BACKBONES
 from models.checkpoints import file_sha256, head_from_state, load_backbone
@@ -48,12 +48,11 @@ flags.DEFINE_bool("channels_last", False, "Run the teacher in channels_last memo
 flags.mark_flag_as_required("data_dir")
 
 
-def output_path(corr_name: str) -> Path:
-    """The official rule: a bare file name goes under ./imgs_corr/, a path is used as given."""
-    path = Path(corr_name)
-    if path.parent == Path("."):
-        path = Path("imgs_corr") / path
-    return path if path.suffix == ".npy" else path.with_suffix(".npy")
+def check_flags() -> None:
+    """Flag values that cannot work, refused before the teacher loads."""
+    for name, low in {"batch_size": 1, "image_size": 16, "clus_pos_num": 1, "num_workers": 0}.items():
+        if FLAGS[name].value < low:
+            raise app.UsageError(f"--{name}={FLAGS[name].value}: must be at least {low}")
 
 
 def build_network(arch: str, ckpt: str, feature: str) -> nn.Module:
@@ -80,18 +79,12 @@ def build_dataset(device: torch.device) -> tuple[IndexedImageFolder, dict]:
     return EncodedImageFolder(root), {"collate_fn": collate_encoded, "prepare": crops}
 
 
-def save_npy(array: np.ndarray, path: Path) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
-
-    atomic_write(path, write)
-
-
 def main(argv: list[str]) -> None:
     del argv
+    check_flags()
+    open_split(FLAGS.data_dir, "train")  # before the output folder is made
     ctx = edist.init(FLAGS.device)
-    out = output_path(FLAGS.corr_name)
+    out = neighbour_path(FLAGS.corr_name)
     if ctx.is_main:
         check_writable(out.parent)
     network = build_network(FLAGS.arch, FLAGS.ckpt_name, FLAGS.feature).to(ctx.device).eval()
@@ -112,28 +105,22 @@ def main(argv: list[str]) -> None:
         t1 = time.perf_counter()
         neighbours, sims, backend = exact_knn(features, k, FLAGS.search, ctx.device, report=log)
         search_seconds = time.perf_counter() - t1
-        save_npy(neighbours.numpy().astype(np.int64), out)
-        if FLAGS.save_distances:
-            save_npy(sims.numpy(), out.with_name(out.stem + "_sims.npy"))
-        atomic_json(
-            {
-                "num_images": n,
-                "k": k,
-                "feature": FLAGS.feature,
-                "feature_dim": int(features.shape[1]),
-                "teacher_arch": FLAGS.arch,
-                "checkpoint": Path(FLAGS.ckpt_name).name,
-                "checkpoint_sha256": file_sha256(FLAGS.ckpt_name),
-                "data_root": str(Path(dataset.root).resolve()),
-                "file_list_sha256": file_list_sha256(dataset),
-                "image_size": FLAGS.image_size,
-                "search_backend": backend,
-                "world_size": ctx.world_size,
-                "embed_seconds": round(embed_seconds, 3),
-                "search_seconds": round(search_seconds, 3),
-            },
-            out.with_suffix(".json"),
-        )
+        meta = {
+            "k": k,
+            "feature": FLAGS.feature,
+            "feature_dim": int(features.shape[1]),
+            "teacher_arch": FLAGS.arch,
+            "checkpoint": Path(FLAGS.ckpt_name).name,
+            "checkpoint_sha256": file_sha256(FLAGS.ckpt_name),
+            "data_root": str(Path(dataset.root).resolve()),
+            **dataset_fingerprint(dataset),
+            "image_size": FLAGS.image_size,
+            "search_backend": backend,
+            "world_size": ctx.world_size,
+            "embed_seconds": round(embed_seconds, 3),
+            "search_seconds": round(search_seconds, 3),
+        }
+        write_neighbours(out, neighbours.numpy(), meta, sims.numpy() if FLAGS.save_distances else None)
         log(f"wrote {out} {tuple(neighbours.shape)} and {out.with_suffix('.json')} "
             f"(embed {embed_seconds:.1f} s, search {search_seconds:.1f} s with {backend})")
     edist.barrier()

@@ -27,7 +27,7 @@ from torchvision import transforms as T
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
-from datasets.folders import BagDataset, DatasetError, IndexedImageFolder, load_rgb
+from datasets.folders import BagDataset, DatasetError, IndexedImageFolder, load_rgb, to_rgb
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, resize_size
 from utils.logs import Progress, log
 
@@ -113,7 +113,7 @@ def read_encoded(path: str) -> EncodedImage:
             if image.format == "JPEG" and image.mode in ("RGB", "L"):
                 data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
             else:
-                data = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+                data = torch.from_numpy(np.array(to_rgb(image))).permute(2, 0, 1).contiguous()
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise DatasetError(f"cannot read image {path}: {error}. Remove or replace the file.") from error
     return EncodedImage(data, width, height, str(path))

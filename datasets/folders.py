@@ -22,6 +22,7 @@ __all__ = [
     "BagDataset",
     "open_split",
     "labelled_splits",
+    "to_rgb",
     "file_list_sha256",
     "per_item_seed",
 ]
@@ -31,16 +32,21 @@ class DatasetError(RuntimeError):
     """A data folder or image that cannot be used; the message names the path."""
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB. Images of more than 8 bits a channel (16-bit PNGs open as mode ``I;16`` or ``I``) are
+    scaled to 8 bits, not clipped (PIL's own ``convert`` clips them to white)."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        wide = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
 def load_rgb(path: str) -> Image.Image:
-    """``path`` decoded to an RGB image; a file that cannot be read raises ``DatasetError`` naming it. Images of
-    more than 8 bits a channel (16-bit PNGs open as mode ``I;16`` or ``I``) are scaled to 8 bits, not clipped."""
+    """``path`` decoded to an RGB image (``to_rgb``); a file that cannot be read raises ``DatasetError`` naming
+    it."""
     try:
         with open(path, "rb") as handle:
-            image = Image.open(handle)
-            if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-                wide = np.asarray(image, dtype=np.float64)
-                image = Image.fromarray(np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8), mode="L")
-            return image.convert("RGB")
+            return to_rgb(Image.open(handle))
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise DatasetError(f"cannot read image {path}: {error}. Remove or replace the file.") from error
 
@@ -49,22 +55,22 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def open_split(data_dir: str | os.PathLike, split: str) -> Path:
-    """``<data_dir>/<split>``, or a clear error when it is missing."""
+def open_split(data_dir: str | os.PathLike, split: str, flag: str = "--data_dir") -> Path:
+    """``<data_dir>/<split>``, or a clear error naming ``flag`` when it is missing."""
     root = Path(data_dir) / split
     if not root.is_dir():
         raise DatasetError(
-            f"{root} is not a folder. --data_dir must hold {split}/<class>/<image> (the ImageNet layout)."
+            f"{root} is not a folder. {flag} must hold {split}/<class>/<image> (the ImageNet layout)."
         )
     return root
 
 
-def labelled_splits(data_dir: str | os.PathLike, train_transform: Callable | None, val_transform: Callable | None
-                    ) -> tuple["IndexedImageFolder", "IndexedImageFolder"]:
-    """``train/`` and ``val/`` of ``data_dir``, which must have the same class folders (labels are class indices,
-    so a class missing from one split would shift every label after it)."""
-    train = IndexedImageFolder(open_split(data_dir, "train"), train_transform)
-    val = IndexedImageFolder(open_split(data_dir, "val"), val_transform)
+def labelled_splits(data_dir: str | os.PathLike, train_transform: Callable | None, val_transform: Callable | None,
+                    flag: str = "--data_dir") -> tuple["IndexedImageFolder", "IndexedImageFolder"]:
+    """``train/`` and ``val/`` of ``data_dir`` (given by ``flag``), which must have the same class folders (labels
+    are class indices, so a class missing from one split would shift every label after it)."""
+    train = IndexedImageFolder(open_split(data_dir, "train", flag), train_transform)
+    val = IndexedImageFolder(open_split(data_dir, "val", flag), val_transform)
     if train.classes != val.classes:
         only_train = sorted(set(train.classes) - set(val.classes))[:3]
         only_val = sorted(set(val.classes) - set(train.classes))[:3]

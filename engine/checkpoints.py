@@ -87,24 +87,28 @@ def load_checkpoint(payload: dict[str, Any], where: str, distiller: Distiller, o
 
 
 def save_probe(model: nn.Module, optimizer: torch.optim.Optimizer, epochs_done: int, best: dict, history: list,
-               output_dir: Path, save_freq: int) -> None:
+               output_dir: Path, save_freq: int, protocol: str) -> None:
     """``probe.pth`` every epoch and ``probe_<epoch>.pth`` every ``save_freq`` epochs: the classifier (with its
-    backbone), optimizer, epochs done, best row and history."""
+    backbone), optimizer, epochs done, best row, history and the protocol that trained it."""
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epochs_done, "best": best,
-               "history": history}
+               "history": history, "protocol": protocol}
     atomic_torch_save(payload, output_dir / "probe.pth")
     if save_freq and epochs_done % save_freq == 0:
         atomic_torch_save(payload, output_dir / f"probe_{epochs_done:04d}.pth")
 
 
-def read_probe(path: Path, model: nn.Module, frozen_backbone_from: str | None) -> dict:
-    """Load a probe checkpoint into ``model`` (a ``Classifier``), strictly. With ``frozen_backbone_from`` (a linear
-    probe, whose backbone never changes) the file's backbone must equal ``model.backbone``, which came from there:
-    otherwise its classifier would be scored on another network than the one results.json names."""
+def read_probe(path: Path, model: nn.Module, protocol: str, frozen_backbone_from: str | None) -> dict:
+    """Load a probe checkpoint into ``model`` (a ``Classifier``), strictly, after checking it was trained by
+    ``protocol``. With ``frozen_backbone_from`` (a linear probe, whose backbone never changes) the file's backbone
+    must equal ``model.backbone``, which came from there: otherwise its classifier would be scored on another network
+    than the one results.json names."""
     saved = torch_load(path)
     if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict) or "optimizer" not in saved:
         raise CheckpointError(f"{path} is not a probe checkpoint of main_lincls.py (no 'model' and 'optimizer'); "
                               "give a probe.pth from an evaluation folder")
+    if saved.get("protocol", protocol) != protocol:
+        raise CheckpointError(f"{path} was trained with --protocol={saved['protocol']}, not --protocol={protocol}: "
+                              f"pass --protocol={saved['protocol']}, or train a new probe in another --output_dir")
     state = saved["model"]
     if frozen_backbone_from is not None:
         for key, value in model.backbone.state_dict().items():

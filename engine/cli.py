@@ -16,13 +16,14 @@ from absl import app
 
 from datasets.folders import DatasetError
 from utils.io import OutputFolderError
+from utils.logs import MetricsFileError
 from utils.signals import EXIT_PREEMPTED, Preempted
 from models.checkpoints import CheckpointError
 
 __all__ = ["run", "guarded", "user_message", "USER_ERRORS", "EXIT_USER_ERROR"]
 
-USER_ERRORS = (DatasetError, CheckpointError, OutputFolderError, FloatingPointError, FileNotFoundError,
-               NotADirectoryError, PermissionError)
+USER_ERRORS = (DatasetError, CheckpointError, OutputFolderError, MetricsFileError, FloatingPointError,
+               FileNotFoundError, NotADirectoryError, PermissionError)
 EXIT_USER_ERROR = 2
 
 

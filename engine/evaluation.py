@@ -85,7 +85,9 @@ def assert_unchanged(backbone: nn.Module, reference: dict[str, torch.Tensor]) ->
 def evaluate(model: nn.Module, dataset: Dataset, ctx: edist.Context, batch_size: int, num_workers: int
              ) -> dict[str, float]:
     """Top-1 / top-5 (%) and mean loss on ``dataset``; each process scores the strided shard ``rank::world`` (every
-    image exactly once, no padding) and the counts are summed over processes."""
+    image exactly once, no padding) and the counts are summed over processes. Every process scores rank 0's
+    network: a network trained under DDP holds each rank's own BatchNorm statistics until they are broadcast."""
+    edist.broadcast_buffers(model)
     model.eval()
     shard = Subset(dataset, list(range(ctx.rank, len(dataset), ctx.world_size)))
     loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers,
@@ -151,10 +153,12 @@ def knn_classify(backbone: nn.Module, train_set: Dataset, val_set: Dataset, ctx:
                  num_workers: int, settings: list[tuple[int, float | None]]) -> dict[str, dict[str, float]] | None:
     """k-NN accuracy of the normalised pooled features; ``settings`` lists ``(k, temperature or None)``.
 
-    Embedding and search are the kNN step's own (``engine.features``). Rank 0 returns the results, others None.
+    Embedding and search are the kNN step's own (``engine.features``); every process embeds with rank 0's
+    network (its BatchNorm statistics broadcast first, as ``evaluate`` does). Rank 0 returns the results, others None.
     It leaves torch's random generator as it found it (loader workers draw their seeds from it), so what runs
     after it draws the same numbers with or without it.
     """
+    edist.broadcast_buffers(backbone)
     with torch.random.fork_rng(devices=[]):
         train_features = embed(backbone, train_set, ctx, batch_size, num_workers, label="embed train")
         val_features = embed(backbone, val_set, ctx, batch_size, num_workers, label="embed val")

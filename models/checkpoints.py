@@ -57,6 +57,7 @@ class Weights:
     head: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
+    head_prefix: str = ""  # what the file's head keys start with after the backbone's prefix (fc., projection_head.)
 
 
 def torch_load(path: str | Path) -> object:
@@ -124,7 +125,7 @@ def read_weights(path: str | Path) -> Weights:
     weights = _split_weights(str(path), torch_load(path))
     where = f"{path} (detected format: {weights.fmt})"
     check_finite(weights.backbone, where)
-    check_finite(weights.head, where)
+    check_finite({f"{weights.head_prefix}{k}": v for k, v in weights.head.items()}, where)
     return weights
 
 
@@ -135,14 +136,14 @@ def _split_weights(path: str, obj: object) -> Weights:
         prefix = "module.encoder_q." if any(k.startswith("module.encoder_q.") for k in state) else "encoder_q."
         backbone, head = _split_head(_strip(state, prefix), "fc.")
         meta = dict(obj.get("bingo", {})) if fmt == "bingo" else {"epoch": obj.get("epoch"), "arch": obj.get("arch")}
-        return Weights(path, fmt, backbone, head, meta)
+        return Weights(path, fmt, backbone, head, meta, head_prefix="fc.")
     if fmt == "swav":
         state = obj["state_dict"] if isinstance(obj.get("state_dict"), dict) else obj
         state = {k.removeprefix("module."): v for k, v in state.items()}
         backbone, head = _split_head(state, "projection_head.")
         prototypes = [k for k in backbone if k.startswith("prototypes.")]
         backbone = {k: v for k, v in backbone.items() if k not in prototypes}
-        return Weights(path, fmt, backbone, head, dropped=prototypes)
+        return Weights(path, fmt, backbone, head, dropped=prototypes, head_prefix="projection_head.")
     state = obj["state_dict"] if "state_dict" in obj else obj
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}

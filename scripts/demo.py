@@ -194,7 +194,7 @@ def run(cfg: Config, run_dir: Path, data_dir: Path, device: str, source: Path | 
                  train_args(cfg, cfg.teacher, data, run_dir / "teacher", "moco", seed=0))
     evaluate(runner, cfg, data, "teacher", cfg.teacher.arch, [f"--pretrained={teacher}"])
     neighbours = run_dir / "neighbours.npy"
-    runner.stage("kNN step", neighbours, "run_knn.py",
+    runner.stage("kNN step", neighbours.with_suffix(".json"), "run_knn.py",  # the .json is written last
                  [f"--arch={cfg.teacher.arch}", f"--ckpt_name={teacher}", f"--data_dir={data}", "--clus_pos_num=5",
                   f"--image_size={cfg.image_size}", f"--corr_name={neighbours}",
                   f"--batch_size={cfg.teacher.batch_size}", f"--num_workers={cfg.workers}", *cfg.knn_step_flags])

@@ -90,7 +90,10 @@ def test_every_entry_point_stops_on_a_renamed_key_before_reading_data(tmp_path, 
         "module.encoder_q.layer4.0.bn1.weight")
     torch.save(obj, path)
     arch_flag = {"run_knn.py": "--arch", "main_distill.py": "--t_arch", "main_lincls.py": "--arch"}[script]
-    # The data folder does not exist: if the script read data first, the error would name it instead.
+    # The split folders exist (checked before any output folder is made) but hold no image: if the script read data
+    # first, the error would name them instead.
+    for split in ("train", "val"):
+        (tmp_path / "no_data_here" / split).mkdir(parents=True)
     args = [f"{flag}={path}", f"{arch_flag}={arch}", f"--data_dir={tmp_path / 'no_data_here'}", "--batch_size=4"]
     args += {"run_knn.py": [f"--corr_name={tmp_path / 'out.npy'}"],
              "main_distill.py": [f"--output_dir={tmp_path / 'out'}", "--moco_k=16"],

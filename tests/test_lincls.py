@@ -92,9 +92,18 @@ def test_knn_protocol_and_semi_supervised(probe_data):
     semi = tmp / "semi"
     result = run_script("main_lincls.py", BASE + [f"--data_dir={data}", f"--pretrained={tmp / 'tv.pth'}",
                                                   f"--output_dir={semi}", "--protocol=semi", "--label_fraction=0.5",
-                                                  "--init_lr=0.05", "--end_epoch=2"], tmp)
+                                                  "--init_lr=0.05", "--end_epoch=2"], tmp, nproc=2)
     assert "12 of 24 training images labelled" in result.stdout
-    assert json.loads((semi / "results.json").read_text())["protocol"] == "semi"
+    trained = json.loads((semi / "results.json").read_text())
+    assert trained["protocol"] == "semi"
+    # under DDP each rank updates its own BN statistics; both processes score rank 0's network, which probe.pth
+    # holds, so one process scoring probe.pth finds the same accuracy
+    run_script("main_lincls.py", BASE + [f"--data_dir={data}", f"--pretrained={tmp / 'tv.pth'}", f"--output_dir={semi}",
+                                         "--protocol=semi", "--evaluate"], tmp)
+    evaluated = json.loads((semi / "results.json").read_text())["val"]
+    assert evaluated["count"] == 23
+    assert evaluated["top1"] == pytest.approx(trained["last"]["top1"])
+    assert evaluated["top5"] == pytest.approx(trained["last"]["top5"])
 
 
 def test_knn_votes_by_hand():

@@ -13,7 +13,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-__all__ = ["Context", "init", "shutdown", "all_gather", "broadcast_object", "ShuffleGroup", "barrier"]
+__all__ = ["Context", "init", "shutdown", "all_gather", "broadcast_object", "broadcast_buffers", "ShuffleGroup",
+           "barrier"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,21 @@ def broadcast_object(obj: object) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+@torch.no_grad()
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) into every process's ``module``, in place.
+
+    Under DDP every rank updates its BatchNorm statistics from its own batch after DDP's broadcast at the start of
+    each training forward, so after a step the ranks hold different statistics while ``checkpoint.pth`` holds rank
+    0's. Call this before an evaluation that runs on every rank, so that each scores the network the checkpoint
+    holds. Training does not change: DDP overwrites the same buffers with rank 0's at its next forward.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
 
 
 class ShuffleGroup:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import json
 import os
@@ -16,6 +17,8 @@ import torch
 
 __all__ = [
     "atomic_write",
+    "DiskFullError",
+    "free_bytes",
     "atomic_torch_save",
     "atomic_json",
     "rng_state",
@@ -34,10 +37,39 @@ def _umask() -> int:
     return mask
 
 
+class OutputFolderError(RuntimeError):
+    """An output folder that cannot be written."""
+
+
+class DiskFullError(OutputFolderError):
+    """A write failed because its disk (or quota) is full; the file it was replacing is intact."""
+
+
+FULL_BELOW = 16 << 20  # a failed write with less than this free on its disk is taken for a full disk
+
+
+def free_bytes(folder: str | os.PathLike) -> int:
+    """Bytes this process may still write on ``folder``'s file system (root may use the reserved blocks too)."""
+    stats = os.statvfs(folder)
+    return (stats.f_bfree if os.geteuid() == 0 else stats.f_bavail) * stats.f_frsize
+
+
+def _disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether ``error`` is a full disk: ENOSPC / EDQUOT, or a writer that hides the errno (torch.save's
+    "unexpected pos") failing with almost nothing left free."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return free_bytes(folder) < FULL_BELOW
+    except OSError:
+        return False
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``.
 
-    A crash leaves either the old file or the new one, never half of one.
+    A crash leaves either the old file or the new one, never half of one. A full disk raises ``DiskFullError``
+    saying so (torch's own message for it is "unexpected pos").
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +79,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except Exception as error:
+        full = _disk_full(error, path.parent)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if full:
+            kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+            raise DiskFullError(f"the disk holding {path.parent} is full ({free_bytes(path.parent) >> 20}"
+                                f" MB free) while writing {path.name}; {kept}. Free some space and run the same "
+                                "command again") from error
+        raise
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -64,10 +106,6 @@ def atomic_json(obj: Any, path: str | os.PathLike) -> None:
             handle.write("\n")
 
     atomic_write(path, write)
-
-
-class OutputFolderError(RuntimeError):
-    """An output folder that cannot be written."""
 
 
 def check_writable(folder: str | os.PathLike) -> Path:

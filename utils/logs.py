@@ -10,7 +10,7 @@ from typing import Any
 
 from utils.io import atomic_write
 
-__all__ = ["Progress", "MetricsLog", "format_seconds", "log", "read_metrics", "prune_metrics"]
+__all__ = ["Progress", "MetricsLog", "MetricsFileError", "format_seconds", "log", "read_metrics", "prune_metrics"]
 
 
 def log(message: str, enabled: bool = True) -> None:
@@ -87,19 +87,41 @@ class MetricsLog:
             self.writer.close()
 
 
+class MetricsFileError(ValueError):
+    """A metrics file with a line that is not JSON before its last one (a torn last line is a kill mid-write)."""
+
+
+def _parse_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """The records of ``path`` and whether its last line was torn (a kill mid-write: not JSON, dropped)."""
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number == len(lines):
+                return records, True
+            raise MetricsFileError(f"{path} line {number} is not JSON ({line[:40]!r}...): remove that line, or the "
+                                   "file, and run again") from None
+    return records, False
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    """The records of a ``metrics.jsonl``; a torn last line (a run killed while writing it) is left out."""
+    return _parse_metrics(Path(path))[0]
 
 
 def prune_metrics(path: str | os.PathLike, start_epoch: int) -> int:
     """Before a run (re)starts at ``start_epoch``, drop the records of the work it will redo: steps and epochs from
     ``start_epoch`` on, and k-NN scores after ``start_epoch`` epochs (at 0, the first one too). A run stopped between
-    logging an epoch and checkpointing it would otherwise log that epoch twice. Returns how many were dropped."""
+    logging an epoch and checkpointing it would otherwise log that epoch twice. A torn last line (a kill while it was
+    written) goes too, so the next record starts on a line of its own. Returns how many records were dropped."""
     path = Path(path)
     if not path.is_file():
         return 0
-    records = read_metrics(path)
+    records, torn = _parse_metrics(path)
 
     def redone(record: dict[str, Any]) -> bool:
         epoch = record.get("epoch", -1)
@@ -108,7 +130,7 @@ def prune_metrics(path: str | os.PathLike, start_epoch: int) -> int:
         return epoch >= start_epoch
 
     kept = [r for r in records if not redone(r)]
-    if len(kept) < len(records):
+    if torn or len(kept) < len(records):
         text = "".join(json.dumps(r, default=float) + "\n" for r in kept)
         atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return len(records) - len(kept)
