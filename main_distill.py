@@ -28,9 +28,9 @@ from engine.checkpoints import check_resumable, checkpoint_payload, load_checkpo
 from engine.evaluation import KnnMonitor
 from engine.training import RunState, check_teacher_unchanged, make_train_loader, train_epoch
 from models.backbones import BACKBONES, STUDENTS, build_backbone
-from models.checkpoints import file_sha256, load_teacher, torch_load
+from models.checkpoints import file_sha256, load_backbone, load_teacher, torch_load
 from models.distiller import DistillConfig, Distiller, Embedder, unwrap
-from models.heads import student_head
+from models.heads import compress_head, student_head
 from models.methods import build_method
 from utils import dist as edist
 from utils.io import OutputFolderError, RunFolderLock, atomic_json, check_writable, resolve_resume
@@ -45,10 +45,11 @@ flags.DEFINE_string("train_url", None, "Official name of --output_dir (accepted 
 flags.DEFINE_string("data_dir", None, "Dataset root; <data_dir>/train is used.")
 flags.DEFINE_integer("moco_dim", 128, "Embedding (and queue) dimension.")
 flags.DEFINE_integer("moco_k", 65536, "Queue length; a multiple of the global batch.")
-flags.DEFINE_float("moco_m", 0.999, "Momentum of the key encoder (--method=moco only; the BINGO teacher is frozen).")
+flags.DEFINE_float("moco_m", 0.999, "Momentum of the student's momentum copy (--method=moco, disco, compress); the "
+                   "distillation teacher is frozen.")
 flags.DEFINE_float("moco_t", 0.2, "Softmax temperature (EfficientNet-B0 script: 0.12).")
 flags.DEFINE_bool("mlp", True, "Student head: 2-layer MLP (feature -> 2048 -> dim); false: one linear layer.")
-flags.DEFINE_bool("aug_plus", True, "MoCo-v2 augmentation (false: MoCo-v1).")
+flags.DEFINE_bool("aug_plus", True, "MoCo-v2 augmentation (false: MoCo-v1); given explicitly, it sets --augmentation.")
 flags.DEFINE_enum("decay_method", "cos", ["cos", "step"], "Learning-rate schedule, stepped per epoch.")
 flags.DEFINE_string("resume", "", "Checkpoint to continue from, or 'auto' for <output_dir>/checkpoint.pth.")
 flags.DEFINE_integer("seed", None, "Run seed; when unset one is drawn at random and recorded, so --resume stays exact.")
@@ -76,13 +77,26 @@ flags.DEFINE_string("pretrain_path", "moco_v2_800ep_pretrain.pth.tar", "Teacher 
 flags.DEFINE_enum("pretrain_alg", "moco", ["moco", "swav"],
                   "Teacher checkpoint family; checked against the detected format.")
 # Additions.
-flags.DEFINE_enum("method", "bingo", ["bingo", "seed", "moco"], "bingo, the SEED baseline, or MoCo-v2 (no teacher).")
+flags.DEFINE_enum("method", "bingo", ["bingo", "seed", "disco", "compress", "moco"],
+                  "bingo, the SEED, DisCo or CompRess baseline, or MoCo-v2 (no teacher). Each baseline takes its "
+                  "release's defaults for the flags not given (see METHOD_DEFAULTS; flags.json records them).")
 flags.DEFINE_enum("loss", "official", ["official", "paper"],
                   "official: the released code's loss (neighbour key, 11-epoch warm-up, CutMix term, /3); "
                   "paper: CE(anchor) + CE(neighbour) against the anchor's teacher key.")
 flags.DEFINE_enum("teacher_mode", None, ["train", "eval"],
-                  "train: teacher BN uses shuffled batch statistics (official BINGO); eval: its running statistics "
-                  "(SEED's release). Default: train for --method=bingo, eval for --method=seed.")
+                  "train: teacher BN uses batch statistics (official BINGO: shuffled; DisCo's release: each "
+                  "process's own); eval: its running statistics (SEED's and CompRess's releases). Default: each "
+                  "method's release.")
+flags.DEFINE_enum("augmentation", None, ["mocov2", "mocov1", "crop_flip"],
+                  "The views: MoCo-v2, MoCo-v1, or RandomResizedCrop + flip (CompRess's). Default: --aug_plus's "
+                  "choice, crop_flip for --method=compress.")
+flags.DEFINE_float("disco_mse_weight", 32.0,
+                   "--method=disco: weight of each MSE term on its batch mean of ||teacher - student||^2. DisCo's "
+                   "release sums over one process's batch, i.e. weight = the per-process batch: 32 at its 8 x 32 "
+                   "setting (the default, whatever the process count here).")
+flags.DEFINE_bool("compress_one_bank", False,
+                  "--method=compress: CompRess-1q (a linear map to the teacher's width, the teacher's bank only, no "
+                  "momentum copy) instead of CompRess's two banks.")
 flags.DEFINE_integer("head_hidden", 2048,
                      "Hidden width of the student's MLP head (official BINGO: 2048 for every student and method; "
                      "MoCo's and SEED's releases use the backbone's width, 512 for a ResNet-18).")
@@ -116,12 +130,17 @@ flags.DEFINE_string("knn_monitor_data", None,
 def build_teacher(announce: bool = True) -> Embedder | None:
     if FLAGS.method == "moco":
         return None
-    backbone, head, weights = load_teacher(FLAGS.t_arch, FLAGS.pretrain_path)
+    if FLAGS.method == "compress":  # CompRess distils the pooled backbone features: no head
+        backbone, weights = load_backbone(FLAGS.t_arch, FLAGS.pretrain_path)
+        head = torch.nn.Identity()
+    else:
+        backbone, head, weights = load_teacher(FLAGS.t_arch, FLAGS.pretrain_path)
     family = "swav" if weights.fmt == "swav" else "moco"
     if weights.fmt in ("swav", "moco", "bingo") and family != FLAGS.pretrain_alg:
         raise app.UsageError(f"--pretrain_alg={FLAGS.pretrain_alg}, but {FLAGS.pretrain_path} is a {weights.fmt} "
                              f"checkpoint: pass --pretrain_alg={family}")
-    log(f"teacher {FLAGS.t_arch} + head from {FLAGS.pretrain_path} (format: {weights.fmt})", announce)
+    what = "backbone" if FLAGS.method == "compress" else "+ head"
+    log(f"teacher {FLAGS.t_arch} {what} from {FLAGS.pretrain_path} (format: {weights.fmt})", announce)
     return Embedder(backbone, head)
 
 
@@ -130,9 +149,9 @@ def build_dataset(seed: int, device: torch.device) -> tuple[BagDataset, Callable
     views = "bag" if FLAGS.method == "bingo" else "pair"
     root = open_split(FLAGS.data_dir, "train")
     if not FLAGS.device_views:
-        transform = pretrain_augmentation(FLAGS.image_size, FLAGS.aug_plus)
+        transform = pretrain_augmentation(FLAGS.image_size, FLAGS.augmentation)
         return BagDataset(root, transform, neighbours=None, views=views, seed=seed), None, None
-    spec = pretrain_spec(FLAGS.aug_plus)
+    spec = pretrain_spec(FLAGS.augmentation)
     dataset = EncodedBagDataset(root, spec, neighbours=None, views=views, seed=seed, in_memory=FLAGS.in_memory)
     return dataset, DeviceViews(FLAGS.image_size, spec, device, FLAGS.channels_last).train_views, collate_encoded
 
@@ -144,12 +163,16 @@ def build_distiller(teacher: Embedder | None, ctx: edist.Context, seed: int
     (building a teacher first draws from the generator too)."""
     torch.manual_seed(seed)
     backbone = build_backbone(FLAGS.s_arch)
-    student = Embedder(backbone, student_head(backbone.feature_dim, FLAGS.moco_dim, FLAGS.mlp, FLAGS.head_hidden))
+    if FLAGS.method == "compress":
+        head = compress_head(backbone.feature_dim, teacher.backbone.feature_dim, FLAGS.compress_one_bank)
+    else:
+        head = student_head(backbone.feature_dim, FLAGS.moco_dim, FLAGS.mlp, FLAGS.head_hidden)
+    student = Embedder(backbone, head)
     config = DistillConfig(
         method=FLAGS.method, loss=FLAGS.loss, dim=FLAGS.moco_dim, queue_size=FLAGS.moco_k, t=FLAGS.moco_t,
         moco_m=FLAGS.moco_m, lam=tuple(float(x) for x in FLAGS.lam), seed_teacher_t=FLAGS.seed_teacher_t,
-        warmup_epochs=FLAGS.bag_warmup_epochs,
-        teacher_mode=teacher_mode(), fuse_teacher=FLAGS.fuse_teacher, subgroup=FLAGS.subgroup, amp=FLAGS.amp)
+        warmup_epochs=FLAGS.bag_warmup_epochs, disco_mse_weight=FLAGS.disco_mse_weight,
+        compress_one_bank=FLAGS.compress_one_bank, teacher_mode=teacher_mode(), fuse_teacher=FLAGS.fuse_teacher, subgroup=FLAGS.subgroup, amp=FLAGS.amp)
     distiller = build_method(student, teacher, config).to(ctx.device)
     memory_format = torch.channels_last if FLAGS.channels_last else torch.contiguous_format
     distiller = distiller.to(memory_format=memory_format)
@@ -226,27 +249,58 @@ def check_flags(world_size: int) -> int:
         raise app.UsageError(f"--knn_monitor_freq={FLAGS.knn_monitor_freq}: give a number of epochs, or 0 for off")
     if FLAGS.batch_size % world_size:
         raise app.UsageError(f"--batch_size={FLAGS.batch_size} (global) is not divisible by {world_size} processes")
-    if FLAGS.moco_k % FLAGS.batch_size:
+    if FLAGS.method == "compress" and FLAGS.moco_k < FLAGS.batch_size:
+        raise app.UsageError(f"--moco_k={FLAGS.moco_k} (the memory banks) must hold one global --batch_size="
+                             f"{FLAGS.batch_size}")
+    if FLAGS.method != "compress" and FLAGS.moco_k % FLAGS.batch_size:
         raise app.UsageError(f"--moco_k={FLAGS.moco_k} must be a multiple of the global --batch_size={FLAGS.batch_size}")
+    for name, method in (("disco_mse_weight", "disco"), ("compress_one_bank", "compress")):
+        if FLAGS[name].present and FLAGS.method != method:
+            raise app.UsageError(f"--{name} is a --method={method} flag; this run is --method={FLAGS.method}")
     return FLAGS.batch_size // world_size
 
 
+# What each method's release runs where it differs from the official BINGO flags' defaults (their files: README).
+METHOD_DEFAULTS = {
+    "bingo": {"teacher_mode": "train"},
+    "seed": {"teacher_mode": "eval"},
+    "disco": {"teacher_mode": "train"},
+    "compress": {"teacher_mode": "eval", "augmentation": "crop_flip", "moco_k": 128000, "moco_t": 0.04,
+                 "init_lr": 0.01, "end_epoch": 130, "decay_method": "step", "schedule": ["90", "120"],
+                 "lr_decay": 0.2},
+    "moco": {"teacher_mode": "train"},  # its momentum encoder uses shuffled batch statistics
+}
+
+
+def resolve_method_defaults() -> None:
+    """Give every flag the user did not set its method's release value (``METHOD_DEFAULTS``); ``--aug_plus``, given
+    explicitly, chooses the views as in the official code."""
+    chosen = {}
+    if FLAGS["aug_plus"].present:
+        chosen["augmentation"] = "mocov2" if FLAGS.aug_plus else "mocov1"
+        if FLAGS["augmentation"].present and FLAGS.augmentation != chosen["augmentation"]:
+            raise app.UsageError(f"--augmentation={FLAGS.augmentation} and --{'' if FLAGS.aug_plus else 'no'}aug_plus "
+                                 "contradict each other: give one")
+    for name, value in {"augmentation": "mocov2", **METHOD_DEFAULTS[FLAGS.method]}.items():
+        if not FLAGS[name].present:
+            FLAGS[name].value = chosen.get(name, value)
+
+
 def teacher_mode() -> str:
-    """--teacher_mode, or each method's own: train for BINGO (official), eval for SEED (its release)."""
-    if FLAGS.teacher_mode:
-        return FLAGS.teacher_mode
-    return "eval" if FLAGS.method == "seed" else "train"
+    """The teacher's BatchNorm mode this run uses (``resolve_method_defaults`` has set it)."""
+    return FLAGS.teacher_mode
 
 
 def run_meta(seed: int) -> dict:
     """What a checkpoint records about its run; ``check_resumable`` compares it on --resume."""
     teacher = FLAGS.method != "moco"
     return {"s_arch": FLAGS.s_arch, "arch": FLAGS.s_arch, "method": FLAGS.method, "moco_dim": FLAGS.moco_dim,
-            "moco_k": FLAGS.moco_k, "head_hidden": FLAGS.head_hidden if FLAGS.mlp else None, "seed": seed,
+            "moco_k": FLAGS.moco_k, "head_hidden": FLAGS.head_hidden if FLAGS.mlp and FLAGS.method != "compress"
+            else None, "seed": seed,
             "t_arch": FLAGS.t_arch if teacher else None,
             "teacher_sha256": file_sha256(FLAGS.pretrain_path) if teacher and Path(FLAGS.pretrain_path).is_file()
             else None,
-            "flags": FLAGS.flag_values_dict() | {"teacher_mode": teacher_mode()}}
+            "flags": FLAGS.flag_values_dict()}
 
 
 def claim_output_dir(output_dir: Path, resume_path: Path | None) -> RunFolderLock:
@@ -279,6 +333,7 @@ def main(argv: list[str]) -> None:
     if not output_dir or not FLAGS.data_dir:
         raise app.UsageError("--output_dir (or --train_url) and --data_dir are required")
     output_dir = Path(output_dir)
+    resolve_method_defaults()
     ctx = edist.init(FLAGS.device)
     per_process = check_flags(ctx.world_size)
     check_data_folders()

@@ -78,8 +78,8 @@ def sample_view(width: int, height: int, spec: AugmentSpec) -> ViewParams:
     gray = False
     for stage in ("gray", "jitter") if spec.gray_before_jitter else ("jitter", "gray"):
         if stage == "gray":
-            gray = bool(torch.rand(1) < spec.gray_p)
-        elif spec.jitter_p >= 1 or _draw(spec.jitter_p):
+            gray = spec.gray_p > 0 and bool(torch.rand(1) < spec.gray_p)
+        elif spec.jitter_p > 0 and (spec.jitter_p >= 1 or _draw(spec.jitter_p)):
             jitter = True
             order, *drawn = colour_jitter.get_params(colour_jitter.brightness, colour_jitter.contrast,
                                                      colour_jitter.saturation, colour_jitter.hue)

@@ -1,4 +1,4 @@
-"""The image transforms: MoCo-v2 / MoCo-v1 augmentation, the linear-probe augmentation and the evaluation crop.
+"""The image transforms: MoCo-v2 / MoCo-v1 / crop-and-flip augmentation, the linear-probe augmentation and the evaluation crop.
 
 Every transform takes the output size ``S`` (``--image_size``, 224 by default) so tests can run at 32 px; the
 evaluation transform is ``Resize(round(S * 256 / 224)) + CenterCrop(S)``, i.e. Resize 256 + CenterCrop 224 at S=224.
@@ -18,6 +18,8 @@ __all__ = [
     "AugmentSpec",
     "MOCO_V2",
     "MOCO_V1",
+    "CROP_FLIP",
+    "AUGMENTATIONS",
     "augmentation",
     "pretrain_spec",
     "moco_v2_augmentation",
@@ -58,8 +60,8 @@ class AugmentSpec:
     scale: tuple[float, float] = (0.2, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
-    jitter_p: float = 0.8  # 1.0: always, with no draw (MoCo-v1 has no RandomApply around its ColorJitter)
-    gray_p: float = 0.2
+    jitter_p: float = 0.8  # 1.0: always, with no draw (MoCo-v1 has no RandomApply around its ColorJitter); 0.0: none
+    gray_p: float = 0.2  # 0.0: no grayscale stage at all
     gray_before_jitter: bool = False
     blur_p: float = 0.5  # 0.0: no blur stage at all
     blur_sigma: tuple[float, float] = (0.1, 2.0)
@@ -67,15 +69,17 @@ class AugmentSpec:
 
 MOCO_V2 = AugmentSpec()
 MOCO_V1 = AugmentSpec(jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=1.0, gray_before_jitter=True, blur_p=0.0)
+CROP_FLIP = AugmentSpec(scale=(0.08, 1.0), jitter_p=0.0, gray_p=0.0, blur_p=0.0)  # CompRess: RandomResizedCrop + flip
+AUGMENTATIONS = {"mocov2": MOCO_V2, "mocov1": MOCO_V1, "crop_flip": CROP_FLIP}
 
 
 def augmentation(spec: AugmentSpec, size: int = 224) -> T.Compose:
     """The torchvision pipeline for ``spec``: crop, colour jitter and grayscale (in the spec's order), blur, flip."""
     jitter = T.ColorJitter(*spec.jitter)
-    maybe_jitter = jitter if spec.jitter_p >= 1 else T.RandomApply([jitter], p=spec.jitter_p)
-    colour = [maybe_jitter, T.RandomGrayscale(spec.gray_p)]
-    if spec.gray_before_jitter:
-        colour.reverse()
+    stages = {"jitter": jitter if spec.jitter_p >= 1 else T.RandomApply([jitter], p=spec.jitter_p),
+              "gray": T.RandomGrayscale(spec.gray_p)}
+    order = ("gray", "jitter") if spec.gray_before_jitter else ("jitter", "gray")
+    colour = [stages[name] for name in order if (spec.jitter_p if name == "jitter" else spec.gray_p) > 0]
     blur = [T.RandomApply([PilGaussianBlur(spec.blur_sigma)], p=spec.blur_p)] if spec.blur_p > 0 else []
     return T.Compose([T.RandomResizedCrop(size, scale=spec.scale, ratio=spec.ratio), *colour, *blur,
                       T.RandomHorizontalFlip(), *_normalise()])
@@ -91,13 +95,14 @@ def moco_v1_augmentation(size: int = 224) -> T.Compose:
     return augmentation(MOCO_V1, size)
 
 
-def pretrain_spec(aug_plus: bool = True) -> AugmentSpec:
-    """The distillation views: MoCo-v2 (``--aug_plus``, the default) or MoCo-v1."""
-    return MOCO_V2 if aug_plus else MOCO_V1
+def pretrain_spec(name: str = "mocov2") -> AugmentSpec:
+    """The distillation views by ``--augmentation`` name: MoCo-v2 (the default), MoCo-v1, or CompRess's crop and
+    flip."""
+    return AUGMENTATIONS[name]
 
 
-def pretrain_augmentation(size: int = 224, aug_plus: bool = True) -> T.Compose:
-    return augmentation(pretrain_spec(aug_plus), size)
+def pretrain_augmentation(size: int = 224, name: str = "mocov2") -> T.Compose:
+    return augmentation(pretrain_spec(name), size)
 
 
 def linear_train_transform(size: int = 224) -> T.Compose:

@@ -22,16 +22,21 @@ __all__ = ["checkpoint_payload", "save_checkpoint", "save_final", "check_resumab
 
 def checkpoint_payload(distiller: Distiller, optimizer: torch.optim.Optimizer, epoch: int, meta: dict[str, Any]
                        ) -> dict[str, Any]:
-    """Everything an exact resume needs, with the student under the official ``module.encoder_q.*`` names."""
+    """Everything an exact resume needs, with the student under the official ``module.encoder_q.*`` names (a
+    momentum encoder under ``module.encoder_k.*``) and each ring buffer under its name (``queue`` and ``queue_ptr``;
+    CompRess: ``teacher_bank``, ``student_bank``)."""
     state = to_official_keys(unwrap(distiller.student))
-    if distiller.config.method == "moco":
-        state.update(to_official_keys(distiller.teacher, MOMENTUM_PREFIX))
+    momentum = distiller.momentum_network()
+    if momentum is not None:
+        state.update(to_official_keys(momentum, MOMENTUM_PREFIX))
+    memories = {}
+    for name, memory in distiller.memories().items():
+        memories.update({name: memory.keys.detach().cpu(), f"{name}_ptr": memory.ptr})
     return {
         "bingo": {**meta, "epoch": epoch},
         "epoch": epoch,
         "state_dict": state,
-        "queue": distiller.queue.keys.detach().cpu(),
-        "queue_ptr": distiller.queue.ptr,
+        **memories,
         "optimizer": optimizer.state_dict(),
         "rng": rng_state(),
     }
@@ -74,13 +79,23 @@ def load_checkpoint(payload: dict[str, Any], where: str, distiller: Distiller, o
                     ) -> int:
     """Restore student, momentum encoder, queue, optimizer and RNG states from a checkpoint read from ``where``
     (checked with ``check_resumable`` first); returns the epoch to start from."""
+    memories = distiller.memories()
+    missing = [name for name in memories if name not in payload]
+    if missing:
+        raise CheckpointError(f"--resume={where} holds no {', '.join(missing)}: it was not written by "
+                              f"--method={distiller.config.method}")
     check_finite(payload["state_dict"], where)
-    check_finite({"queue": payload["queue"]}, where)
+    check_finite({name: payload[name] for name in memories}, where)
     from_official_keys(unwrap(distiller.student), payload["state_dict"], where)
-    if distiller.config.method == "moco":
-        from_official_keys(distiller.teacher, payload["state_dict"], where, MOMENTUM_PREFIX)
-    distiller.queue.keys.copy_(payload["queue"].to(distiller.queue.keys.device))
-    distiller.queue.ptr = int(payload["queue_ptr"])
+    momentum = distiller.momentum_network()
+    if momentum is not None:
+        from_official_keys(momentum, payload["state_dict"], where, MOMENTUM_PREFIX)
+    for name, memory in memories.items():
+        if payload[name].shape != memory.keys.shape:
+            raise CheckpointError(f"--resume={where}: {name} has shape {tuple(payload[name].shape)}, this run's "
+                                  f"{tuple(memory.keys.shape)}")
+        memory.keys.copy_(payload[name].to(memory.keys.device))
+        memory.ptr = int(payload[f"{name}_ptr"])
     optimizer.load_state_dict(payload["optimizer"])
     set_rng_state(payload["rng"])
     return int(payload["epoch"])

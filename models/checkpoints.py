@@ -7,6 +7,12 @@ Formats recognised (``detect_format``):
 - ``moco``: MoCo-v2 releases and official BINGO checkpoints (``state_dict`` with ``module.encoder_q.*``).
 - ``swav``: SwAV releases (a raw ``module.*`` state_dict with ``projection_head.*`` and ``prototypes.*``), and
   SwAV's training checkpoints (``{"epoch", "state_dict": {module.*}, ...}``, what its ``main_swav.py`` saves).
+- ``seed``: SEED's released students (``state_dict`` with ``module.student.*``, its MLP head under
+  ``module.student.fc.*``, the teacher under ``module.teacher.*``).
+- ``disco``: DisCo's released students (``state_dict`` with ``module.encoder_q.*``, its 2048-wide head under
+  ``module.encoder_q.fc.*``, beside ``module.encoder_k.*`` and the teacher under ``module.teacher_encoder_q.*``).
+- ``compress``: CompRess's released students (``{"model": {module.*}, "opt", "optimizer", "epoch"}``: the backbone
+  with no head, or CompRess-1q's linear ``fc``).
 - ``torchvision``: a plain backbone state_dict (a torchvision classifier, or this project's exported backbone).
 
 Loading never skips a weight silently: any missing, unexpected or wrongly shaped key raises ``CheckpointError``
@@ -112,7 +118,13 @@ def detect_format(obj: object) -> str:
         raise CheckpointError(f"expected a dict, found {type(obj).__name__}")
     if "bingo" in obj and "state_dict" in obj:
         return "bingo"
+    if isinstance(obj.get("model"), dict) and "optimizer" in obj and "state_dict" not in obj:
+        return "compress"
     state = obj["state_dict"] if isinstance(obj.get("state_dict"), dict) else obj
+    if state is not obj and any(k.startswith("module.student.") for k in state):
+        return "seed"
+    if state is not obj and any(k.startswith("module.teacher_encoder_q.") for k in state):
+        return "disco"
     if any(k.startswith(("module.encoder_q.", "encoder_q.")) for k in state) and state is not obj:
         return "moco"
     if any(k.startswith(("module.projection_head.", "projection_head.", "module.prototypes.")) for k in state):
@@ -131,12 +143,20 @@ def read_weights(path: str | Path) -> Weights:
 
 def _split_weights(path: str, obj: object) -> Weights:
     fmt = detect_format(obj)
-    if fmt in ("bingo", "moco"):
+    if fmt in ("bingo", "moco", "seed", "disco"):
         state = obj["state_dict"]
-        prefix = "module.encoder_q." if any(k.startswith("module.encoder_q.") for k in state) else "encoder_q."
+        if fmt == "seed":
+            prefix = "module.student."
+        else:
+            prefix = "module.encoder_q." if any(k.startswith("module.encoder_q.") for k in state) else "encoder_q."
         backbone, head = _split_head(_strip(state, prefix), "fc.")
         meta = dict(obj.get("bingo", {})) if fmt == "bingo" else {"epoch": obj.get("epoch"), "arch": obj.get("arch")}
-        return Weights(path, fmt, backbone, head, meta, head_prefix="fc.")
+        dropped = sorted({k.removeprefix("module.").split(".")[0] for k in state if not k.startswith(prefix)})
+        return Weights(path, fmt, backbone, head, meta, dropped=dropped, head_prefix="fc.")
+    if fmt == "compress":
+        state = {k.removeprefix("module."): v for k, v in obj["model"].items()}
+        backbone, head = _split_head(state, "fc.")
+        return Weights(path, fmt, backbone, head, {"epoch": obj.get("epoch")}, head_prefix="fc.")
     if fmt == "swav":
         state = obj["state_dict"] if isinstance(obj.get("state_dict"), dict) else obj
         state = {k.removeprefix("module."): v for k, v in state.items()}

@@ -8,6 +8,7 @@ checks them against the checkpoint file's after every epoch (``engine.training.c
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,11 +21,27 @@ from models.queue import KeyQueue
 from utils import dist as edist
 from utils.metrics import topk_accuracy
 
-__all__ = ["Embedder", "Distiller", "DistillConfig", "unwrap"]
+__all__ = ["Embedder", "Distiller", "DistillConfig", "unwrap", "momentum_copy", "momentum_update"]
 
 
 def unwrap(module: nn.Module) -> nn.Module:
     return module.module if hasattr(module, "module") else module
+
+
+def momentum_copy(student: nn.Module) -> nn.Module:
+    """A frozen copy of ``student`` in train mode (batch statistics), the start of its momentum encoder."""
+    copy_ = copy.deepcopy(unwrap(student))
+    for p in copy_.parameters():
+        p.requires_grad_(False)
+    return copy_.train(True)
+
+
+@torch.no_grad()
+def momentum_update(key: nn.Module, query: nn.Module, m: float) -> None:
+    """``key <- m key + (1 - m) query``, parameter by parameter (buffers stay the key network's own), as MoCo,
+    DisCo and CompRess update their momentum encoders."""
+    for k, q in zip(key.parameters(), unwrap(query).parameters()):
+        k.mul_(m).add_(q.detach(), alpha=1.0 - m)
 
 
 class Embedder(nn.Module):
@@ -53,6 +70,8 @@ class DistillConfig:
     lam: tuple[float, float] = (0.5, 0.5)
     warmup_epochs: int = 10
     seed_teacher_t: float = 1e-4
+    disco_mse_weight: float = 32.0  # DisCo: weight of each MSE term on the batch mean (release: per-process sum)
+    compress_one_bank: bool = False  # CompRess-1q: the teacher's bank only, a linear map to the teacher's width
     teacher_mode: str = "train"  # train (official: batch statistics, shuffle-BN) | eval
     fuse_teacher: bool = False
     subgroup: int = 8
@@ -63,7 +82,7 @@ class Distiller(nn.Module):
     """Student, key network (``teacher``: frozen, or MoCo's momentum encoder) and queue. Subclasses define
     ``forward(batch, epoch) -> (loss, terms)``; the teacher keeps the BatchNorm mode ``teacher_mode`` gives."""
 
-    def __init__(self, student: Embedder, teacher: Embedder, config: DistillConfig) -> None:
+    def __init__(self, student: Embedder, teacher: Embedder, config: DistillConfig, queue: bool = True) -> None:
         super().__init__()
         if config.fuse_teacher and config.teacher_mode != "eval":
             raise ValueError(
@@ -76,10 +95,19 @@ class Distiller(nn.Module):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.teacher.train(config.teacher_mode == "train")
-        self.queue = KeyQueue(config.dim, config.queue_size)
+        if queue:
+            self.queue = KeyQueue(config.dim, config.queue_size)
         self.shuffle = edist.ShuffleGroup(config.subgroup)
         self.generator = torch.Generator().manual_seed(0)
         self.rng = np.random.default_rng(0)
+
+    def memories(self) -> dict[str, KeyQueue]:
+        """The ring buffers a checkpoint holds, by the names it stores them under (``queue`` / ``queue_ptr``)."""
+        return {"queue": self.queue}
+
+    def momentum_network(self) -> Embedder | None:
+        """The momentum copy of the student a checkpoint stores under ``module.encoder_k.*``, if the method has one."""
+        return None
 
     def train(self, mode: bool = True) -> "Distiller":
         """Train mode applies to the student; the teacher keeps the mode it was built with."""

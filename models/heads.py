@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["mlp_head", "swav_head", "student_head"]
+__all__ = ["mlp_head", "swav_head", "student_head", "compress_head"]
 
 
 def mlp_head(in_dim: int, hidden_dim: int = 2048, out_dim: int = 128) -> nn.Sequential:
@@ -27,3 +27,9 @@ def student_head(in_dim: int, out_dim: int = 128, mlp: bool = True, hidden_dim: 
     if mlp:
         return mlp_head(in_dim, hidden_dim, out_dim)
     return nn.Sequential(nn.Linear(in_dim, out_dim))
+
+
+def compress_head(in_dim: int, teacher_dim: int, one_bank: bool) -> nn.Module:
+    """CompRess's student has no head (its pooled features are compared with its own bank); CompRess-1q ends in one
+    linear map to the teacher's width (compared with the teacher's bank)."""
+    return nn.Linear(in_dim, teacher_dim) if one_bank else nn.Identity()

@@ -1,7 +1,7 @@
 """Loss terms as small pure functions of tensors (no processes, no files).
 
 Notation as in the official code: ``q*`` are L2-normalised student outputs, ``k*`` L2-normalised teacher keys,
-``queue`` is ``[dim, K]`` of earlier teacher anchor keys, ``t`` the temperature.
+``queue`` is ``[dim, K]`` of earlier keys, ``t`` the temperature.
 """
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ __all__ = [
     "bingo_official_loss",
     "bingo_paper_loss",
     "seed_loss",
+    "disco_mse",
+    "bank_similarities",
+    "compress_kl",
 ]
 
 
@@ -88,3 +91,20 @@ def seed_loss(
     student = contrastive_logits(q, k, queue, t_student)
     target = F.softmax(contrastive_logits(k, k, queue, t_teacher), dim=1)
     return -(target * F.log_softmax(student, dim=1)).sum(dim=1).mean()
+
+
+def disco_mse(student: torch.Tensor, teacher: torch.Tensor, weight: float) -> torch.Tensor:
+    """DisCo's consistency term: ``weight`` times the batch mean of ``||teacher - student||^2`` (summed over the
+    embedding). DisCo's release sums over one process's batch (``MSELoss(reduction='sum')``), which is this with
+    ``weight`` = the per-process batch."""
+    return weight * (teacher - student).pow(2).sum(dim=1).mean()
+
+
+def bank_similarities(features: torch.Tensor, bank: torch.Tensor, t: float) -> torch.Tensor:
+    """``[B, N]``: each row of ``features`` ``[B, D]`` against every entry of a memory bank ``[D, N]``, over ``t``."""
+    return features @ bank / t
+
+
+def compress_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """CompRess: ``KL(softmax(teacher) || softmax(student))`` over the bank entries, averaged over the batch."""
+    return F.kl_div(F.log_softmax(student_logits, dim=1), F.softmax(teacher_logits, dim=1), reduction="batchmean")

@@ -2,8 +2,8 @@
 
 Fashion-MNIST stands in for ImageNet and everything is self-supervised, as in the paper: a larger teacher is
 pretrained with this project's MoCo-v2 (`main_distill.py --method=moco`), the kNN step bags the training images
-with it, and three students train for the same epochs: BINGO, SEED, and MoCo-v2 without a teacher (each
-`--seeds` times). Every network, and the floors it must beat (raw pixels, the teacher's and the student's network
+with it, and five students train for the same epochs: BINGO, the SEED, DisCo and CompRess baselines, and MoCo-v2
+without a teacher (each `--seeds` times; every baseline with its release's own temperature, schedule and views). Every network, and the floors it must beat (raw pixels, the teacher's and the student's network
 untrained), is scored by the same code: `main_lincls.py`'s linear probe and its k-NN classifier (k = 10). The
 training runs log that k-NN classifier as a monitor, so the plots show each run learning (or not).
 
@@ -104,8 +104,9 @@ CONFIGS = {
                   input_flags=("--amp", "--channels_last", "--device_views", "--in_memory"),
                   knn_step_flags=("--channels_last", "--device_views")),
 }
-METHODS = ("moco", "seed", "bingo")
-METHOD_LABELS = {"moco": "MoCo-v2 (no teacher)", "seed": "SEED", "bingo": "BINGO"}
+METHODS = ("moco", "seed", "disco", "compress", "bingo")
+METHOD_LABELS = {"moco": "MoCo-v2 (no teacher)", "seed": "SEED", "disco": "DisCo", "compress": "CompRess",
+                 "bingo": "BINGO"}
 ARCH_LABELS = {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50"}
 
 

@@ -46,6 +46,56 @@ def moco_release(arch: str, path: Path, seed: int = 0, prefix: str = "module.enc
     return {"backbone": backbone.state_dict(), "head": head.state_dict()}
 
 
+def seed_release(arch: str, path: Path, seed: int = 0) -> dict:
+    """A file in SEED's release layout: ``state_dict`` with the student under ``module.student.*`` (its MLP head,
+    hidden width = the backbone's, under ``fc.``), a teacher under ``module.teacher.*``, the queue and pointer."""
+    torch.manual_seed(seed)
+    backbone = build_backbone(arch)
+    head = mlp_head(backbone.feature_dim, backbone.feature_dim, 128)
+    teacher = build_backbone("resnet18")
+    state = {f"module.student.{k}": v for k, v in backbone.state_dict().items()}
+    state.update({f"module.student.fc.{k}": v for k, v in head.state_dict().items()})
+    state.update({f"module.teacher.{k}": v for k, v in teacher.state_dict().items()})
+    state.update({"module.queue": torch.randn(128, 16), "module.queue_ptr": torch.zeros(1, dtype=torch.long)})
+    torch.save({"epoch": 200, "arch": arch, "state_dict": state, "optimizer": {}}, path)
+    return {"backbone": backbone.state_dict(), "head": head.state_dict()}
+
+
+def disco_release(arch: str, path: Path, seed: int = 0) -> dict:
+    """A file in DisCo's release layout: ``state_dict`` with the student under ``module.encoder_q.*`` (its head
+    ``fc.0``/``fc.2``, 2048 wide), its momentum copy under ``module.encoder_k.*``, the teacher (a ResNet-18 with a
+    MoCo head here, to keep the file small) under ``module.teacher_encoder_q.*`` and ``_k.*``, queue and pointer."""
+    torch.manual_seed(seed)
+    backbone = build_backbone(arch)
+    head = mlp_head(backbone.feature_dim, 2048, 128)
+    teacher, teacher_head = build_backbone("resnet18"), mlp_head(512, 512, 128)
+    state = {}
+    for prefix, (net, fc) in {"encoder_q": (backbone, head), "encoder_k": (backbone, head),
+                              "teacher_encoder_q": (teacher, teacher_head),
+                              "teacher_encoder_k": (teacher, teacher_head)}.items():
+        state.update({f"module.{prefix}.{k}": v.clone() for k, v in net.state_dict().items()})
+        state.update({f"module.{prefix}.fc.{k}": v.clone() for k, v in fc.state_dict().items()})
+    state.update({"module.queue": torch.randn(128, 16), "module.queue_ptr": torch.zeros(1, dtype=torch.long)})
+    torch.save({"epoch": 200, "arch": arch, "state_dict": state, "optimizer": {}}, path)
+    return {"backbone": backbone.state_dict(), "head": head.state_dict()}
+
+
+def compress_release(arch: str, path: Path, one_bank: bool = False, seed: int = 0) -> dict:
+    """A file in CompRess's release layout: ``{"opt": argparse options, "model": {module.<backbone>}, "optimizer",
+    "epoch"}``, the student with no head, or CompRess-1q's ``fc`` (a linear map to the teacher's 2048)."""
+    import argparse
+
+    torch.manual_seed(seed)
+    backbone = build_backbone(arch)
+    model = {f"module.{k}": v for k, v in backbone.state_dict().items()}
+    head = torch.nn.Linear(backbone.feature_dim, 2048)
+    if one_bank:
+        model.update({f"module.fc.{k}": v for k, v in head.state_dict().items()})
+    options = argparse.Namespace(student_arch=arch, teacher_arch="resnet50", compress_memory_size=128000)
+    torch.save({"opt": options, "model": model, "optimizer": {}, "epoch": 130}, path)
+    return {"backbone": backbone.state_dict(), "head": head.state_dict() if one_bank else {}}
+
+
 def swav_release(path: Path, seed: int = 0, arch: str = "resnet50w2", hidden: int = 8192) -> dict:
     torch.manual_seed(seed)
     backbone = build_backbone(arch)

@@ -28,8 +28,8 @@ def test_quick_demo_runs_the_whole_chain_with_floors_and_resumes(tmp_path):
     rows = {r["model"]: r for r in results["rows"]}
     # the quick configuration's teacher is a ResNet-18 too, so its floors are the students'
     assert list(rows) == ["pixels", "untrained-resnet18", "untrained-resnet18-data-bn", "teacher", "moco", "seed",
-                          "bingo"]
-    assert [r["kind"] for r in rows.values()] == ["floor"] * 3 + ["teacher"] + ["student"] * 3
+                          "disco", "compress", "bingo"]
+    assert [r["kind"] for r in rows.values()] == ["floor"] * 3 + ["teacher"] + ["student"] * 5
     for row in rows.values():
         assert 0 <= row["knn10_top1"] <= 100 and 0 <= row["linear_top1"] <= row["linear_top5"] <= 100
     # each trained row is compared with its own network untrained, and the table says so
@@ -39,7 +39,7 @@ def test_quick_demo_runs_the_whole_chain_with_floors_and_resumes(tmp_path):
     # the untrained floor is the very network the runs start from: their monitor's first point is its score
     assert rows["teacher"]["knn_curve"][0][1] == pytest.approx(rows["untrained-resnet18"]["knn10_top1"])
     assert all(r["knn_curve"][0][1] == pytest.approx(rows["untrained-resnet18"]["knn10_top1"])
-               for method in ("moco", "seed", "bingo") for r in rows[method]["runs"])
+               for method in ("moco", "seed", "disco", "compress", "bingo") for r in rows[method]["runs"])
     assert "| Raw pixels (32×32, no network) | floor |" in first.stdout
     assert "the same network untrained" in first.stdout
     assert 0 <= results["bag_purity"] <= 100 and "of the teacher's neighbours share the image's class" in first.stdout
@@ -48,4 +48,4 @@ def test_quick_demo_runs_the_whole_chain_with_floors_and_resumes(tmp_path):
     assert all([e for e, _ in run_["knn_curve"]] == [0, 1] for run_ in rows["bingo"]["runs"])
     assert (tmp_path / "data" / "train").is_dir() and len(list((tmp_path / "data" / "train").iterdir())) == 10
     again = _demo(tmp_path)  # everything is done: every stage is skipped, the report is rebuilt
-    assert again.returncode == 0 and again.stdout.count("done already") == 12
+    assert again.returncode == 0 and again.stdout.count("done already") == 16

@@ -14,7 +14,7 @@ from torch.utils.data import default_collate
 from datasets.device_views import (DeviceViews, EncodedBagDataset, EncodedImageFolder, PackedImages, collate_encoded,
                                    read_encoded, sample_view)
 from datasets.folders import BagDataset, DatasetError, IndexedImageFolder
-from datasets.transforms import IMAGENET_STD, MOCO_V1, MOCO_V2, augmentation, eval_transform
+from datasets.transforms import CROP_FLIP, IMAGENET_STD, MOCO_V1, MOCO_V2, augmentation, eval_transform
 from utils import dist as edist
 from engine.features import embed
 from helpers import calibrated_teacher, run_script
@@ -50,7 +50,7 @@ def view_error(device: torch.Tensor, cpu: torch.Tensor) -> torch.Tensor:
     return ((device - cpu).abs() * STD).mean(dim=(1, 2, 3))
 
 
-@pytest.mark.parametrize("spec", [MOCO_V2, MOCO_V1], ids=["moco_v2", "moco_v1"])
+@pytest.mark.parametrize("spec", [MOCO_V2, MOCO_V1, CROP_FLIP], ids=["moco_v2", "moco_v1", "crop_flip"])
 def test_device_views_equal_the_cpu_pipeline_view_for_view(tmp_path, spec):
     smooth_image(np.random.default_rng(1), 200, 150).save(tmp_path / "photo.jpg", quality=92)
     encoded = read_encoded(str(tmp_path / "photo.jpg"))
@@ -67,13 +67,11 @@ def test_device_views_equal_the_cpu_pipeline_view_for_view(tmp_path, spec):
     device = views.augment(views.decode(PackedImages.pack([encoded])) * 48, params)
     cpu = torch.stack(cpu)
 
-    # every branch ran both ways
-    always, sometimes = (params.jitter,), (params.gray, params.flip, params.blur_sigma > 0)
-    if spec.jitter_p < 1:
-        always, sometimes = (), sometimes + always
-    assert all(flag.all() for flag in always) and (params.blur_sigma == 0).all() == (spec.blur_p == 0)
-    for flag in sometimes[:3 if spec.blur_p else 2]:
-        assert 0 < int(flag.sum()) < 48
+    # every random branch ran both ways, a certain one always, an absent one never
+    drawn = {"jitter": params.jitter, "gray": params.gray, "flip": params.flip, "blur": params.blur_sigma > 0}
+    for name, p in {"jitter": spec.jitter_p, "gray": spec.gray_p, "flip": 0.5, "blur": spec.blur_p}.items():
+        count = int(drawn[name].sum())
+        assert count == 48 if p >= 1 else count == 0 if p == 0 else 0 < count < 48, (name, count)
     errors = view_error(device, cpu)
     assert errors.max() < 0.02, errors
     assert errors.mean() < 0.008

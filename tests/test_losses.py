@@ -65,7 +65,26 @@ def test_seed_loss_hand_value_and_minimum():
     assert losses.seed_loss(k, k, queue, 1e-4, 1e-4) < 1e-3
 
 
-@pytest.mark.parametrize("loss_name", ["info_nce", "bingo", "seed"])
+def test_disco_mse_is_the_release_sum_over_one_process_batch_at_weight_equal_to_that_batch():
+    student = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    teacher = torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.8, 0.6]])
+    by_hand = (2.0 + 0.0 + 2 * 0.2 ** 2) / 3  # mean over images of the squared distance
+    assert torch.allclose(losses.disco_mse(student, teacher, 1.0), torch.tensor(by_hand))
+    release = torch.nn.MSELoss(reduction="sum")(teacher, student)  # DisCo/main.py's criterion_mse
+    assert torch.allclose(losses.disco_mse(student, teacher, 3.0), release)
+
+
+def test_compress_kl_by_hand_and_its_minimum():
+    teacher = torch.tensor([[2.0, 0.0, 0.0]])
+    student = torch.tensor([[0.0, 1.0, 0.0]])
+    p, q = torch.softmax(teacher, 1)[0], torch.softmax(student, 1)[0]
+    assert torch.allclose(losses.compress_kl(teacher, student), (p * (p / q).log()).sum())
+    assert losses.compress_kl(student, student).abs() < 1e-7
+    features, bank = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.5, -1.0], [0.5, 0.0]])  # [D=2, N=2]
+    assert torch.allclose(losses.bank_similarities(features, bank, 0.04), torch.tensor([[12.5, -25.0]]))
+
+
+@pytest.mark.parametrize("loss_name", ["info_nce", "bingo", "seed", "disco", "compress"])
 def test_losses_fall_under_gradient_steps(loss_name):
     torch.manual_seed(0)
     keys = _unit(16, 8)
@@ -79,6 +98,11 @@ def test_losses_fall_under_gradient_steps(loss_name):
             return losses.info_nce(q, keys, queue, 0.2)
         if loss_name == "seed":
             return losses.seed_loss(q, keys, queue, 0.2, 1e-4)
+        if loss_name == "disco":
+            return losses.info_nce(q, keys, queue, 0.2) + losses.disco_mse(q, keys, 16.0)
+        if loss_name == "compress":
+            return losses.compress_kl(losses.bank_similarities(keys, queue, 0.04),
+                                      losses.bank_similarities(q, queue, 0.04))
         return losses.bingo_official_loss(q, q, q, keys, keys, queue, 0.2, (0.5, 0.5), 0.6)[0]
 
     first = value().item()
