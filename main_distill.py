@@ -101,6 +101,12 @@ flags.DEFINE_integer("head_hidden", 2048,
                      "Hidden width of the student's MLP head (official BINGO: 2048 for every student and method; "
                      "MoCo's and SEED's releases use the backbone's width, 512 for a ResNet-18).")
 flags.DEFINE_float("seed_teacher_t", 1e-4, "SEED's teacher temperature (its release's default).")
+flags.DEFINE_bool("anchor_term", True, "--loss=official: keep L_anchor (the loss ablation: --noanchor_term drops it).")
+flags.DEFINE_bool("neighbour_term", True, "--loss=official: keep L_neighbour (--noneighbour_term drops it).")
+flags.DEFINE_bool("mix_term", True, "--loss=official: keep the CutMix term L_mix (--nomix_term drops it).")
+flags.DEFINE_bool("cross_keys", True, "--loss=official: after the warm-up, pull each query to the other bag member's "
+                  "key too (--lam); --nocross_keys keeps the own key only, weight 1, throughout. The loss is the mean "
+                  "of the terms kept (the official /3 with all three).")
 flags.DEFINE_integer("bag_warmup_epochs", 10,
                      "--loss=official: epochs 0..N use only the own-key terms (official: 10, i.e. 11 epochs).")
 flags.DEFINE_integer("image_size", 224, "Crop size of the views.")
@@ -171,7 +177,8 @@ def build_distiller(teacher: Embedder | None, ctx: edist.Context, seed: int
     config = DistillConfig(
         method=FLAGS.method, loss=FLAGS.loss, dim=FLAGS.moco_dim, queue_size=FLAGS.moco_k, t=FLAGS.moco_t,
         moco_m=FLAGS.moco_m, lam=tuple(float(x) for x in FLAGS.lam), seed_teacher_t=FLAGS.seed_teacher_t,
-        warmup_epochs=FLAGS.bag_warmup_epochs, disco_mse_weight=FLAGS.disco_mse_weight,
+        warmup_epochs=FLAGS.bag_warmup_epochs, official_terms=official_terms(), cross_keys=FLAGS.cross_keys,
+        disco_mse_weight=FLAGS.disco_mse_weight,
         compress_one_bank=FLAGS.compress_one_bank, teacher_mode=teacher_mode(), fuse_teacher=FLAGS.fuse_teacher, subgroup=FLAGS.subgroup, amp=FLAGS.amp)
     distiller = build_method(student, teacher, config).to(ctx.device)
     memory_format = torch.channels_last if FLAGS.channels_last else torch.contiguous_format
@@ -257,6 +264,11 @@ def check_flags(world_size: int) -> int:
     for name, method in (("disco_mse_weight", "disco"), ("compress_one_bank", "compress")):
         if FLAGS[name].present and FLAGS.method != method:
             raise app.UsageError(f"--{name} is a --method={method} flag; this run is --method={FLAGS.method}")
+    ablation = [name for name in ("anchor_term", "neighbour_term", "mix_term", "cross_keys") if FLAGS[name].present]
+    if ablation and (FLAGS.method != "bingo" or FLAGS.loss != "official"):
+        raise app.UsageError(f"--{ablation[0]} switches a term of --method=bingo --loss=official, not of this run")
+    if not official_terms():
+        raise app.UsageError("--noanchor_term --noneighbour_term --nomix_term leave no loss term: keep one")
     return FLAGS.batch_size // world_size
 
 
@@ -284,6 +296,11 @@ def resolve_method_defaults() -> None:
     for name, value in {"augmentation": "mocov2", **METHOD_DEFAULTS[FLAGS.method]}.items():
         if not FLAGS[name].present:
             FLAGS[name].value = chosen.get(name, value)
+
+
+def official_terms() -> tuple[str, ...]:
+    """The terms of the released loss this run keeps (all three by default)."""
+    return tuple(term for term in ("anchor", "neighbour", "mix") if FLAGS[f"{term}_term"].value)
 
 
 def teacher_mode() -> str:

@@ -23,10 +23,12 @@ from datasets.transforms import eval_transform, linear_train_transform
 from utils import dist as edist
 from engine.cli import run
 from engine.checkpoints import read_probe, save_probe
-from engine.evaluation import (Classifier, assert_unchanged, backbone_fingerprint, evaluate, knn_classify,
-                               label_subset, recompute_bn_statistics, train_classifier_epoch)
+from engine.evaluation import (Classifier, assert_unchanged, backbone_fingerprint, embed_splits, evaluate, knn_scores,
+                               label_subset, labels_of, logistic_regression, recompute_bn_statistics,
+                               train_classifier_epoch)
 from utils.io import OutputFolderError, RunFolderLock, atomic_json, check_writable, resolve_resume
 from utils.logs import log
+from utils.metrics import with_intervals
 from utils.schedule import learning_rate, set_lr
 from models.backbones import BACKBONES, FLOORS, build_backbone
 from models.checkpoints import file_sha256, load_backbone
@@ -63,12 +65,15 @@ flags.DEFINE_bool("recompute_bn", False,
                   "normalises its activations as a trained one does (its own running statistics are the identity).")
 flags.DEFINE_bool("untrained", False, "Score --arch as initialised (random weights drawn with --seed), with no "
                   "checkpoint: the floor a trained network must beat. --arch=pixels never takes a checkpoint.")
-flags.DEFINE_enum("protocol", "linear", ["linear", "knn", "semi"],
-                  "linear probe, k-NN classifier, or semi-supervised fine-tuning of the whole network.")
+flags.DEFINE_float("logreg_holdout", 0.2, "--protocol=logreg: share of train/ held out to choose the regularisation.")
+flags.DEFINE_enum("protocol", "linear", ["linear", "knn", "semi", "logreg"],
+                  "linear probe (SGD, the official protocol), k-NN classifier, semi-supervised fine-tuning of the "
+                  "whole network, or logreg: a converged L-BFGS logistic regression on the frozen features (small "
+                  "data; the regularisation chosen on --logreg_holdout of train/).")
 flags.DEFINE_list("knn_k", ["10", "200"], "k values for --protocol=knn.")
-flags.DEFINE_bool("with_knn", False, "With --protocol=linear or semi: after training, score the backbone with the "
-                  "k-NN classifier too, in the same start-up, into results.json's 'knn' (for semi: the fine-tuned "
-                  "backbone).")
+flags.DEFINE_bool("with_knn", False, "With --protocol=linear, semi or logreg: score the backbone with the k-NN "
+                  "classifier too, in the same start-up, into results.json's 'knn' (for semi: the fine-tuned "
+                  "backbone; for logreg: on the same embedded features).")
 flags.DEFINE_float("knn_t", 0.07, "Temperature of the weighted k-NN vote (the plain majority vote is also reported).")
 flags.DEFINE_float("label_fraction", None, "--protocol=semi: fraction of each class's labels (e.g. 0.01, 0.1).")
 flags.DEFINE_string("label_file", None, "--protocol=semi: file listing the labelled images (SimCLR split format).")
@@ -93,11 +98,15 @@ def resolve_defaults() -> None:
 def check_flags() -> None:
     """Flag values and combinations that cannot work, refused before the network loads or a folder is made."""
     at_least = {"batch_size": 1, "image_size": 16, "num_workers": 0, "report_freq": 1, "save_freq": 0}
-    if FLAGS.protocol != "knn" and not FLAGS.evaluate:
+    if FLAGS.protocol in ("linear", "semi") and not FLAGS.evaluate:
         at_least["end_epoch"] = 1
     for name, low in at_least.items():
         if FLAGS[name].value < low:
             raise app.UsageError(f"--{name}={FLAGS[name].value}: must be at least {low}")
+    if FLAGS.protocol == "logreg" and not 0 < FLAGS.logreg_holdout < 1:
+        raise app.UsageError(f"--logreg_holdout={FLAGS.logreg_holdout}: must be in (0, 1)")
+    if FLAGS.protocol in ("logreg", "knn") and FLAGS.evaluate:
+        raise app.UsageError(f"--evaluate scores a saved probe; --protocol={FLAGS.protocol} trains none: drop one")
     if FLAGS.protocol == "knn" and any(not k.isdigit() or int(k) < 1 for k in FLAGS.knn_k):
         raise app.UsageError(f"--knn_k={','.join(FLAGS.knn_k)}: give positive integers, e.g. --knn_k=10,200")
     if FLAGS.protocol == "semi" and not FLAGS.evaluate:
@@ -142,20 +151,33 @@ def build_evaluated(announce: bool) -> tuple[torch.nn.Module, dict]:
                       "checkpoint_sha256": file_sha256(FLAGS.pretrained)}
 
 
-def run_knn_protocol(backbone, ctx) -> dict | None:
-    """k-NN top-1 / top-5 with k = 10 (majority vote) and each --knn_k (weighted vote); rank 0 gets
-    ``{"num_train", "num_val", "knn"}``, the other processes None."""
+def frozen_scores(backbone, ctx, logreg: bool, knn: bool) -> dict | None:
+    """The protocols on frozen features, embedded once with the evaluation crop: the logistic-regression probe and
+    the k-NN classifier (k = 10 majority vote, and each --knn_k weighted). Rank 0 gets ``{"num_train", "num_val",
+    "logreg"?, "knn"?}``, the other processes None."""
     train_set, val_set = labelled_splits(FLAGS.data_dir, eval_transform(FLAGS.image_size),
                                          eval_transform(FLAGS.image_size))
-    settings = [(10, None)] + [(int(k), FLAGS.knn_t) for k in FLAGS.knn_k]
     per_process = FLAGS.batch_size // ctx.world_size
-    results = knn_classify(backbone.to(ctx.device), train_set, val_set, ctx, per_process, FLAGS.num_workers,
-                           settings)
+    train_features, val_features = embed_splits(backbone.to(ctx.device), train_set, val_set, ctx, per_process,
+                                                FLAGS.num_workers)
     if not ctx.is_main:
         return None
-    for name, r in results.items():
-        log(f"k-NN {name}: top-1 {r['top1']:.2f}  top-5 {r['top5']:.2f}")
-    return {"num_train": len(train_set), "num_val": len(val_set), "knn": results}
+    out = {"num_train": len(train_set), "num_val": len(val_set)}
+    train_labels, val_labels = labels_of(train_set), labels_of(val_set)
+    if logreg:
+        out["logreg"] = r = logistic_regression(train_features, train_labels, val_features, val_labels, FLAGS.seed,
+                                                FLAGS.logreg_holdout)
+        log(f"logistic regression (C = {r['C']:g}, chosen on {100 * FLAGS.logreg_holdout:.0f} % of train/): top-1 "
+            f"{r['top1']:.2f} [{r['top1_ci95'][0]:.1f}, {r['top1_ci95'][1]:.1f}]  top-5 {r['top5']:.2f}"
+            + ("" if r["converged"] else "  (L-BFGS stopped at 1,000 iterations before converging)"))
+    if knn:
+        settings = [(10, None)] + [(int(k), FLAGS.knn_t) for k in FLAGS.knn_k]
+        out["knn"] = knn_scores(train_features, train_labels, val_features, val_labels, len(train_set.classes),
+                                settings, ctx.device)
+        for name, r in out["knn"].items():
+            log(f"k-NN {name}: top-1 {r['top1']:.2f} [{r['top1_ci95'][0]:.1f}, {r['top1_ci95'][1]:.1f}]  "
+                f"top-5 {r['top5']:.2f}")
+    return out
 
 
 def make_loader(train_set: IndexedImageFolder, ctx, per_process: int) -> DataLoader:
@@ -200,10 +222,11 @@ def main(argv: list[str]) -> None:
         count = recompute_bn_statistics(backbone, train_crops, ctx, per_process, FLAGS.num_workers)
         log(f"BatchNorm running statistics of {count} layers re-estimated on {len(train_crops)} training images",
             ctx.is_main)
-    if FLAGS.protocol == "knn":
-        knn = run_knn_protocol(backbone, ctx)
+    if FLAGS.protocol in ("knn", "logreg"):
+        scores = frozen_scores(backbone, ctx, logreg=FLAGS.protocol == "logreg",
+                               knn=FLAGS.protocol == "knn" or FLAGS.with_knn)
         if ctx.is_main:
-            atomic_json({"protocol": "knn", **provenance, **knn}, output_dir / "results.json")
+            atomic_json({"protocol": FLAGS.protocol, **provenance, **scores}, output_dir / "results.json")
         edist.shutdown()
         return
 
@@ -263,7 +286,7 @@ def main(argv: list[str]) -> None:
             save_outputs(model, optimizer, epoch, best, history, provenance, output_dir, len(val_set))
         edist.barrier()
     if FLAGS.with_knn:  # the backbone as trained (semi) or as given (linear: frozen, checked above)
-        knn = run_knn_protocol(model.backbone, ctx)
+        knn = frozen_scores(model.backbone, ctx, logreg=False, knn=True)
         if ctx.is_main:
             results = json.loads((output_dir / "results.json").read_text())
             atomic_json({**results, "knn": knn["knn"]}, output_dir / "results.json")
@@ -280,7 +303,9 @@ def save_outputs(model, optimizer, epoch, best, history, provenance, output_dir:
         writer.writeheader()
         writer.writerows(history)
     last = history[-1]
-    summary = lambda r: {"epoch": r["epoch"], "top1": r["val_top1"], "top5": r["val_top5"]}  # noqa: E731
+    def summary(row: dict) -> dict:
+        return with_intervals({"epoch": row["epoch"], "top1": row["val_top1"], "top5": row["val_top5"]}, num_val)
+
     atomic_json({"protocol": FLAGS.protocol, **provenance, "num_val": num_val, "epochs_done": epoch + 1,
                  "last": summary(last), "best": summary(best)}, output_dir / "results.json")
 

@@ -1,16 +1,19 @@
-"""Data-relation step: embed every training image with the frozen teacher and write its K nearest neighbours.
+"""Data-relation step: embed every training image with the frozen teacher and write its K nearest neighbours (or
+another kind of bag: ``--bagging``).
 
     torchrun --nproc_per_node=8 run_knn.py --arch=resnet50w2 --ckpt_name=swav_RN50w2_400ep_pretrain.pth.tar \
         --data_dir=/data/imagenet --corr_name=imgs_corr_swav_epoch400.npy
 
 Writes ``[N, K]`` int64 neighbour indices (ImageFolder order, nearest first, the image itself excluded by index) and
-beside it a JSON file saying what made them; ``main_distill.py`` checks that JSON against its own dataset.
+beside it a JSON file saying what made them (and the bags' purity, the share of members in the image's class folder,
+for the report only); ``main_distill.py`` checks that JSON against its own dataset.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from absl import app, flags
 from torch import nn
@@ -21,6 +24,7 @@ from datasets.neighbours import dataset_fingerprint, neighbour_path, write_neigh
 from datasets.transforms import MOCO_V2, eval_transform
 from utils import dist as edist
 from engine.cli import run
+from engine.bags import BAGGINGS, BagError, bag_purity, group_bags, kmeans_assignments, random_bags
 from engine.features import SEARCH_BACKENDS, embed, exact_knn
 from utils.io import check_writable
 from utils.logs import log
@@ -45,6 +49,13 @@ flags.DEFINE_enum("device", "auto", ["auto", "cuda", "cpu"], "Where to run (auto
 flags.DEFINE_bool("device_views", False,
                   "Decode JPEGs (nvJPEG on CUDA), resize and crop on the device; loader workers only read files.")
 flags.DEFINE_bool("channels_last", False, "Run the teacher in channels_last memory format (CUDA speed switch).")
+flags.DEFINE_enum("bagging", "knn", list(BAGGINGS),
+                  "How bags are made: knn (the teacher's K nearest neighbours, the paper's), kmeans (K members of the "
+                  "image's k-means cluster of the teacher's features), label (K members of its class folder: an "
+                  "oracle that uses labels), random (K other images: the control). label and random load no teacher.")
+flags.DEFINE_integer("kmeans_clusters", None, "--bagging=kmeans: the number of clusters.")
+flags.DEFINE_integer("bag_seed", 0, "Seed of the k-means initialisation and of the members drawn for kmeans, label and "
+                     "random bags.")
 flags.mark_flag_as_required("data_dir")
 
 
@@ -53,6 +64,12 @@ def check_flags() -> None:
     for name, low in {"batch_size": 1, "image_size": 16, "clus_pos_num": 1, "num_workers": 0}.items():
         if FLAGS[name].value < low:
             raise app.UsageError(f"--{name}={FLAGS[name].value}: must be at least {low}")
+    if FLAGS.bagging == "kmeans" and FLAGS.kmeans_clusters is None:
+        raise app.UsageError("--bagging=kmeans needs --kmeans_clusters (the number of clusters)")
+    if FLAGS.bagging != "kmeans" and FLAGS.kmeans_clusters is not None:
+        raise app.UsageError(f"--kmeans_clusters is a --bagging=kmeans flag; this run is --bagging={FLAGS.bagging}")
+    if FLAGS.bagging in ("label", "random") and FLAGS["save_distances"].value:
+        raise app.UsageError(f"--save_distances: --bagging={FLAGS.bagging} computes no similarities")
 
 
 def build_network(arch: str, ckpt: str, feature: str) -> nn.Module:
@@ -79,6 +96,41 @@ def build_dataset(device: torch.device) -> tuple[IndexedImageFolder, dict]:
     return EncodedImageFolder(root), {"collate_fn": collate_encoded, "prepare": crops}
 
 
+def make_bags(ctx: edist.Context, network: nn.Module | None, dataset: IndexedImageFolder, loading: dict
+              ) -> tuple[np.ndarray | None, dict]:
+    """The ``[N, K]`` bags by --bagging (rank 0; None elsewhere) and what the JSON says about how they were made;
+    ``network`` is the teacher for knn and kmeans bags."""
+    k, labels = FLAGS.clus_pos_num, np.array([target for _, target in dataset.samples])
+    info = {"bagging": FLAGS.bagging, "bag_seed": FLAGS.bag_seed, "uses_labels": FLAGS.bagging == "label"}
+    if FLAGS.bagging == "random":
+        return (random_bags(len(labels), k, FLAGS.bag_seed) if ctx.is_main else None), info
+    if FLAGS.bagging == "label":
+        names = np.array(dataset.classes)[labels]  # errors name the class folder
+        return (group_bags(names, k, FLAGS.bag_seed, "class") if ctx.is_main else None), info
+    t0 = time.perf_counter()
+    features = embed(network, dataset, ctx, FLAGS.batch_size, FLAGS.num_workers,
+                     channels_last=FLAGS.channels_last, label="embed", **loading)
+    info["embed_seconds"] = round(time.perf_counter() - t0, 3)
+    if not ctx.is_main:
+        return None, info
+    t1 = time.perf_counter()
+    info.update(feature=FLAGS.feature, feature_dim=int(features.shape[1]), teacher_arch=FLAGS.arch,
+                checkpoint=Path(FLAGS.ckpt_name).name, checkpoint_sha256=file_sha256(FLAGS.ckpt_name))
+    if FLAGS.bagging == "knn":
+        bags, sims, backend = exact_knn(features, k, FLAGS.search, ctx.device, report=log)
+        info["search_backend"] = backend
+        if FLAGS.save_distances:
+            info["sims"] = sims.numpy()
+        bags = bags.numpy()
+    else:
+        clusters, backend = kmeans_assignments(features, FLAGS.kmeans_clusters, FLAGS.bag_seed)
+        info.update(kmeans_clusters=FLAGS.kmeans_clusters, kmeans_backend=backend,
+                    kmeans_cluster_sizes=np.bincount(clusters, minlength=FLAGS.kmeans_clusters).tolist())
+        bags = group_bags(clusters, k, FLAGS.bag_seed, "k-means cluster")
+    info["search_seconds"] = round(time.perf_counter() - t1, 3)
+    return bags, info
+
+
 def main(argv: list[str]) -> None:
     del argv
     check_flags()
@@ -87,42 +139,30 @@ def main(argv: list[str]) -> None:
     out = neighbour_path(FLAGS.corr_name)
     if ctx.is_main:
         check_writable(out.parent)
-    network = build_network(FLAGS.arch, FLAGS.ckpt_name, FLAGS.feature).to(ctx.device).eval()
-    if FLAGS.channels_last:
-        network = network.to(memory_format=torch.channels_last)
+    network = None
+    if FLAGS.bagging in ("knn", "kmeans"):  # before any data is read: a wrong checkpoint stops here
+        network = build_network(FLAGS.arch, FLAGS.ckpt_name, FLAGS.feature).to(ctx.device).eval()
+        if FLAGS.channels_last:
+            network = network.to(memory_format=torch.channels_last)
     dataset, loading = build_dataset(ctx.device)
     n, k = len(dataset), FLAGS.clus_pos_num
     if not 0 < k < n:
         raise app.UsageError(f"--clus_pos_num={k} must be at least 1 and below the number of images ({n})")
-    log(f"{dataset.describe()}; K={k}; {ctx.world_size} process(es)",
-        ctx.is_main)
-
-    t0 = time.perf_counter()
-    features = embed(network, dataset, ctx, FLAGS.batch_size, FLAGS.num_workers,
-                     channels_last=FLAGS.channels_last, label="embed", **loading)
-    embed_seconds = time.perf_counter() - t0
+    log(f"{dataset.describe()}; K={k}; bags: {FLAGS.bagging}; {ctx.world_size} process(es)", ctx.is_main)
+    try:
+        bags, info = make_bags(ctx, network, dataset, loading)
+    except BagError as error:
+        raise app.UsageError(f"--bagging={FLAGS.bagging}: {error}") from None
     if ctx.is_main:
-        t1 = time.perf_counter()
-        neighbours, sims, backend = exact_knn(features, k, FLAGS.search, ctx.device, report=log)
-        search_seconds = time.perf_counter() - t1
-        meta = {
-            "k": k,
-            "feature": FLAGS.feature,
-            "feature_dim": int(features.shape[1]),
-            "teacher_arch": FLAGS.arch,
-            "checkpoint": Path(FLAGS.ckpt_name).name,
-            "checkpoint_sha256": file_sha256(FLAGS.ckpt_name),
-            "data_root": str(Path(dataset.root).resolve()),
-            **dataset_fingerprint(dataset),
-            "image_size": FLAGS.image_size,
-            "search_backend": backend,
-            "world_size": ctx.world_size,
-            "embed_seconds": round(embed_seconds, 3),
-            "search_seconds": round(search_seconds, 3),
-        }
-        write_neighbours(out, neighbours.numpy(), meta, sims.numpy() if FLAGS.save_distances else None)
-        log(f"wrote {out} {tuple(neighbours.shape)} and {out.with_suffix('.json')} "
-            f"(embed {embed_seconds:.1f} s, search {search_seconds:.1f} s with {backend})")
+        labels = np.array([target for _, target in dataset.samples])
+        sims = info.pop("sims", None)
+        meta = {"k": k, "data_root": str(Path(dataset.root).resolve()), **dataset_fingerprint(dataset),
+                "image_size": FLAGS.image_size, "world_size": ctx.world_size, **info,
+                # the labels are read for this figure only; no bag but --bagging=label uses them
+                "bag_purity": bag_purity(bags, labels) if len(dataset.classes) > 1 else None}
+        write_neighbours(out, bags, meta, sims)
+        purity = "" if meta["bag_purity"] is None else f"; {meta['bag_purity']:.1f} % of bag members share the class"
+        log(f"wrote {out} {tuple(bags.shape)} and {out.with_suffix('.json')} ({FLAGS.bagging} bags{purity})")
     edist.barrier()
     edist.shutdown()
 

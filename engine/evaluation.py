@@ -1,5 +1,6 @@
-"""Evaluation: the linear probe on a frozen backbone, sharded top-1/top-5, the k-NN classifier, and label subsets
-for semi-supervised fine-tuning."""
+"""Evaluation: the linear probe on a frozen backbone, sharded top-1/top-5, the k-NN classifier, the converged
+logistic-regression probe for small data, and label subsets for semi-supervised fine-tuning. Every accuracy comes
+with its 95 % binomial interval."""
 from __future__ import annotations
 
 import os
@@ -16,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from utils import dist as edist
 from engine.features import embed, search
 from utils.logs import Progress, log
-from utils.metrics import topk_correct
+from utils.metrics import topk_correct, with_intervals
 
 __all__ = [
     "Classifier",
@@ -24,6 +25,11 @@ __all__ = [
     "evaluate",
     "knn_predict",
     "knn_classify",
+    "embed_splits",
+    "knn_scores",
+    "labels_of",
+    "logistic_regression",
+    "LOGREG_C",
     "ranked_correct",
     "KnnMonitor",
     "recompute_bn_statistics",
@@ -104,8 +110,8 @@ def evaluate(model: nn.Module, dataset: Dataset, ctx: edist.Context, batch_size:
     count = totals[3].item()
     if count != len(dataset):
         raise RuntimeError(f"evaluation counted {count:.0f} images, expected {len(dataset)}")
-    return {"top1": 100.0 * totals[0].item() / count, "top5": 100.0 * totals[1].item() / count,
-            "loss": totals[2].item() / count, "count": int(count)}
+    accuracy = {"top1": 100.0 * totals[0].item() / count, "top5": 100.0 * totals[1].item() / count}
+    return {**with_intervals(accuracy, int(count)), "loss": totals[2].item() / count, "count": int(count)}
 
 
 @torch.no_grad()
@@ -149,35 +155,93 @@ def knn_predict(neighbour_labels: torch.Tensor, neighbour_sims: torch.Tensor, nu
     return scores
 
 
-def knn_classify(backbone: nn.Module, train_set: Dataset, val_set: Dataset, ctx: edist.Context, batch_size: int,
-                 num_workers: int, settings: list[tuple[int, float | None]]) -> dict[str, dict[str, float]] | None:
-    """k-NN accuracy of the normalised pooled features; ``settings`` lists ``(k, temperature or None)``.
-
-    Embedding and search are the kNN step's own (``engine.features``); every process embeds with rank 0's
-    network (its BatchNorm statistics broadcast first, as ``evaluate`` does). Rank 0 returns the results, others None.
-    It leaves torch's random generator as it found it (loader workers draw their seeds from it), so what runs
-    after it draws the same numbers with or without it.
-    """
+def embed_splits(backbone: nn.Module, train_set: Dataset, val_set: Dataset, ctx: edist.Context, batch_size: int,
+                 num_workers: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Normalised pooled features of both splits with the evaluation crop (``engine.features.embed``), on rank 0
+    (None elsewhere). Every process embeds with rank 0's network (its BatchNorm statistics broadcast first, as
+    ``evaluate`` does), and torch's random generator is left as it was found (loader workers draw their seeds from
+    it), so what runs after draws the same numbers with or without it."""
     edist.broadcast_buffers(backbone)
     with torch.random.fork_rng(devices=[]):
         train_features = embed(backbone, train_set, ctx, batch_size, num_workers, label="embed train")
         val_features = embed(backbone, val_set, ctx, batch_size, num_workers, label="embed val")
-    if not ctx.is_main:
-        return None
-    train_labels = torch.tensor([t for _, t in train_set.samples])
-    val_labels = torch.tensor([t for _, t in val_set.samples])
+    return train_features, val_features
+
+
+def labels_of(dataset: Dataset) -> torch.Tensor:
+    return torch.tensor([target for _, target in dataset.samples])
+
+
+def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor,
+               val_labels: torch.Tensor, num_classes: int, settings: list[tuple[int, float | None]],
+               device: torch.device | str = "cpu") -> dict[str, dict[str, float]]:
+    """k-NN accuracy (%) of ``val`` against the ``train`` memory for each ``(k, temperature or None)``, each with
+    its 95 % binomial interval."""
     k_max = min(max(k for k, _ in settings), len(train_labels))
-    idx, sims = search(val_features, train_features, k_max, device=ctx.device, report=log)
+    idx, sims = search(val_features, train_features, k_max, device=device, report=log)
     neighbour_labels = train_labels[idx]
     results = {}
     for k, temperature in settings:
         k = min(k, k_max)
-        scores = knn_predict(neighbour_labels, sims, len(train_set.classes), k, temperature)
+        scores = knn_predict(neighbour_labels, sims, num_classes, k, temperature)
         top1, top5 = ranked_correct(scores, val_labels, (1, 5))
         name = f"k{k}_" + ("majority" if temperature is None else f"weighted_T{temperature:g}")
-        results[name] = {"k": k, "temperature": temperature, "top1": 100.0 * top1.item() / len(val_labels),
-                         "top5": 100.0 * top5.item() / len(val_labels)}
+        accuracy = {"top1": 100.0 * top1.item() / len(val_labels), "top5": 100.0 * top5.item() / len(val_labels)}
+        results[name] = {"k": k, "temperature": temperature, **with_intervals(accuracy, len(val_labels))}
     return results
+
+
+def knn_classify(backbone: nn.Module, train_set: Dataset, val_set: Dataset, ctx: edist.Context, batch_size: int,
+                 num_workers: int, settings: list[tuple[int, float | None]]) -> dict[str, dict[str, float]] | None:
+    """k-NN accuracy of the normalised pooled features (``embed_splits`` then ``knn_scores``); ``settings`` lists
+    ``(k, temperature or None)``. Rank 0 returns the results, others None."""
+    train_features, val_features = embed_splits(backbone, train_set, val_set, ctx, batch_size, num_workers)
+    if not ctx.is_main:
+        return None
+    return knn_scores(train_features, labels_of(train_set), val_features, labels_of(val_set), len(train_set.classes),
+                      settings, ctx.device)
+
+
+LOGREG_C = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # inverse regularisation strengths tried
+
+
+def logistic_regression(train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor,
+                        val_labels: torch.Tensor, seed: int, holdout: float = 0.2,
+                        grid: tuple[float, ...] = LOGREG_C) -> dict:
+    """A converged linear probe for small data (CLIP's protocol): multinomial logistic regression with L-BFGS
+    (scikit-learn) on standardised frozen features. The regularisation ``C`` is chosen by top-1 on a stratified
+    ``holdout`` share of the training features (drawn with ``seed``; the stronger regularisation wins a tie), then
+    the probe is refit on all of them and scored on ``val``: top-1 / top-5 (%) with 95 % intervals."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = train_features.double().numpy(), train_labels.numpy()
+    fit_x, held_x, fit_y, held_y = train_test_split(x, y, test_size=holdout, random_state=seed, stratify=y)
+
+    def probe(c: float, features, labels):
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            model.fit(features, labels)
+        return model, not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+
+    held_top1 = {}
+    for c in grid:
+        model, _ = probe(c, fit_x, fit_y)
+        held_top1[c] = 100.0 * float((model.predict(held_x) == held_y).mean())
+    best = max(grid, key=lambda c: (held_top1[c], -c))
+    model, converged = probe(best, x, y)
+    probabilities = torch.from_numpy(model.predict_proba(val_features.double().numpy()))
+    top1, top5 = ranked_correct(probabilities, val_labels, (1, 5))
+    count = len(val_labels)
+    accuracy = {"top1": 100.0 * top1.item() / count, "top5": 100.0 * top5.item() / count}
+    return {"C": best, "holdout_top1": {f"{c:g}": v for c, v in held_top1.items()}, "holdout_fraction": holdout,
+            "converged": converged, "num_train": len(y), "count": count, **with_intervals(accuracy, count)}
 
 
 def ranked_correct(scores: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:

@@ -4,7 +4,8 @@ where the frozen teacher puts them, and to relate them to each other, against a 
 One step, as ``Bingo.forward`` reads (B images per process, D the embedding width, K the queue length):
 
 1. The batch holds two views of each anchor image and two of one neighbour drawn from its bag.
-2. ``--loss=official`` (the released code): CutMix pastes one box of each neighbour query into its anchor query.
+2. ``--loss=official`` (the released code): CutMix pastes one box of each neighbour query into its anchor query
+   (the loss ablation, ``--nomix_term`` and the like, leaves out a term and the forward only it needs).
 3. The student embeds the anchor query, the neighbour query (and the mixed image).
 4. The frozen teacher embeds the anchor key and the neighbour key.
 5. The loss terms, InfoNCE against the queue (``models.losses``):
@@ -40,14 +41,25 @@ class Bingo(Distiller):
             (ka,) = self.teacher_keys(anchor_k)  # [B, D]
             loss, terms = losses.bingo_paper_loss(qa, qn, ka, queue, self.config.t)
         else:
-            mixed, anchor_fraction = apply_cutmix(anchor_q, neighbour_q, self.rng)  # [B, 3, H, W], float
+            kept = self.config.official_terms  # the loss ablation drops terms, and the forwards only they need
+            names, views = ["qa"], [anchor_q]
+            if "neighbour" in kept:
+                names.append("qn")
+                views.append(neighbour_q)
+            if "mix" in kept:
+                mixed, anchor_fraction = apply_cutmix(anchor_q, neighbour_q, self.rng)  # [B, 3, H, W], float
+                names.append("qm")
+                views.append(mixed)
             with self.autocast(anchor_q.device):
-                qa, qn, qm = self.student(anchor_q, neighbour_q, mixed)  # [B, D] each
+                queries = dict(zip(names, self.student(*views)))  # [B, D] each
+            qa = queries["qa"]
             ka, kn = self.teacher_keys(anchor_k, neighbour_k)  # [B, D] each
-            own, other = losses.bag_weights(epoch, self.config.lam, self.config.warmup_epochs)
-            loss, terms = losses.bingo_official_loss(qa, qn, qm, ka, kn, queue, self.config.t, (own, other),
-                                                     anchor_fraction)
-            terms["mix_lam"] = torch.tensor(anchor_fraction)
+            own, other = losses.bag_weights(epoch, self.config.lam, self.config.warmup_epochs, self.config.cross_keys)
+            loss, terms = losses.bingo_official_loss(qa, queries.get("qn"), queries.get("qm"), ka, kn, queue,
+                                                     self.config.t, (own, other),
+                                                     anchor_fraction if "mix" in kept else 1.0, kept)
+            if "mix" in kept:
+                terms["mix_lam"] = torch.tensor(anchor_fraction)
         terms.update(self.instance_accuracy(qa, ka, queue))
         self.queue.enqueue(ka)
         return loss, terms

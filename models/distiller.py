@@ -69,6 +69,8 @@ class DistillConfig:
     moco_m: float = 0.999
     lam: tuple[float, float] = (0.5, 0.5)
     warmup_epochs: int = 10
+    official_terms: tuple[str, ...] = ("anchor", "neighbour", "mix")  # --loss=official: the terms kept
+    cross_keys: bool = True  # --loss=official: the other bag member's key after the warm-up
     seed_teacher_t: float = 1e-4
     disco_mse_weight: float = 32.0  # DisCo: weight of each MSE term on the batch mean (release: per-process sum)
     compress_one_bank: bool = False  # CompRess-1q: the teacher's bank only, a linear map to the teacher's width

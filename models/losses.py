@@ -12,6 +12,7 @@ __all__ = [
     "contrastive_logits",
     "info_nce",
     "bag_weights",
+    "OFFICIAL_TERMS",
     "bingo_official_loss",
     "bingo_paper_loss",
     "seed_loss",
@@ -34,27 +35,35 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, t: float) ->
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
-def bag_weights(epoch: int, lam: tuple[float, float], warmup_epochs: int) -> tuple[float, float]:
-    """(own-key weight, other-bag-member weight): (1, 0) for epochs 0..warmup_epochs, then ``lam`` (``--lam``)."""
-    return (1.0, 0.0) if epoch <= warmup_epochs else (float(lam[0]), float(lam[1]))
+def bag_weights(epoch: int, lam: tuple[float, float], warmup_epochs: int, cross_keys: bool = True
+                ) -> tuple[float, float]:
+    """(own-key weight, other-bag-member weight): (1, 0) for epochs 0..warmup_epochs, then ``lam`` (``--lam``);
+    (1, 0) throughout without the cross-key part (``cross_keys=False``)."""
+    return (1.0, 0.0) if epoch <= warmup_epochs or not cross_keys else (float(lam[0]), float(lam[1]))
+
+
+OFFICIAL_TERMS = ("anchor", "neighbour", "mix")
 
 
 def bingo_official_loss(
     qa: torch.Tensor,
-    qp: torch.Tensor,
-    qm: torch.Tensor,
+    qp: torch.Tensor | None,
+    qm: torch.Tensor | None,
     ka: torch.Tensor,
     kp: torch.Tensor,
     queue: torch.Tensor,
     t: float,
     weights: tuple[float, float],
     anchor_fraction: float,
+    terms: tuple[str, ...] = OFFICIAL_TERMS,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss the official code trains with: ``(L_a + L_p + L_mix) / 3``.
 
     ``L_a = w_self CE(qa, ka) + w_other CE(qa, kp)``, ``L_p = w_self CE(qp, kp) + w_other CE(qp, ka)`` and
     ``L_mix = f CE(qm, ka) + (1 - f) CE(qm, kp)``, where ``qm`` is the student's output on the CutMix image and
-    ``f = anchor_fraction`` its share of anchor pixels (``models.bingo.apply_cutmix``). Terms whose weight is 0 are not computed.
+    ``f = anchor_fraction`` its share of anchor pixels (``models.bingo.apply_cutmix``). Terms whose weight is 0 are
+    not computed. ``terms`` names the terms kept (the loss ablation; ``qp`` / ``qm`` may be None when theirs is
+    dropped): the loss is the mean of those kept, the official ``/ 3`` with all three.
     """
     w_self, w_other = weights
 
@@ -64,11 +73,17 @@ def bingo_official_loss(
             total = total + w_oth * info_nce(q, k_other, queue, t)
         return total
 
-    loss_a = weighted(qa, ka, kp, w_self, w_other)
-    loss_p = weighted(qp, kp, ka, w_self, w_other)
-    loss_mix = weighted(qm, ka, kp, anchor_fraction, 1.0 - anchor_fraction)
-    total = (loss_a + loss_p + loss_mix) / 3.0
-    return total, {"loss_anchor": loss_a.detach(), "loss_neighbour": loss_p.detach(), "loss_mix": loss_mix.detach()}
+    kept = {}
+    if "anchor" in terms:
+        kept["loss_anchor"] = weighted(qa, ka, kp, w_self, w_other)
+    if "neighbour" in terms:
+        kept["loss_neighbour"] = weighted(qp, kp, ka, w_self, w_other)
+    if "mix" in terms:
+        kept["loss_mix"] = weighted(qm, ka, kp, anchor_fraction, 1.0 - anchor_fraction)
+    if not kept:
+        raise ValueError(f"no loss term kept of {OFFICIAL_TERMS}")
+    total = sum(kept.values()) / len(kept)
+    return total, {name: value.detach() for name, value in kept.items()}
 
 
 def bingo_paper_loss(

@@ -13,8 +13,8 @@ pytestmark = pytest.mark.skipif(not (DEBIAN_DIR / "train-images-idx3-ubyte.gz").
 
 def _demo(tmp_path):
     return subprocess.run([sys.executable, "-m", "scripts.demo", "--quick", f"--run_dir={tmp_path / 'run'}",
-                           f"--data_dir={tmp_path / 'data'}"], cwd=tmp_path, env=subprocess_env(tmp_path),
-                          capture_output=True, text=True, timeout=600)
+                           f"--data_dir={tmp_path / 'data'}", f"--eval_dir={tmp_path / 'eval'}"], cwd=tmp_path,
+                          env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=600)
 
 
 def test_quick_demo_runs_the_whole_chain_with_floors_and_resumes(tmp_path):
@@ -32,20 +32,27 @@ def test_quick_demo_runs_the_whole_chain_with_floors_and_resumes(tmp_path):
     assert [r["kind"] for r in rows.values()] == ["floor"] * 3 + ["teacher"] + ["student"] * 5
     for row in rows.values():
         assert 0 <= row["knn10_top1"] <= 100 and 0 <= row["linear_top1"] <= row["linear_top5"] <= 100
+        for key in ("knn10_top1", "linear_top1"):  # every accuracy with its interval, on the evaluation's queries
+            low, high = row["runs"][0][f"{key}_ci95"] if "runs" in row else row[f"{key}_ci95"]
+            assert low <= row[key] <= high
+    assert rows["teacher"]["num_queries"] == 100 and rows["teacher"]["num_memory"] == 200  # the quick sizes
     # each trained row is compared with its own network untrained, and the table says so
     assert rows["teacher"]["untrained"]["knn10_top1"] == rows["untrained-resnet18"]["knn10_top1"]
     assert rows["bingo"]["untrained"]["linear_top1"] == rows["untrained-resnet18"]["linear_top1"]
     assert rows["seed"]["untrained_data_bn"]["knn10_top1"] == rows["untrained-resnet18-data-bn"]["knn10_top1"]
-    # the untrained floor is the very network the runs start from: their monitor's first point is its score
-    assert rows["teacher"]["knn_curve"][0][1] == pytest.approx(rows["untrained-resnet18"]["knn10_top1"])
-    assert all(r["knn_curve"][0][1] == pytest.approx(rows["untrained-resnet18"]["knn10_top1"])
+    # every student starts from the same network (seed 0), and so does the teacher here (a ResNet-18 too): their
+    # monitors' first points, on the training split's own validation images, are one score
+    start = rows["teacher"]["knn_curve"][0][1]
+    assert all(r["knn_curve"][0][1] == pytest.approx(start)
                for method in ("moco", "seed", "disco", "compress", "bingo") for r in rows[method]["runs"])
     assert "| Raw pixels (32×32, no network) | floor |" in first.stdout
     assert "the same network untrained" in first.stdout
-    assert 0 <= results["bag_purity"] <= 100 and "of the teacher's neighbours share the image's class" in first.stdout
+    assert 0 <= results["bag_purity"]["knn"] <= 100 and "Bag purity (bag members in their image's class" in first.stdout
+    assert "[" in first.stdout.split("| Raw pixels")[1].split("\n")[0]  # a floor's cell shows its interval
     # the k-NN monitor ran in every training stage: before training and after its epoch
     assert [e for e, _ in rows["teacher"]["knn_curve"]] == [0, 1]
     assert all([e for e, _ in run_["knn_curve"]] == [0, 1] for run_ in rows["bingo"]["runs"])
     assert (tmp_path / "data" / "train").is_dir() and len(list((tmp_path / "data" / "train").iterdir())) == 10
+    assert len(list((tmp_path / "eval" / "val").rglob("*.png"))) == 100
     again = _demo(tmp_path)  # everything is done: every stage is skipped, the report is rebuilt
     assert again.returncode == 0 and again.stdout.count("done already") == 16

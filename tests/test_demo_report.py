@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from scripts.demo import CONFIGS, aggregate, cell, floors, mean_curve, summary, training_record
+from scripts.demo import CONFIGS, aggregate, cell, differences, floors, mean_curve, summary, training_record
 
 
 def test_aggregate_gives_mean_and_sample_std_over_seeds():
@@ -22,23 +22,35 @@ def test_aggregate_gives_mean_and_sample_std_over_seeds():
     assert single["knn10_top1"] == 70.0 and single["knn10_top1_std"] == 0.0
 
 
-def test_cells_show_std_for_several_seeds_and_mark_rows_below_their_floor():
-    row = {"seeds": 3, "knn10_top1": 72.04, "knn10_top1_std": 1.96, "above_untrained": {"knn10_top1": False},
-           "above_untrained_data_bn": {"knn10_top1": True}}
-    assert cell(row, "knn10_top1") == "72.0 ± 2.0 †"
+def test_cells_show_intervals_std_for_several_seeds_and_mark_rows_below_their_floor():
+    row = {"seeds": 3, "knn10_top1": 72.04, "knn10_top1_std": 1.96, "knn10_top1_half": 0.88,
+           "above_untrained": {"knn10_top1": False}, "above_untrained_data_bn": {"knn10_top1": True}}
+    assert cell(row, "knn10_top1") == "72.0 ± 2.0 [±0.9] †"
     row["above_untrained_data_bn"]["knn10_top1"] = False
-    assert cell(row, "knn10_top1") == "72.0 ± 2.0 † ‡"
-    row = {"seeds": 1, "knn10_top1": 80.0, "above_untrained": {"knn10_top1": True}}
-    assert cell(row, "knn10_top1") == "80.0"
-    assert cell({"seeds": 1, "knn10_top1": 73.4}, "knn10_top1") == "73.4"  # a floor: no mark
+    assert cell(row, "knn10_top1") == "72.0 ± 2.0 [±0.9] † ‡"
+    row = {"seeds": 1, "knn10_top1": 80.0, "knn10_top1_ci95": [79.21, 80.77], "above_untrained": {"knn10_top1": True}}
+    assert cell(row, "knn10_top1") == "80.0 [79.2, 80.8]"
+    assert cell({"seeds": 1, "knn10_top1": 73.4}, "knn10_top1") == "73.4"  # no interval recorded, a floor: no mark
+
+
+def test_differences_say_whether_a_gap_exceeds_the_seeds_and_the_intervals():
+    rows = [{"model": "a", "seeds": 3, "knn10_top1": 75.0, "knn10_top1_std": 0.5, "knn10_top1_half": 0.8,
+             "linear_top1": 80.0, "linear_top1_std": 3.0, "linear_top1_half": 0.8},
+            {"model": "b", "seeds": 3, "knn10_top1": 72.0, "knn10_top1_std": 0.5, "knn10_top1_half": 0.9,
+             "linear_top1": 79.0, "linear_top1_std": 3.0, "linear_top1_half": 0.8}]
+    knn, linear = differences(rows, [("a", "b")])
+    assert knn["difference"] == pytest.approx(3.0) and knn["seed_se"] == pytest.approx((0.5 ** 2 * 2 / 3) ** 0.5)
+    assert knn["half_widths"] == pytest.approx(1.7) and knn["beyond_noise"]
+    assert linear["difference"] == pytest.approx(1.0) and not linear["beyond_seeds"] and not linear["beyond_noise"]
 
 
 def test_summary_names_rows_below_their_untrained_network_and_compares_bingo():
-    floor = {"kind": "floor", "model": "untrained-resnet18"}
+    floor = {"kind": "floor", "model": "untrained-resnet18", "label": "ResNet-18, untrained"}
 
     def student(model, knn, linear):
-        row = {"kind": "student", "model": model, "label": model, "seeds": 3, "knn10_top1": knn,
-               "linear_top1": linear}
+        row = {"kind": "student", "model": model, "method": model, "label": model, "seeds": 3, "knn10_top1": knn,
+               "linear_top1": linear, "knn10_top1_std": 0.5, "linear_top1_std": 3.0, "knn10_top1_half": 0.9,
+               "linear_top1_half": 0.9}
         for name, floor_knn, floor_linear in (("untrained", 70.0, 50.0), ("untrained_data_bn", 60.0, 52.0)):
             row[name] = {"knn10_top1": floor_knn, "linear_top1": floor_linear}
             row[f"above_{name}"] = {"knn10_top1": knn > floor_knn, "linear_top1": linear > floor_linear}
@@ -51,8 +63,10 @@ def test_summary_names_rows_below_their_untrained_network_and_compares_bingo():
     assert lines[1].endswith("NOT above (‡) the same network untrained with BN statistics of the data "
                              "(10-NN +11.0, linear -1.0)")
     assert lines[2].startswith("bingo: above the same network untrained (10-NN +3.0, linear +8.5); above")
-    assert lines[3].startswith("BINGO against MoCo-v2 (no teacher): 10-NN +4.0, linear +3.5")
-    assert "over 3 seed(s)" in lines[4]
+    assert lines[3].startswith("bingo against moco, 10-NN: +4.0 points, beyond the noise; seed s.e. 0.4")
+    assert lines[4].startswith("bingo against moco, linear: +3.5 points, within the noise (2 × seed s.e. 4.9)")
+    assert lines[5].startswith("bingo against seed, 10-NN: +2.0 points, beyond the noise")
+    assert len(lines) == 7
 
 
 def test_mean_curve_keeps_the_points_every_seed_has():

@@ -1,0 +1,80 @@
+"""Ways to bag the training images (the paper's §3.1): each returns the ``[N, K]`` int64 array ``run_knn.py``
+writes, row ``i`` the indices of image ``i``'s K bag members (never ``i`` itself).
+
+- ``knn``: the K nearest neighbours in the teacher's space (the paper's choice; ``engine.features.exact_knn``).
+- ``kmeans``: K members of the anchor's k-means cluster of the teacher's features, drawn uniformly.
+- ``label``: K members of the anchor's class folder, drawn uniformly: an oracle that uses the labels.
+- ``random``: K images drawn uniformly from all the others: the control with no relation at all.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["BAGGINGS", "group_bags", "random_bags", "kmeans_assignments", "bag_purity", "BagError"]
+
+BAGGINGS = ("knn", "kmeans", "label", "random")
+
+
+class BagError(ValueError):
+    """A grouping that cannot give every image K other members."""
+
+
+def group_bags(groups: np.ndarray, k: int, seed: int, what: str = "group") -> np.ndarray:
+    """For each image, ``k`` distinct other images of its own group (``groups[i]``: image ``i``'s cluster or
+    class), drawn uniformly with ``seed``. Raises ``BagError`` naming the smallest group when one has fewer than
+    ``k + 1`` members."""
+    groups = np.asarray(groups)
+    names, counts = np.unique(groups, return_counts=True)
+    if counts.min() < k + 1:
+        small = names[counts.argmin()]
+        raise BagError(f"{what} {small} has {counts.min()} member(s), fewer than K + 1 = {k + 1}: every image needs K "
+                       f"others in its {what}")
+    rng = np.random.default_rng(seed)
+    bags = np.empty((len(groups), k), dtype=np.int64)
+    for name in names:
+        members = np.flatnonzero(groups == name)
+        for i in members:
+            others = members[members != i]
+            bags[i] = rng.choice(others, size=k, replace=False)
+    return bags
+
+
+def random_bags(n: int, k: int, seed: int) -> np.ndarray:
+    """For each of ``n`` images, ``k`` distinct other images drawn uniformly with ``seed``."""
+    if not 0 < k < n:
+        raise BagError(f"K={k} random members need 0 < K < N, the number of images ({n})")
+    rng = np.random.default_rng(seed)
+    bags = np.empty((n, k), dtype=np.int64)
+    for i in range(n):
+        draw = rng.choice(n - 1, size=k, replace=False)
+        bags[i] = draw + (draw >= i)  # skip i itself
+    return bags
+
+
+def kmeans_assignments(features: torch.Tensor, clusters: int, seed: int, iterations: int = 25, restarts: int = 3
+                       ) -> tuple[np.ndarray, str]:
+    """Cluster index of each row of ``features`` (L2-normalised, so spherical k-means) and the backend used: faiss
+    when installed (the only practical one at ImageNet scale), else scikit-learn; the best of ``restarts``
+    initialisations (one can merge two clusters)."""
+    data = np.ascontiguousarray(features.float().cpu().numpy())
+    if not 1 < clusters <= len(data):
+        raise BagError(f"--kmeans_clusters={clusters} must be between 2 and the number of images ({len(data)})")
+    try:
+        import faiss
+    except ImportError:
+        from sklearn.cluster import KMeans
+
+        model = KMeans(n_clusters=clusters, n_init=restarts, max_iter=iterations, random_state=seed).fit(data)
+        return model.labels_.astype(np.int64), "scikit-learn"
+    kmeans = faiss.Kmeans(data.shape[1], clusters, niter=iterations, nredo=restarts, seed=seed, spherical=True,
+                          verbose=False, min_points_per_centroid=1)
+    kmeans.train(data)
+    _, assignment = kmeans.index.search(data, 1)
+    return assignment[:, 0].astype(np.int64), "faiss"
+
+
+def bag_purity(bags: np.ndarray, labels: np.ndarray) -> float:
+    """Percentage of (image, bag member) pairs whose two images share a class: for the report only."""
+    labels = np.asarray(labels)
+    return float(100.0 * (labels[bags] == labels[:, None]).mean())

@@ -1,0 +1,30 @@
+"""The whole pipeline on real images from one command: `make demo` (or `python -m scripts.demo`).
+
+Fashion-MNIST stands in for ImageNet and everything is self-supervised, as in the paper: a larger teacher is
+pretrained with this project's MoCo-v2 (`main_distill.py --method=moco`), the kNN step bags the training images
+with it, and five students train for the same epochs: BINGO, the SEED, DisCo and CompRess baselines, and MoCo-v2
+without a teacher (each `--seeds` times; every baseline with its release's own temperature, schedule and views).
+Every network, and the floors it must beat (raw pixels, the teacher's and the student's network untrained), is
+scored by the same code on 10,000 test images: `main_lincls.py --protocol=logreg --with_knn` (an L-BFGS logistic
+regression and the k-NN classifier, k = 10, against 10,000 labelled training images), every accuracy with its 95 %
+interval. The training runs log the k-NN classifier as a monitor on their own small split, so the plots show each run
+learning (or not).
+
+Each stage runs the project's own entry points, shows their progress, and is skipped when its output exists, so an
+interrupted demo resumes where it stopped (training stages continue from their last epoch). The run folder ends
+with results.md, results.json and PNG plots. `--quick` is the smoke version the tests run; `--config long` is the
+longer CPU configuration; `--config bags` the bagging ablation (BINGO on random, k-means, teacher k-NN and label
+bags, beside SEED and MoCo-v2, 3 seeds); with a GPU the default configuration is `gpu` (all 60,000 images).
+
+Modules: `configs` (what runs), `stages` (running it), `results` (gathering the numbers), `report` (the table and
+results.md), `plots`.
+"""
+from scripts.demo.configs import CONFIGS, CPU_INPUT, METHODS, Config, Training, data_folder, eval_folder, variants
+from scripts.demo.plots import mean_curve
+from scripts.demo.report import cell, summary, table
+from scripts.demo.results import aggregate, differences, training_record
+from scripts.demo.stages import REPO, floors, train_args
+
+__all__ = ["CONFIGS", "CPU_INPUT", "METHODS", "Config", "Training", "data_folder", "eval_folder", "variants",
+           "mean_curve", "cell", "summary", "table", "aggregate", "differences", "training_record", "REPO", "floors",
+           "train_args"]

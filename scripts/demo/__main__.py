@@ -1,0 +1,45 @@
+"""`python -m scripts.demo [--quick | --config NAME] [--seeds N]`: run a configuration and write its report."""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from scripts.demo import __doc__ as DESCRIPTION
+from scripts.demo.configs import CONFIGS, data_folder, eval_folder
+from scripts.demo.report import report
+from scripts.demo.results import collect
+from scripts.demo.stages import REPO, load_average, run_stages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the smoke configuration the tests run")
+    parser.add_argument("--config", choices=sorted(CONFIGS), help="default: gpu when CUDA is available, else cpu")
+    parser.add_argument("--seeds", type=int, help="student runs per method (default: the configuration's)")
+    parser.add_argument("--run_dir", type=Path, help="default: runs/demo-<config>[-<seeds>seeds]")
+    parser.add_argument("--data_dir", type=Path, help="training images (default: demo_data/fmnist-<split>)")
+    parser.add_argument("--eval_dir", type=Path, help="evaluation images (default: demo_data/fmnist-<split>)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    parser.add_argument("--fmnist_dir", type=Path,
+                        help="folder with the four Fashion-MNIST .gz files (default: Debian's package folder)")
+    args = parser.parse_args()
+    import torch
+
+    name = "quick" if args.quick else args.config or ("gpu" if torch.cuda.is_available() else "cpu")
+    cfg = CONFIGS[name]
+    if args.seeds is not None:
+        if args.seeds < 1:
+            parser.error("--seeds must be at least 1")
+        cfg = replace(cfg, seeds=args.seeds)
+    default_run = f"demo-{name}" + (f"-{cfg.seeds}seeds" if cfg.seeds != CONFIGS[name].seeds else "")
+    run_dir = (args.run_dir or REPO / "runs" / default_run).resolve()
+    started, load_before = time.perf_counter(), load_average()
+    run_stages(cfg, run_dir, (args.data_dir or REPO / "demo_data" / data_folder(cfg)).resolve(),
+               (args.eval_dir or REPO / "demo_data" / eval_folder(cfg)).resolve(), args.device, args.fmnist_dir)
+    report(collect(cfg, run_dir, time.perf_counter() - started, load_before), run_dir)
+
+
+if __name__ == "__main__":
+    main()

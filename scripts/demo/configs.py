@@ -1,0 +1,127 @@
+"""The demo's configurations: what trains, for how long, on which images, and which images score it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Training:
+    """One `main_distill.py` stage: the network, its schedule, and further recipe flags."""
+
+    arch: str
+    epochs: int
+    batch_size: int
+    lr: float
+    queue: int
+    flags: tuple[str, ...] = ()
+    knn_every: int = 1  # epochs between k-NN monitor points
+
+
+METHODS = ("moco", "seed", "disco", "compress", "bingo")
+METHOD_LABELS = {"moco": "MoCo-v2 (no teacher)", "seed": "SEED", "disco": "DisCo", "compress": "CompRess",
+                 "bingo": "BINGO"}
+BAG_LABELS = {"random": "random", "kmeans": "k-means", "knn": "teacher k-NN", "label": "label (oracle)"}
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    train_per_class: int | None  # the training stages' images per class (None: every image)
+    val_per_class: int | None  # the k-NN monitor's queries per class
+    eval_train_per_class: int | None  # the evaluation's labelled memory and probe-training images per class
+    eval_val_per_class: int | None  # its queries per class (None: all 10,000 test images)
+    image_size: int
+    teacher: Training
+    student: Training
+    seeds: int = 1  # student runs per method (the teacher and the kNN step run once)
+    workers: int = 0
+    input_flags: tuple[str, ...] = ()  # how the training stages read images
+    knn_step_flags: tuple[str, ...] = ()  # run_knn.py's speed switches
+    methods: tuple[str, ...] = METHODS
+    bags: tuple[str, ...] = ("knn",)  # run_knn.py --bagging kinds; BINGO trains once on each
+    kmeans_clusters: int = 10
+
+
+def variants(cfg: Config) -> list[tuple[str, str, str | None]]:
+    """``(model name, --method, --bagging or None)`` of every student: one per method, BINGO once per bag kind
+    (named ``bingo`` on the teacher's k-NN bags, ``bingo-<kind>`` on the others)."""
+    out = []
+    for method in cfg.methods:
+        if method != "bingo":
+            out.append((method, method, None))
+            continue
+        for bagging in cfg.bags:
+            out.append(("bingo" if bagging == "knn" else f"bingo-{bagging}", "bingo", bagging))
+    return out
+
+
+def model_label(cfg: Config, arch: str, method: str, bagging: str | None) -> str:
+    label = f"{ARCH_LABELS.get(arch, arch)}, {METHOD_LABELS[method]}"
+    return label + (f", {BAG_LABELS[bagging]} bags" if bagging and len(cfg.bags) > 1 else "")
+
+
+ARCH_LABELS = {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50"}
+
+# Views made in the training process from decoded images held in memory (no loader processes, no decoding).
+CPU_INPUT = ("--device_views", "--in_memory")
+# The teacher's MoCo-v2 for short schedules (see the CPU configurations below; the ImageNet scripts keep the defaults).
+SHORT_TEACHER = ("--moco_m=0.99", "--moco_t=0.1", "--nomlp", "--noaug_plus")
+STUDENT_FLAGS = ("--moco_m=0.99", "--bag_warmup_epochs=1")
+CONFIGS = {
+    "quick": Config(name="quick", train_per_class=10, val_per_class=5, eval_train_per_class=20, eval_val_per_class=10,
+                    image_size=32,
+                    # one architecture for teacher and students: three floors instead of five, to keep the test short
+                    teacher=Training("resnet18", epochs=1, batch_size=32, lr=0.03, queue=64),
+                    student=Training("resnet18", epochs=1, batch_size=32, lr=0.03, queue=64),
+                    input_flags=CPU_INPUT),
+    # MoCo-v2 as MoCo's one-GPU CIFAR demo sets it for short schedules (key-encoder momentum 0.99, temperature 0.1,
+    # one linear projection), the learning rate for the batch, MoCo-v1's views (MoCo-v2's blur, sized for 224 px,
+    # wipes out a 32 px image), a queue shorter than the data; see the README for what each measured. Every network
+    # is scored on 10,000 labelled training images (k-NN memory, probe training) and the 10,000 test images.
+    "cpu": Config(name="cpu", train_per_class=100, val_per_class=50, eval_train_per_class=1000,
+                  eval_val_per_class=None, image_size=32,
+                  teacher=Training("resnet34", epochs=12, batch_size=64, lr=0.03, queue=512,
+                                   flags=SHORT_TEACHER, knn_every=6),
+                  student=Training("resnet18", epochs=5, batch_size=64, lr=0.03, queue=512, flags=STUDENT_FLAGS),
+                  input_flags=CPU_INPUT),
+    # The same data and recipe, five times the teacher's epochs and twice the students', three seeds.
+    "long": Config(name="long", train_per_class=100, val_per_class=50, eval_train_per_class=1000,
+                   eval_val_per_class=None, image_size=32,
+                   teacher=Training("resnet34", epochs=60, batch_size=64, lr=0.03, queue=512,
+                                    flags=SHORT_TEACHER, knn_every=10),
+                   student=Training("resnet18", epochs=10, batch_size=64, lr=0.03, queue=512,
+                                    flags=("--moco_m=0.99", "--bag_warmup_epochs=2"), knn_every=2),
+                   seeds=3, input_flags=CPU_INPUT),
+    # The bagging ablation (the paper's §3.1): BINGO students on random, k-means, teacher k-NN and label bags of the
+    # default configuration's teacher, beside SEED (a teacher, no bags) and MoCo-v2 (no teacher), 3 seeds each.
+    "bags": Config(name="bags", train_per_class=100, val_per_class=50, eval_train_per_class=1000,
+                   eval_val_per_class=None, image_size=32,
+                   teacher=Training("resnet34", epochs=12, batch_size=64, lr=0.03, queue=512,
+                                    flags=SHORT_TEACHER, knn_every=6),
+                   student=Training("resnet18", epochs=10, batch_size=64, lr=0.03, queue=512,
+                                    flags=("--moco_m=0.99", "--bag_warmup_epochs=2"), knn_every=2),
+                   seeds=3, input_flags=CPU_INPUT, methods=("moco", "seed", "bingo"),
+                   bags=("random", "kmeans", "knn", "label")),
+    # All 60,000 images, one seed, sized to run in about 10 minutes on one H100-class GPU (an estimate, not yet
+    # measured): the floors and the teacher come first, so a run stopped early still shows whether the teacher beats
+    # them. The teacher takes the CPU teacher's recipe with MoCo's CIFAR queue (4,096) and lr 0.06 at batch 512. The
+    # evaluation is the CPU configurations' (10,000 labelled training images, the 10,000 test images).
+    "gpu": Config(name="gpu", train_per_class=None, val_per_class=None, eval_train_per_class=1000,
+                  eval_val_per_class=None, image_size=32,
+                  teacher=Training("resnet50", epochs=20, batch_size=512, lr=0.06, queue=4096,
+                                   flags=SHORT_TEACHER, knn_every=5),
+                  student=Training("resnet18", epochs=5, batch_size=512, lr=0.06, queue=4096,
+                                   flags=STUDENT_FLAGS, knn_every=5),
+                  workers=16, input_flags=("--amp", "--channels_last", "--device_views", "--in_memory"),
+                  knn_step_flags=("--channels_last", "--device_views")),
+}
+
+
+def data_folder(cfg: Config) -> str:
+    """The training stages' images; configurations with the same split share the folder."""
+    return f"fmnist-{cfg.train_per_class or 'all'}-{cfg.val_per_class or 'all'}"
+
+
+def eval_folder(cfg: Config) -> str:
+    """The evaluation's images (labelled memory and probe training in train/, queries in val/)."""
+    return f"fmnist-{cfg.eval_train_per_class or 'all'}-{cfg.eval_val_per_class or 'all'}"

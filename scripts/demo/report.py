@@ -1,0 +1,116 @@
+"""The demo's report: the table (every accuracy with its interval), what each row is above or not, the differences
+that exceed the noise, and results.md / results.json."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from scripts.demo.configs import BAG_LABELS, METHOD_LABELS
+from scripts.demo.plots import plot
+from scripts.demo.results import differences
+from utils.io import atomic_json
+
+
+def cell(row: dict, key: str) -> str:
+    """``mean [low, high]`` for one run (its 95 % binomial interval), ``mean ± std [±h]`` over several seeds (h: one
+    run's interval half-width); † / ‡ where a trained row is not above its untrained network."""
+    text = f"{row[key]:.1f}"
+    if row["seeds"] > 1:
+        text += f" ± {row[f'{key}_std']:.1f}"
+        if f"{key}_half" in row:
+            text += f" [±{row[f'{key}_half']:.1f}]"
+    elif f"{key}_ci95" in row:
+        low, high = row[f"{key}_ci95"]
+        text += f" [{low:.1f}, {high:.1f}]"
+    if not row.get("above_untrained", {}).get(key, True):
+        text += " †"
+    if not row.get("above_untrained_data_bn", {}).get(key, True):
+        text += " ‡"
+    return text
+
+
+def table(results: dict) -> str:
+    with_bags = any(r.get("bag_purity") is not None for r in results["rows"]) and len(results["bag_purity"]) > 1
+    head = "| model | kind |" + (" bag purity |" if with_bags else "")
+    lines = [head + " 10-NN top-1 | linear top-1 | linear top-5 | epochs | seeds | train time |",
+             "|---|---|" + ("---|" if with_bags else "") + "---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        epochs = r.get("epochs", "—")
+        minutes = f"{r['train_seconds'] / 60:.1f} min" if r["kind"] != "floor" else "—"
+        purity = (f" {r['bag_purity']:.1f} % |" if r.get("bag_purity") is not None else " — |") if with_bags else ""
+        lines.append(f"| {r['label']} | {r['kind']} |{purity} {cell(r, 'knn10_top1')} | {cell(r, 'linear_top1')} | "
+                     f"{cell(r, 'linear_top5')} | {epochs} | {r['seeds']} | {minutes} |")
+    return "\n".join(lines)
+
+
+def _difference_line(d: dict, labels: dict) -> str:
+    name = {"knn10_top1": "10-NN", "linear_top1": "linear"}[d["score"]]
+    verdict = ("beyond the noise" if d["beyond_noise"] else
+               "within the noise (" + ", ".join(part for part, hit in (
+                   (f"2 × seed s.e. {2 * d['seed_se']:.1f}", not d["beyond_seeds"]),
+                   (f"intervals {d['half_widths']:.1f}", not d["beyond_intervals"])) if hit) + ")")
+    return (f"{labels[d['a']]} against {labels[d['b']]}, {name}: {d['difference']:+.1f} points, {verdict}; "
+            f"seed s.e. {d['seed_se']:.1f}, interval half-widths {d['half_widths']:.1f}")
+
+
+def comparisons(results: dict) -> list[tuple[str, str]]:
+    """The pairs the report compares: BINGO against every baseline; with several kinds of bag, each kind against
+    the next purer one, and the label bags against SEED."""
+    models = {r["model"]: r for r in results["rows"] if r["kind"] == "student"}
+    bingos = sorted((r for r in models.values() if r.get("method") == "bingo"), key=lambda r: r.get("bag_purity") or 0)
+    if len(bingos) > 1:
+        pairs = [(b["model"], a["model"]) for a, b in zip(bingos, bingos[1:])]
+        return pairs + [(bingos[-1]["model"], other) for other in ("seed", "moco") if other in models]
+    return [("bingo", other) for other in METHOD_LABELS if other != "bingo" and other in models]
+
+
+def summary(results: dict) -> list[str]:
+    """Per trained row: above its network untrained or not (as initialised, and with BN statistics of the data);
+    then the comparisons, each said to be beyond the noise or not."""
+    lines = []
+    for r in results["rows"]:
+        if r["kind"] == "floor":
+            continue
+        parts = []
+        for name, what, mark in (("untrained", "untrained", "†"),
+                                 ("untrained_data_bn", "untrained with BN statistics of the data", "‡")):
+            gaps = ", ".join(f"{label} {r[key] - r[name][key]:+.1f}"
+                             for key, label in (("knn10_top1", "10-NN"), ("linear_top1", "linear")))
+            verdict = "above" if all(r[f"above_{name}"].values()) else f"NOT above ({mark})"
+            parts.append(f"{verdict} the same network {what} ({gaps})")
+        pixels = next((f for f in results["rows"] if f["model"] == "pixels"), None)
+        if pixels is not None:
+            gaps = ", ".join(f"{label} {r[key] - pixels[key]:+.1f}"
+                             for key, label in (("knn10_top1", "10-NN"), ("linear_top1", "linear")))
+            parts.append(f"against raw pixels {gaps}")
+        lines.append(f"{r['label']}: " + "; ".join(parts))
+    labels = {r["model"]: r["label"] for r in results["rows"]}
+    lines += [_difference_line(d, labels) for d in differences(results["rows"], comparisons(results))]
+    return lines
+
+
+def purity_line(results: dict) -> str:
+    parts = [f"{BAG_LABELS[b]} {p:.1f} %" for b, p in results["bag_purity"].items() if p is not None]
+    return "Bag purity (bag members in their image's class; labels read for this figure only): " + ", ".join(parts)
+
+
+def report(results: dict, run_dir: Path) -> None:
+    cfg = results["config"]
+    rows = {r["model"]: r for r in results["rows"]}
+    queries, memory = rows["teacher"]["num_queries"], rows["teacher"]["num_memory"]
+    text = (f"# BINGO demo on Fashion-MNIST ({cfg['name']} configuration)\n\n{table(results)}\n\n"
+            "† not above the same network untrained; ‡ not above it untrained with BatchNorm statistics of the "
+            "data. One run: [95 % binomial interval]; several seeds: mean ± standard deviation [± one run's interval "
+            "half-width].\n\n"
+            + "\n".join(f"- {line}" for line in summary(results))
+            + f"\n\nTraining images: {cfg['train_per_class'] or 6000} per class at {cfg['image_size']} px. Scored on "
+            f"{queries:,} test images against {memory:,} labelled training images: k-NN with 10 neighbours "
+            "(majority vote), and the linear probe as an L-BFGS logistic regression on the frozen features "
+            f"(`main_lincls.py --protocol=logreg`). {purity_line(results)}. All stages together: "
+            f"{results['total_stage_seconds'] / 60:.1f} min.\n\n"
+            "![learning curves](learning_curves.png)\n![accuracy](accuracy.png)\n![loss curves](loss_curves.png)\n"
+            + ("![accuracy against bag purity](purity.png)\n" if len(results["bag_purity"]) > 1 else ""))
+    (run_dir / "results.md").write_text(text)
+    atomic_json(results, run_dir / "results.json")
+    written = plot(results, run_dir)
+    print("\n" + table(results) + "\n\n" + "\n".join(summary(results)) + f"\n{purity_line(results)}"
+          + f"\n\nwritten: {run_dir / 'results.md'}, results.json, {', '.join(p.name for p in written)}", flush=True)

@@ -1,0 +1,124 @@
+"""Gathering the demo's results: each evaluated network's scores with their intervals, each training stage's curves,
+the students' means over seeds, and each kind of bag's purity."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from scripts.demo.configs import ARCH_LABELS, Config, model_label, variants
+from scripts.demo.stages import floors, neighbours_file, student_folder
+from utils.logs import read_metrics
+
+SCORES = ("knn10_top1", "linear_top1", "linear_top5")
+
+
+def scores(run_dir: Path, folder: str) -> dict:
+    """The 10-NN (majority vote) top-1 and the logistic-regression probe's top-1 / top-5 of one evaluated folder,
+    each with its 95 % binomial interval (``<key>_ci95``), and the probe's chosen regularisation."""
+    results = json.loads((run_dir / folder / "evaluation" / "results.json").read_text())
+    knn, probe = results["knn"]["k10_majority"], results["logreg"]
+    return {"knn10_top1": knn["top1"], "knn10_top1_ci95": knn["top1_ci95"],
+            "linear_top1": probe["top1"], "linear_top1_ci95": probe["top1_ci95"],
+            "linear_top5": probe["top5"], "linear_top5_ci95": probe["top5_ci95"],
+            "logreg_C": probe["C"], "num_queries": results["num_val"], "num_memory": results["num_train"]}
+
+
+def training_record(run_dir: Path, folder: str, times: dict) -> dict:
+    """What a training stage's metrics.jsonl says: loss per epoch, the k-NN monitor curve, images/s."""
+    metrics = read_metrics(run_dir / folder / "metrics.jsonl")
+    # A run killed after logging an epoch but before its checkpoint logs that epoch again on resume: keep the last.
+    epochs = sorted({m["epoch"]: m for m in metrics if m["kind"] == "epoch"}.items())
+    knn = sorted({m["epoch"]: m["knn10_top1"] for m in metrics if m["kind"] == "knn"}.items())
+    return {"train_seconds": times.get(folder, 0.0),
+            "images_per_s": statistics.median(m["images_per_s"] for _, m in epochs) if epochs else None,
+            "loss_curve": [m["loss"] for _, m in epochs],
+            "knn_curve": [list(point) for point in knn]}
+
+
+def half_width(interval: list[float]) -> float:
+    return (interval[1] - interval[0]) / 2
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Mean and sample standard deviation (0 for one run) of each score over seeds, and the mean half-width of one
+    run's 95 % binomial interval (``<key>_half``: the evaluation's own uncertainty; the std is the seeds')."""
+    out = {}
+    for key in (*SCORES, "train_seconds", "images_per_s"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        out[key] = statistics.mean(values) if values else None
+        out[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        intervals = [r[f"{key}_ci95"] for r in runs if f"{key}_ci95" in r]
+        if intervals:
+            out[f"{key}_half"] = statistics.mean(half_width(i) for i in intervals)
+            if len(runs) == 1:
+                out[f"{key}_ci95"] = intervals[0]
+    for key in ("num_queries", "num_memory"):  # the same evaluation images for every run
+        if key in runs[0]:
+            out[key] = runs[0][key]
+    return out
+
+
+def bag_purity(run_dir: Path, bagging: str) -> float | None:
+    """The share of bag members in their image's class (%), as the kNN step recorded it (labels read for the
+    report only)."""
+    return json.loads(neighbours_file(run_dir, bagging).with_suffix(".json").read_text()).get("bag_purity")
+
+
+def collect(cfg: Config, run_dir: Path, seconds: float, load_before: list[float]) -> dict:
+    """Every row of the report (floors, teacher, students), each trained row compared with its untrained network."""
+    times = json.loads((run_dir / "stage_times.json").read_text())
+    rows = []
+    for folder, (arch, _, label) in floors(cfg).items():
+        rows.append({"model": folder.split("/")[-1], "label": label, "kind": "floor", "arch": arch, "seeds": 1,
+                     **aggregate([scores(run_dir, folder)])})
+    by_model = {r["model"]: r for r in rows}
+    teacher_runs = [{**scores(run_dir, "teacher"), **training_record(run_dir, "teacher", times)}]
+    rows.append({"model": "teacher", "label": f"Teacher {ARCH_LABELS.get(cfg.teacher.arch, cfg.teacher.arch)} "
+                 "(MoCo-v2)", "kind": "teacher", "arch": cfg.teacher.arch, "epochs": cfg.teacher.epochs, "seeds": 1,
+                 **aggregate(teacher_runs), **{k: teacher_runs[0][k] for k in ("knn_curve", "loss_curve")}})
+    for model, method, bagging in variants(cfg):
+        runs = []
+        for seed in range(cfg.seeds):
+            folder = student_folder(model, seed)
+            runs.append({"seed": seed, **scores(run_dir, folder), **training_record(run_dir, folder, times)})
+        rows.append({"model": model, "method": method, "bagging": bagging,
+                     "bag_purity": bag_purity(run_dir, bagging) if bagging else None,
+                     "label": model_label(cfg, cfg.student.arch, method, bagging), "kind": "student",
+                     "arch": cfg.student.arch, "epochs": cfg.student.epochs, "seeds": cfg.seeds, **aggregate(runs),
+                     "runs": runs})
+    for row in rows:
+        if row["kind"] != "floor":
+            for name, floor in (("untrained", by_model[f"untrained-{row['arch']}"]),
+                                ("untrained_data_bn", by_model[f"untrained-{row['arch']}-data-bn"])):
+                row[name] = {key: floor[key] for key in ("knn10_top1", "linear_top1")}
+                row[f"above_{name}"] = {key: row[key] > floor[key] for key in ("knn10_top1", "linear_top1")}
+    return {"config": asdict(cfg), "rows": rows,
+            "bag_purity": {bagging: bag_purity(run_dir, bagging) for bagging in cfg.bags},
+            "wall_seconds": seconds, "total_stage_seconds": sum(times.values()), "stage_seconds": times,
+            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                        "cpus": os.cpu_count(), "python": platform.python_version(),
+                        "load_average_before": list(load_before), "load_average_after": list(os.getloadavg())},
+            "command": " ".join([Path(sys.executable).name, "-m", "scripts.demo", *sys.argv[1:]])}
+
+
+def differences(rows: list[dict], pairs: list[tuple[str, str]]) -> list[dict]:
+    """For each ``(a, b)`` pair of student models: the difference of their means on each score, its standard error
+    from the seeds (``sqrt(s_a^2/n_a + s_b^2/n_b)``) and the two runs' binomial half-widths; ``beyond_noise`` when the
+    difference exceeds both twice its standard error and the sum of the half-widths."""
+    by_model = {r["model"]: r for r in rows}
+    out = []
+    for a, b in pairs:
+        ra, rb = by_model[a], by_model[b]
+        for key in ("knn10_top1", "linear_top1"):
+            delta = ra[key] - rb[key]
+            se = (ra[f"{key}_std"] ** 2 / ra["seeds"] + rb[f"{key}_std"] ** 2 / rb["seeds"]) ** 0.5
+            halves = ra.get(f"{key}_half", 0.0) + rb.get(f"{key}_half", 0.0)
+            out.append({"a": a, "b": b, "score": key, "difference": delta, "seed_se": se, "half_widths": halves,
+                        "beyond_seeds": abs(delta) > 2 * se, "beyond_intervals": abs(delta) > halves,
+                        "beyond_noise": abs(delta) > 2 * se and abs(delta) > halves})
+    return out

@@ -1,0 +1,126 @@
+"""Running the demo: each stage is one of the project's entry points, shown live, skipped when its output exists."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from scripts.demo.configs import Config, Training, variants
+from scripts.fashion_mnist import prepare
+from utils.io import atomic_json
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+class Runner:
+    """Runs entry points as subprocesses with live output, records each stage's wall time in the run folder."""
+
+    def __init__(self, run_dir: Path, device: str) -> None:
+        self.run_dir = run_dir
+        self.device = device
+        self.times_path = run_dir / "stage_times.json"
+        self.times = json.loads(self.times_path.read_text()) if self.times_path.is_file() else {}
+
+    def stage(self, name: str, done: Path, script: str, args: list[str]) -> None:
+        if done.exists():
+            print(f"[{name}] done already ({done.relative_to(self.run_dir)}), skipped", flush=True)
+            return
+        print(f"[{name}] python {script} {' '.join(args)}", flush=True)
+        start = time.perf_counter()
+        command = [sys.executable, str(REPO / script), *args, f"--device={self.device}"]
+        process = subprocess.Popen(command, cwd=self.run_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True)
+        for line in process.stdout:
+            if not line.startswith(("I1", "W1")):  # absl's own INFO/WARNING chatter (faiss loading)
+                print(f"[{name}] {line}", end="", flush=True)
+        if process.wait():
+            raise SystemExit(f"[{name}] failed (exit {process.returncode}); run the demo again to resume")
+        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
+        atomic_json(self.times, self.times_path)
+
+
+def train_args(cfg: Config, stage: Training, data: Path, out: Path, method: str, seed: int,
+               extra: tuple[str, ...] = ()) -> list[str]:
+    return [f"--method={method}", f"--s_arch={stage.arch}", f"--data_dir={data}", f"--output_dir={out}",
+            f"--image_size={cfg.image_size}", f"--batch_size={stage.batch_size}", f"--moco_k={stage.queue}",
+            f"--init_lr={stage.lr}", f"--end_epoch={stage.epochs}", f"--num_workers={cfg.workers}", f"--seed={seed}",
+            f"--knn_monitor_freq={stage.knn_every}", "--report_freq=50", "--save_freq=0", "--resume=auto",
+            *cfg.input_flags, *stage.flags, *extra]
+
+
+def evaluate(runner: Runner, cfg: Config, eval_data: Path, folder: str, arch: str, weights: list[str]) -> None:
+    """The logistic-regression probe and the k-NN classifier of ``arch`` with ``weights`` (a checkpoint or a floor)
+    on features embedded once, on the evaluation images; ``results.json`` is written last."""
+    out = runner.run_dir / folder / "evaluation"
+    runner.stage(f"{folder}: evaluation", out / "results.json", "main_lincls.py",
+                 [f"--arch={arch}", *weights, f"--data_dir={eval_data}", f"--image_size={cfg.image_size}",
+                  f"--batch_size={cfg.student.batch_size * 4}", f"--num_workers={cfg.workers}", "--protocol=logreg",
+                  "--with_knn", f"--output_dir={out}"])
+
+
+def floors(cfg: Config) -> dict[str, tuple[str, list[str], str]]:
+    """Folder -> (arch, main_lincls flags, label) of each floor: raw pixels; the teacher's and the students' network
+    untrained (the very weights their seed-0 runs start from), as initialised and with BatchNorm statistics
+    re-estimated on the data (an untrained network's running statistics are the identity; every trained one has
+    data statistics)."""
+    from scripts.demo.configs import ARCH_LABELS
+
+    out = {"floors/pixels": ("pixels", [], "Raw pixels (32×32, no network)")}
+    for arch in dict.fromkeys((cfg.teacher.arch, cfg.student.arch)):
+        label = ARCH_LABELS.get(arch, arch)
+        out[f"floors/untrained-{arch}"] = (arch, ["--untrained", "--seed=0"], f"{label}, untrained")
+        out[f"floors/untrained-{arch}-data-bn"] = (arch, ["--untrained", "--seed=0", "--recompute_bn"],
+                                                   f"{label}, untrained, BN statistics of the data")
+    return out
+
+
+def neighbours_file(run_dir: Path, bagging: str) -> Path:
+    """The kNN step's output for one kind of bag (the teacher's k-NN bags keep the name of the earlier demos)."""
+    return run_dir / ("neighbours.npy" if bagging == "knn" else f"neighbours-{bagging}.npy")
+
+
+def student_folder(model: str, seed: int) -> str:
+    return f"students/{model}/seed{seed}"
+
+
+def run_stages(cfg: Config, run_dir: Path, data_dir: Path, eval_dir: Path, device: str,
+               source: Path | None = None) -> tuple[Path, Path]:
+    """Every stage of ``cfg`` in order: data, floors, teacher, kNN step(s), students, each evaluated. Returns the
+    training and evaluation data folders."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = prepare(data_dir, cfg.train_per_class, cfg.val_per_class, source=source).resolve()
+    eval_data = prepare(eval_dir, cfg.eval_train_per_class, cfg.eval_val_per_class, source=source).resolve()
+    runner = Runner(run_dir, device)
+    for folder, (arch, weights, _) in floors(cfg).items():
+        evaluate(runner, cfg, eval_data, folder, arch, weights)
+
+    teacher = run_dir / "teacher" / "final.pth"
+    runner.stage("teacher", teacher, "main_distill.py",
+                 train_args(cfg, cfg.teacher, data, run_dir / "teacher", "moco", seed=0))
+    evaluate(runner, cfg, eval_data, "teacher", cfg.teacher.arch, [f"--pretrained={teacher}"])
+    for bagging in cfg.bags:
+        neighbours = neighbours_file(run_dir, bagging)
+        uses_teacher = bagging in ("knn", "kmeans")
+        runner.stage(f"kNN step ({bagging} bags)", neighbours.with_suffix(".json"), "run_knn.py",  # .json: last
+                     [f"--data_dir={data}", "--clus_pos_num=5", f"--image_size={cfg.image_size}",
+                      f"--corr_name={neighbours}", f"--bagging={bagging}", f"--num_workers={cfg.workers}",
+                      *([f"--arch={cfg.teacher.arch}", f"--ckpt_name={teacher}",
+                         f"--batch_size={cfg.teacher.batch_size}", *cfg.knn_step_flags] if uses_teacher else []),
+                      *([f"--kmeans_clusters={cfg.kmeans_clusters}"] if bagging == "kmeans" else [])])
+    for seed in range(cfg.seeds):
+        for model, method, bagging in variants(cfg):
+            folder = student_folder(model, seed)
+            distilled = () if method == "moco" else (f"--t_arch={cfg.teacher.arch}", f"--pretrain_path={teacher}")
+            if bagging:
+                distilled += (f"--corr_npy={neighbours_file(run_dir, bagging)}",)
+            runner.stage(folder, run_dir / folder / "final.pth", "main_distill.py",
+                         train_args(cfg, cfg.student, data, run_dir / folder, method, seed, distilled))
+            evaluate(runner, cfg, eval_data, folder, cfg.student.arch, [f"--pretrained={run_dir / folder / 'final.pth'}"])
+    return data, eval_data
+
+
+def load_average() -> list[float]:
+    return list(os.getloadavg())

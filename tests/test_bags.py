@@ -1,0 +1,154 @@
+"""The bagging ablation (run_knn.py --bagging), the loss-term switches, the logistic-regression probe and the
+intervals every accuracy carries."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.bags import BagError, bag_purity, group_bags, kmeans_assignments, random_bags
+from helpers import calibrated_teacher, make_image_folder, run_cases
+from models import losses
+from utils.metrics import binomial_interval
+
+
+def test_group_bags_draw_k_other_members_of_the_group():
+    groups = np.array([0, 1, 0, 2, 1, 0, 2, 1, 2, 0])
+    bags = group_bags(groups, 2, seed=0)
+    assert bags.shape == (10, 2) and bags.dtype == np.int64
+    for i, row in enumerate(bags):
+        assert i not in row and len(set(row)) == 2 and (groups[row] == groups[i]).all()
+    assert np.array_equal(bags, group_bags(groups, 2, seed=0)) and not np.array_equal(bags, group_bags(groups, 2, 1))
+    assert bag_purity(bags, groups) == 100.0
+    with pytest.raises(BagError, match="class 1 has 3 member"):
+        group_bags(groups, 3, seed=0, what="class")
+
+
+def test_random_bags_never_hold_the_image_and_spread_over_all_others():
+    bags = random_bags(50, 4, seed=0)
+    assert not (bags == np.arange(50)[:, None]).any()
+    assert all(len(set(row)) == 4 for row in bags)
+    counts = np.bincount(random_bags(200, 5, seed=1).ravel(), minlength=200)
+    assert counts.sum() == 1000 and counts.max() < 16 and 3 < counts.var() < 8  # uniform draws: about Poisson(5)
+    labels = np.arange(200) % 4
+    assert abs(bag_purity(random_bags(200, 5, seed=1), labels) - 100 * 49 / 199) < 5  # chance: 49 of 199 others
+    assert bag_purity(np.array([[1], [0], [0]]), np.array([0, 0, 1])) == pytest.approx(100 * 2 / 3)
+    with pytest.raises(BagError, match="K=5"):
+        random_bags(5, 5, seed=0)
+
+
+def test_kmeans_finds_well_separated_clusters():
+    torch.manual_seed(0)
+    centres = F.normalize(torch.randn(4, 16), dim=1) * 10
+    truth = torch.arange(80) % 4
+    features = F.normalize(centres[truth] + 0.1 * torch.randn(80, 16), dim=1)
+    clusters, backend = kmeans_assignments(features, 4, seed=0)
+    assert backend in ("faiss", "scikit-learn") and clusters.shape == (80,)
+    # each cluster is one true group: the bags of a clean clustering are pure
+    assert bag_purity(group_bags(clusters, 3, seed=0), truth.numpy()) == 100.0
+    with pytest.raises(BagError, match="between 2"):
+        kmeans_assignments(features, 1, seed=0)
+
+
+def test_binomial_intervals_by_hand():
+    low, high = binomial_interval(50.0, 100)
+    assert low == pytest.approx(40.38, abs=0.01) and high == pytest.approx(59.62, abs=0.01)  # Wilson, z = 1.96
+    assert binomial_interval(100.0, 24)[1] == 100.0 and binomial_interval(100.0, 24)[0] == pytest.approx(86.2, 0.01)
+    half = (lambda lo_hi: (lo_hi[1] - lo_hi[0]) / 2)(binomial_interval(75.0, 10000))
+    assert half == pytest.approx(0.85, abs=0.01)  # the demo's 10,000 queries: about ±0.9 near 75 %
+
+
+def test_logistic_regression_probe_fits_separable_features_and_picks_c_on_the_holdout():
+    from engine.evaluation import logistic_regression
+
+    torch.manual_seed(0)
+    labels = torch.arange(300) % 3
+    features = torch.randn(300, 8) + 3 * F.one_hot(labels, 8).float()
+    val_labels = torch.arange(90) % 3
+    val = torch.randn(90, 8) + 3 * F.one_hot(val_labels, 8).float()
+    result = logistic_regression(features, labels, val, val_labels, seed=0)
+    assert result["top1"] > 90 and result["top5"] == 100.0 and result["count"] == 90
+    assert result["converged"] and result["C"] in (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
+    assert max(result["holdout_top1"].values()) == result["holdout_top1"][f"{result['C']:g}"]
+    assert result["top1_ci95"][0] < result["top1"] <= result["top1_ci95"][1]
+    assert logistic_regression(features, labels, val, val_labels, seed=0) == result  # deterministic
+
+
+def test_official_loss_terms_can_be_dropped_one_at_a_time():
+    torch.manual_seed(0)
+    qa, qp, qm, ka, kp = (F.normalize(torch.randn(4, 8), dim=1) for _ in range(5))
+    queue = F.normalize(torch.randn(8, 16), dim=0)
+    full, parts = losses.bingo_official_loss(qa, qp, qm, ka, kp, queue, 0.2, (0.5, 0.5), 0.7)
+    assert torch.allclose(full, sum(parts.values()) / 3)
+    for dropped in losses.OFFICIAL_TERMS:
+        kept = tuple(t for t in losses.OFFICIAL_TERMS if t != dropped)
+        value, terms = losses.bingo_official_loss(qa, None if dropped == "neighbour" else qp,
+                                                  None if dropped == "mix" else qm, ka, kp, queue, 0.2, (0.5, 0.5),
+                                                  0.7, kept)
+        assert f"loss_{dropped}" not in terms
+        assert torch.allclose(value, sum(parts[f"loss_{t}"] for t in kept) / 2)
+    assert losses.bag_weights(50, (0.5, 0.5), 10, cross_keys=False) == (1.0, 0.0)
+    with pytest.raises(ValueError, match="no loss term"):
+        losses.bingo_official_loss(qa, qp, qm, ka, kp, queue, 0.2, (0.5, 0.5), 0.7, ())
+
+
+@pytest.fixture(scope="module")
+def bag_data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bags")
+    data = make_image_folder(tmp / "data", classes=3, per_class=6, size=40)
+    calibrated_teacher("resnet18", data, tmp / "teacher.pth.tar")
+    return tmp, data
+
+
+def _knn(tmp, data, name, *extra):
+    return ["--arch=resnet18", f"--ckpt_name={tmp / 'teacher.pth.tar'}", f"--data_dir={data}", "--image_size=32",
+            "--clus_pos_num=3", f"--corr_name={tmp / name}", "--num_workers=0", *extra]
+
+
+def test_run_knn_writes_each_kind_of_bag_with_its_purity_and_main_distill_trains_on_it(bag_data):
+    tmp, data = bag_data
+    kinds = {"knn": [], "kmeans": ["--kmeans_clusters=2"], "label": [], "random": ["--bag_seed=3"]}
+    results = run_cases("run_knn", [_knn(tmp, data, f"{kind}.npy", f"--bagging={kind}", *extra)
+                                    for kind, extra in kinds.items()], tmp)
+    labels = np.repeat(np.arange(3), 6)
+    for kind, result in zip(kinds, results):
+        assert result["status"] == 0, (kind, result)
+        bags, meta = np.load(tmp / f"{kind}.npy"), json.loads((tmp / f"{kind}.json").read_text())
+        assert bags.shape == (18, 3) and not (bags == np.arange(18)[:, None]).any()
+        assert meta["bagging"] == kind and meta["uses_labels"] == (kind == "label")
+        assert meta["bag_purity"] == pytest.approx(bag_purity(bags, labels))
+        assert "share the class" in result["stdout"]
+    label_meta = json.loads((tmp / "label.json").read_text())
+    assert label_meta["bag_purity"] == 100.0 and "checkpoint" not in label_meta  # no teacher for label bags
+    assert "teacher" not in results[2]["stdout"]
+    assert json.loads((tmp / "kmeans.json").read_text())["kmeans_clusters"] == 2
+    assert sum(json.loads((tmp / "kmeans.json").read_text())["kmeans_cluster_sizes"]) == 18
+    (trained,) = run_cases("main_distill", [[
+        "--t_arch=resnet18", f"--pretrain_path={tmp / 'teacher.pth.tar'}", f"--data_dir={data}",
+        f"--corr_npy={tmp / 'label.npy'}", "--clus_pos_num=3", "--image_size=32", "--batch_size=6", "--moco_k=12",
+        "--num_workers=0", "--end_epoch=1", "--bag_warmup_epochs=0", "--nomix_term", "--nocross_keys",
+        f"--output_dir={tmp / 'run'}"]], tmp)
+    assert trained["status"] == 0, trained
+    step = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()][0]
+    assert "loss_mix" not in step and "loss_neighbour" in step and "mix_lam" not in step
+
+
+def test_bags_that_cannot_be_made_are_refused_before_any_work(bag_data, tmp_path):
+    tmp, data = bag_data
+    cases = {
+        "--bagging=kmeans needs --kmeans_clusters": ["--bagging=kmeans"],
+        "--kmeans_clusters is a --bagging=kmeans flag": ["--kmeans_clusters=3"],
+        "class class_0 has 6 member(s), fewer than K + 1 = 7": ["--bagging=label", "--clus_pos_num=6"],
+        "computes no similarities": ["--bagging=random", "--save_distances"],
+    }
+    results = run_cases("run_knn", [_knn(tmp, data, "x.npy", *extra) for extra in cases.values()], tmp_path)
+    for text, result in zip(cases, results):
+        assert result["status"] == 2 and text in result["stderr"], (text, result)
+    distill = ["--t_arch=resnet18", f"--pretrain_path={tmp / 'teacher.pth.tar'}", f"--data_dir={data}",
+               "--image_size=32", "--batch_size=6", "--moco_k=12", "--num_workers=0", "--end_epoch=1"]
+    refused = run_cases("main_distill", [distill + ["--method=seed", "--nomix_term", f"--output_dir={tmp_path / 'a'}"],
+                                         distill + ["--noanchor_term", "--noneighbour_term", "--nomix_term",
+                                                    f"--output_dir={tmp_path / 'b'}"]], tmp_path)
+    assert refused[0]["status"] == 2 and "switches a term of --method=bingo" in refused[0]["stderr"]
+    assert refused[1]["status"] == 2 and "leave no loss term" in refused[1]["stderr"]
