@@ -44,12 +44,17 @@ def table(results: dict) -> str:
 
 def _difference_line(d: dict, labels: dict) -> str:
     name = {"knn10_top1": "10-NN", "linear_top1": "linear"}[d["score"]]
+    intervals = f"interval half-widths {d['half_widths']:.1f}"
+    if d["seed_se"] is None:
+        verdict = (f"{'beyond' if d['beyond_intervals'] else 'within'} the intervals ({intervals}); one seed, so "
+                   "the seeds' spread is not measured (run --seeds 3)")
+        return f"{labels[d['a']]} against {labels[d['b']]}, {name}: {d['difference']:+.1f} points, {verdict}"
     verdict = ("beyond the noise" if d["beyond_noise"] else
                "within the noise (" + ", ".join(part for part, hit in (
                    (f"2 × seed s.e. {2 * d['seed_se']:.1f}", not d["beyond_seeds"]),
                    (f"intervals {d['half_widths']:.1f}", not d["beyond_intervals"])) if hit) + ")")
     return (f"{labels[d['a']]} against {labels[d['b']]}, {name}: {d['difference']:+.1f} points, {verdict}; "
-            f"seed s.e. {d['seed_se']:.1f}, interval half-widths {d['half_widths']:.1f}")
+            f"seed s.e. {d['seed_se']:.1f}, {intervals}")
 
 
 def comparisons(results: dict) -> list[tuple[str, str]]:

@@ -108,17 +108,22 @@ def collect(cfg: Config, run_dir: Path, seconds: float, load_before: list[float]
 
 def differences(rows: list[dict], pairs: list[tuple[str, str]]) -> list[dict]:
     """For each ``(a, b)`` pair of student models: the difference of their means on each score, its standard error
-    from the seeds (``sqrt(s_a^2/n_a + s_b^2/n_b)``) and the two runs' binomial half-widths; ``beyond_noise`` when the
-    difference exceeds both twice its standard error and the sum of the half-widths."""
+    from the seeds (``sqrt(s_a^2/n_a + s_b^2/n_b)``; None with one seed) and the two runs' binomial half-widths;
+    ``beyond_noise`` when the difference exceeds both twice its standard error and the sum of the half-widths (never
+    with one seed, whose spread over seeds is unmeasured)."""
     by_model = {r["model"]: r for r in rows}
     out = []
     for a, b in pairs:
         ra, rb = by_model[a], by_model[b]
         for key in ("knn10_top1", "linear_top1"):
             delta = ra[key] - rb[key]
-            se = (ra[f"{key}_std"] ** 2 / ra["seeds"] + rb[f"{key}_std"] ** 2 / rb["seeds"]) ** 0.5
             halves = ra.get(f"{key}_half", 0.0) + rb.get(f"{key}_half", 0.0)
+            if min(ra["seeds"], rb["seeds"]) < 2:  # one seed: the seeds' spread is not measured
+                se, beyond_seeds = None, None
+            else:
+                se = (ra[f"{key}_std"] ** 2 / ra["seeds"] + rb[f"{key}_std"] ** 2 / rb["seeds"]) ** 0.5
+                beyond_seeds = abs(delta) > 2 * se
             out.append({"a": a, "b": b, "score": key, "difference": delta, "seed_se": se, "half_widths": halves,
-                        "beyond_seeds": abs(delta) > 2 * se, "beyond_intervals": abs(delta) > halves,
-                        "beyond_noise": abs(delta) > 2 * se and abs(delta) > halves})
+                        "beyond_seeds": beyond_seeds, "beyond_intervals": abs(delta) > halves,
+                        "beyond_noise": bool(beyond_seeds) and abs(delta) > halves})
     return out
