@@ -24,6 +24,7 @@ demo-data:
 # Two test processes (pytest-xdist), each taking whole files so module fixtures are built once; temporary folders
 # are kept only for failed tests (a full run writes about 10 GB of checkpoints).
 test: $(BIN)/.installed demo-data
+	$(BIN)/ruff check .
 	TORCH_HOME=$${TMPDIR:-/tmp}/bingo-torch-home MPLCONFIGDIR=$${TMPDIR:-/tmp}/bingo-mpl PYTHONDONTWRITEBYTECODE=1 \
 	  $(BIN)/python -m pytest -q -p no:cacheprovider -o tmp_path_retention_policy=failed -n 2 --dist loadfile tests
 

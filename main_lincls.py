@@ -8,6 +8,7 @@ Writes ``results.json`` (last and best epoch, top-1 and top-5) and ``epochs.csv`
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -20,18 +21,29 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from datasets.folders import IndexedImageFolder, labelled_splits, open_split
 from datasets.transforms import eval_transform, linear_train_transform
-from utils import dist as edist
-from engine.cli import run
 from engine.checkpoints import read_probe, save_probe
-from engine.evaluation import (Classifier, assert_unchanged, backbone_fingerprint, embed_splits, evaluate, knn_scores,
-                               label_subset, labels_of, logistic_regression, recompute_bn_statistics,
-                               train_classifier_epoch)
+from engine.cli import run
+from engine.evaluation import (
+    Classifier,
+    assert_unchanged,
+    backbone_fingerprint,
+    embed_splits,
+    evaluate,
+    knn_scores,
+    label_subset,
+    labels_of,
+    logistic_regression,
+    recompute_bn_statistics,
+    train_classifier_epoch,
+)
+from engine.options import LinclsOptions, from_flags
+from models.backbones import BACKBONES, FLOORS, build_backbone
+from models.checkpoints import file_sha256, load_backbone
+from utils import dist as edist
 from utils.io import OutputFolderError, RunFolderLock, atomic_json, check_writable, resolve_resume
 from utils.logs import log
 from utils.metrics import with_intervals
 from utils.schedule import learning_rate, set_lr
-from models.backbones import BACKBONES, FLOORS, build_backbone
-from models.checkpoints import file_sha256, load_backbone
 
 FLAGS = flags.FLAGS
 # Official flags (haohang96/bingo main_lincls.py); defaults follow its ready scripts (cosine, 120 epochs).
@@ -84,42 +96,44 @@ flags.mark_flags_as_required(["data_dir"])
 CSV_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5"]
 
 
-def resolve_defaults() -> None:
+def resolve_defaults(opts: LinclsOptions) -> LinclsOptions:
     """EfficientNet's official learning rates, and MoCo's 100 epochs for step decay, unless given explicitly."""
-    if "efficientnet" in FLAGS.arch:
-        if not FLAGS["init_lr"].present:
-            FLAGS.init_lr = 3.0
-        if not FLAGS["min_lr"].present:
-            FLAGS.min_lr = 0.001
-    if FLAGS.decay_method == "step" and not FLAGS["end_epoch"].present:
-        FLAGS.end_epoch = 100
+    changes = {}
+    if "efficientnet" in opts.arch:
+        if "init_lr" not in opts.explicit:
+            changes["init_lr"] = 3.0
+        if "min_lr" not in opts.explicit:
+            changes["min_lr"] = 0.001
+    if opts.decay_method == "step" and "end_epoch" not in opts.explicit:
+        changes["end_epoch"] = 100
+    return dataclasses.replace(opts, **changes)
 
 
-def check_flags() -> None:
+def check_options(opts: LinclsOptions) -> None:
     """Flag values and combinations that cannot work, refused before the network loads or a folder is made."""
     at_least = {"batch_size": 1, "image_size": 16, "num_workers": 0, "report_freq": 1, "save_freq": 0}
-    if FLAGS.protocol in ("linear", "semi") and not FLAGS.evaluate:
+    if opts.protocol in ("linear", "semi") and not opts.evaluate:
         at_least["end_epoch"] = 1
     for name, low in at_least.items():
-        if FLAGS[name].value < low:
-            raise app.UsageError(f"--{name}={FLAGS[name].value}: must be at least {low}")
-    if FLAGS.protocol == "logreg" and not 0 < FLAGS.logreg_holdout < 1:
-        raise app.UsageError(f"--logreg_holdout={FLAGS.logreg_holdout}: must be in (0, 1)")
-    if FLAGS.protocol in ("logreg", "knn") and FLAGS.evaluate:
-        raise app.UsageError(f"--evaluate scores a saved probe; --protocol={FLAGS.protocol} trains none: drop one")
-    if FLAGS.protocol == "knn" and any(not k.isdigit() or int(k) < 1 for k in FLAGS.knn_k):
-        raise app.UsageError(f"--knn_k={','.join(FLAGS.knn_k)}: give positive integers, e.g. --knn_k=10,200")
-    if FLAGS.protocol == "semi" and not FLAGS.evaluate:
-        if not FLAGS.label_file and FLAGS.label_fraction is None:
+        if getattr(opts, name) < low:
+            raise app.UsageError(f"--{name}={getattr(opts, name)}: must be at least {low}")
+    if opts.protocol == "logreg" and not 0 < opts.logreg_holdout < 1:
+        raise app.UsageError(f"--logreg_holdout={opts.logreg_holdout}: must be in (0, 1)")
+    if opts.protocol in ("logreg", "knn") and opts.evaluate:
+        raise app.UsageError(f"--evaluate scores a saved probe; --protocol={opts.protocol} trains none: drop one")
+    if opts.protocol == "knn" and any(not k.isdigit() or int(k) < 1 for k in opts.knn_k):
+        raise app.UsageError(f"--knn_k={','.join(opts.knn_k)}: give positive integers, e.g. --knn_k=10,200")
+    if opts.protocol == "semi" and not opts.evaluate:
+        if not opts.label_file and opts.label_fraction is None:
             raise app.UsageError("--protocol=semi needs --label_fraction (e.g. 0.01) or --label_file")
-        if FLAGS.label_fraction is not None and not 0 < FLAGS.label_fraction <= 1:
-            raise app.UsageError(f"--label_fraction={FLAGS.label_fraction}: must be in (0, 1]")
+        if opts.label_fraction is not None and not 0 < opts.label_fraction <= 1:
+            raise app.UsageError(f"--label_fraction={opts.label_fraction}: must be in (0, 1]")
 
 
-def claim_output_dir(output_dir: Path) -> RunFolderLock:
+def claim_output_dir(opts: LinclsOptions, output_dir: Path) -> RunFolderLock:
     """Own the output folder; a fresh evaluation may not replace another one's probe and results."""
     lock = RunFolderLock(check_writable(output_dir)).acquire()
-    if not FLAGS.resume and not FLAGS.evaluate:
+    if not opts.resume and not opts.evaluate:
         existing = [name for name in ("probe.pth", "results.json") if (output_dir / name).is_file()]
         if existing:
             lock.release()
@@ -129,49 +143,49 @@ def claim_output_dir(output_dir: Path) -> RunFolderLock:
     return lock
 
 
-def build_evaluated(announce: bool) -> tuple[torch.nn.Module, dict]:
+def build_evaluated(opts: LinclsOptions, announce: bool) -> tuple[torch.nn.Module, dict]:
     """The backbone to score and what results.json says about it: loaded strictly from --pretrained, or, for a
     floor (--untrained, --arch=pixels), built with no checkpoint."""
-    floor = FLAGS.untrained or FLAGS.arch in FLOORS
-    if floor and FLAGS.pretrained:
-        raise app.UsageError(f"--pretrained={FLAGS.pretrained} and a floor (--untrained or --arch=pixels) exclude each "
+    floor = opts.untrained or opts.arch in FLOORS
+    if floor and opts.pretrained:
+        raise app.UsageError(f"--pretrained={opts.pretrained} and a floor (--untrained or --arch=pixels) exclude each "
                              "other: drop one")
-    if not floor and not FLAGS.pretrained:
+    if not floor and not opts.pretrained:
         raise app.UsageError("--pretrained is required (or --untrained to score a randomly initialised network)")
-    common = {"arch": FLAGS.arch, "recomputed_bn": FLAGS.recompute_bn, "flags": FLAGS.flag_values_dict()}
+    common = {"arch": opts.arch, "recomputed_bn": opts.recompute_bn, "flags": opts.as_dict()}
     if floor:
-        backbone = build_backbone(FLAGS.arch, FLAGS.pool_type)
-        what = "raw pixels" if FLAGS.arch in FLOORS else f"randomly initialised (seed {FLAGS.seed})"
-        log(f"{FLAGS.arch}: {what}, no checkpoint: a floor", announce)
+        backbone = build_backbone(opts.arch, opts.pool_type)
+        what = "raw pixels" if opts.arch in FLOORS else f"randomly initialised (seed {opts.seed})"
+        log(f"{opts.arch}: {what}, no checkpoint: a floor", announce)
         return backbone, {**common, "pretrained": None, "checkpoint_format": "untrained", "checkpoint_sha256": None}
-    backbone, weights = load_backbone(FLAGS.arch, FLAGS.pretrained, FLAGS.pool_type)
-    log(f"{FLAGS.arch} backbone from {FLAGS.pretrained} (format: {weights.fmt}); every backbone weight loaded, the "
+    backbone, weights = load_backbone(opts.arch, opts.pretrained, opts.pool_type)
+    log(f"{opts.arch} backbone from {opts.pretrained} (format: {weights.fmt}); every backbone weight loaded, the "
         "new linear classifier is the only part not from the checkpoint", announce)
-    return backbone, {**common, "pretrained": str(FLAGS.pretrained), "checkpoint_format": weights.fmt,
-                      "checkpoint_sha256": file_sha256(FLAGS.pretrained)}
+    return backbone, {**common, "pretrained": str(opts.pretrained), "checkpoint_format": weights.fmt,
+                      "checkpoint_sha256": file_sha256(opts.pretrained)}
 
 
-def frozen_scores(backbone, ctx, logreg: bool, knn: bool) -> dict | None:
+def frozen_scores(opts: LinclsOptions, backbone, ctx, logreg: bool, knn: bool) -> dict | None:
     """The protocols on frozen features, embedded once with the evaluation crop: the logistic-regression probe and
     the k-NN classifier (k = 10 majority vote, and each --knn_k weighted). Rank 0 gets ``{"num_train", "num_val",
     "logreg"?, "knn"?}``, the other processes None."""
-    train_set, val_set = labelled_splits(FLAGS.data_dir, eval_transform(FLAGS.image_size),
-                                         eval_transform(FLAGS.image_size))
-    per_process = FLAGS.batch_size // ctx.world_size
+    train_set, val_set = labelled_splits(opts.data_dir, eval_transform(opts.image_size),
+                                         eval_transform(opts.image_size))
+    per_process = opts.batch_size // ctx.world_size
     train_features, val_features = embed_splits(backbone.to(ctx.device), train_set, val_set, ctx, per_process,
-                                                FLAGS.num_workers)
+                                                opts.num_workers)
     if not ctx.is_main:
         return None
     out = {"num_train": len(train_set), "num_val": len(val_set)}
     train_labels, val_labels = labels_of(train_set), labels_of(val_set)
     if logreg:
-        out["logreg"] = r = logistic_regression(train_features, train_labels, val_features, val_labels, FLAGS.seed,
-                                                FLAGS.logreg_holdout)
-        log(f"logistic regression (C = {r['C']:g}, chosen on {100 * FLAGS.logreg_holdout:.0f} % of train/): top-1 "
+        out["logreg"] = r = logistic_regression(train_features, train_labels, val_features, val_labels, opts.seed,
+                                                opts.logreg_holdout)
+        log(f"logistic regression (C = {r['C']:g}, chosen on {100 * opts.logreg_holdout:.0f} % of train/): top-1 "
             f"{r['top1']:.2f} [{r['top1_ci95'][0]:.1f}, {r['top1_ci95'][1]:.1f}]  top-5 {r['top5']:.2f}"
             + ("" if r["converged"] else "  (L-BFGS stopped at 1,000 iterations before converging)"))
     if knn:
-        settings = [(10, None)] + [(int(k), FLAGS.knn_t) for k in FLAGS.knn_k]
+        settings = [(10, None)] + [(int(k), opts.knn_t) for k in opts.knn_k]
         out["knn"] = knn_scores(train_features, train_labels, val_features, val_labels, len(train_set.classes),
                                 settings, ctx.device)
         for name, r in out["knn"].items():
@@ -180,17 +194,17 @@ def frozen_scores(backbone, ctx, logreg: bool, knn: bool) -> dict | None:
     return out
 
 
-def make_loader(train_set: IndexedImageFolder, ctx, per_process: int) -> DataLoader:
+def make_loader(opts: LinclsOptions, train_set: IndexedImageFolder, ctx, per_process: int) -> DataLoader:
     """The training loader: every image of train/, or the labelled subset for --protocol=semi."""
     train_items = train_set
-    if FLAGS.protocol == "semi":
-        chosen = label_subset(train_set.samples, train_set.root, FLAGS.label_fraction, FLAGS.label_file, FLAGS.seed)
+    if opts.protocol == "semi":
+        chosen = label_subset(train_set.samples, train_set.root, opts.label_fraction, opts.label_file, opts.seed)
         log(f"semi-supervised: {len(chosen)} of {len(train_set)} training images labelled", ctx.is_main)
         train_items = Subset(train_set, chosen)
     sampler = DistributedSampler(train_items, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                 seed=FLAGS.seed)
-    return DataLoader(train_items, batch_size=per_process, sampler=sampler, num_workers=FLAGS.num_workers,
-                      pin_memory=ctx.device.type == "cuda", persistent_workers=FLAGS.num_workers > 0)
+                                 seed=opts.seed)
+    return DataLoader(train_items, batch_size=per_process, sampler=sampler, num_workers=opts.num_workers,
+                      pin_memory=ctx.device.type == "cuda", persistent_workers=opts.num_workers > 0)
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -201,103 +215,120 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 def main(argv: list[str]) -> None:
     del argv
-    resolve_defaults()
-    output_dir = FLAGS.output_dir or FLAGS.train_url
+    evaluate_backbone(resolve_defaults(from_flags(LinclsOptions, FLAGS)))
+
+
+def evaluate_backbone(opts: LinclsOptions) -> None:
+    """The whole evaluation ``opts`` asks for: the backbone (or floor), then the frozen protocols, or a probe
+    trained (and resumed) epoch by epoch, or a saved probe scored."""
+    output_dir = opts.output_dir or opts.train_url
     if not output_dir:
         raise app.UsageError("--output_dir (or --train_url) is required")
     output_dir = Path(output_dir)
-    check_flags()
+    check_options(opts)
     for split in ("train", "val"):  # before any folder is made
-        open_split(FLAGS.data_dir, split)
-    ctx = edist.init(FLAGS.device)
-    if FLAGS.batch_size % ctx.world_size:
-        raise app.UsageError(f"--batch_size={FLAGS.batch_size} is not divisible by {ctx.world_size} processes")
-    per_process = FLAGS.batch_size // ctx.world_size
-    lock = claim_output_dir(output_dir) if ctx.is_main else None  # released on exit
-    torch.manual_seed(FLAGS.seed)
-    backbone, provenance = build_evaluated(ctx.is_main)  # before any data is read
-    if FLAGS.recompute_bn:
+        open_split(opts.data_dir, split)
+    ctx = edist.init(opts.device)
+    if opts.batch_size % ctx.world_size:
+        raise app.UsageError(f"--batch_size={opts.batch_size} is not divisible by {ctx.world_size} processes")
+    per_process = opts.batch_size // ctx.world_size
+    lock = claim_output_dir(opts, output_dir) if ctx.is_main else None  # released on exit
+    torch.manual_seed(opts.seed)
+    backbone, provenance = build_evaluated(opts, ctx.is_main)  # before any data is read
+    if opts.recompute_bn:
         backbone.to(ctx.device)
-        train_crops = IndexedImageFolder(open_split(FLAGS.data_dir, "train"), eval_transform(FLAGS.image_size))
-        count = recompute_bn_statistics(backbone, train_crops, ctx, per_process, FLAGS.num_workers)
+        train_crops = IndexedImageFolder(open_split(opts.data_dir, "train"), eval_transform(opts.image_size))
+        count = recompute_bn_statistics(backbone, train_crops, ctx, per_process, opts.num_workers)
         log(f"BatchNorm running statistics of {count} layers re-estimated on {len(train_crops)} training images",
             ctx.is_main)
-    if FLAGS.protocol in ("knn", "logreg"):
-        scores = frozen_scores(backbone, ctx, logreg=FLAGS.protocol == "logreg",
-                               knn=FLAGS.protocol == "knn" or FLAGS.with_knn)
+    if opts.protocol in ("knn", "logreg"):
+        scores = frozen_scores(opts, backbone, ctx, logreg=opts.protocol == "logreg",
+                               knn=opts.protocol == "knn" or opts.with_knn)
         if ctx.is_main:
-            atomic_json({"protocol": FLAGS.protocol, **provenance, **scores}, output_dir / "results.json")
-        edist.shutdown()
-        return
+            atomic_json({"protocol": opts.protocol, **provenance, **scores}, output_dir / "results.json")
+    else:
+        probe(opts, ctx, backbone, provenance, output_dir, per_process)
+    if lock is not None:
+        lock.release()
+    edist.shutdown()
 
-    train_set, val_set = labelled_splits(FLAGS.data_dir, linear_train_transform(FLAGS.image_size),
-                                         eval_transform(FLAGS.image_size))
+
+def probe(opts: LinclsOptions, ctx, backbone, provenance: dict, output_dir: Path, per_process: int) -> None:
+    """--protocol=linear or semi: a linear layer on the backbone (frozen, or fine-tuned with it), resumed from
+    ``probe.pth`` when asked; with --evaluate the saved probe is only scored."""
+    train_set, val_set = labelled_splits(opts.data_dir, linear_train_transform(opts.image_size),
+                                         eval_transform(opts.image_size))
     log(f"train/: {train_set.describe()}; val/: {val_set.describe()}", ctx.is_main)
-    model = Classifier(backbone, len(train_set.classes), frozen=FLAGS.protocol == "linear").to(ctx.device)
-    reference = backbone_fingerprint(model.backbone) if FLAGS.protocol == "linear" else None
+    model = Classifier(backbone, len(train_set.classes), frozen=opts.protocol == "linear").to(ctx.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(trainable, lr=FLAGS.init_lr, momentum=FLAGS.momentum, weight_decay=FLAGS.wd)
+    optimizer = torch.optim.SGD(trainable, lr=opts.init_lr, momentum=opts.momentum, weight_decay=opts.wd)
     network = model
     if ctx.distributed:
         network = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
 
     start_epoch, best, history = 0, None, []
-    resume = resolve_resume(FLAGS.resume or ("auto" if FLAGS.evaluate else ""), output_dir, "probe.pth")
+    resume = resolve_resume(opts.resume or ("auto" if opts.evaluate else ""), output_dir, "probe.pth")
     if resume is not None:
-        frozen_from = (FLAGS.pretrained or f"--untrained --seed={FLAGS.seed}") if FLAGS.protocol == "linear" else None
-        saved = read_probe(resume, model, FLAGS.protocol, frozen_from)
+        frozen_from = (opts.pretrained or f"--untrained --seed={opts.seed}") if opts.protocol == "linear" else None
+        saved = read_probe(resume, model, opts.protocol, frozen_from)
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, best, history = saved["epoch"], saved["best"], saved["history"]
-        if FLAGS.protocol == "semi":  # the fine-tuned network in the probe file is what is scored from here on
+        if opts.protocol == "semi":  # the fine-tuned network in the probe file is what is scored from here on
             provenance |= {"fine_tuned_in": str(resume), "fine_tuned_sha256": file_sha256(resume)}
         log(f"resumed from {resume} at epoch {start_epoch}", ctx.is_main)
-    elif FLAGS.evaluate:
+    elif opts.evaluate:
         raise app.UsageError(f"--evaluate needs a probe: --resume=PATH or {output_dir / 'probe.pth'}")
 
-    if FLAGS.evaluate:
-        scores = evaluate(network, val_set, ctx, per_process, FLAGS.num_workers)
+    if opts.evaluate:
+        scores = evaluate(network, val_set, ctx, per_process, opts.num_workers)
         if ctx.is_main:
-            atomic_json({"protocol": FLAGS.protocol, **provenance, "evaluated": str(resume), "val": scores},
+            atomic_json({"protocol": opts.protocol, **provenance, "evaluated": str(resume), "val": scores},
                         output_dir / "results.json")
             log(f"val top-1 {scores['top1']:.2f}  top-5 {scores['top5']:.2f} on {scores['count']} images")
-        edist.shutdown()
         return
+    train_probe(opts, ctx, model, network, optimizer, (train_set, val_set), (start_epoch, best, history),
+                provenance, output_dir, per_process)
 
-    loader = make_loader(train_set, ctx, per_process)
-    for epoch in range(start_epoch, FLAGS.end_epoch):
-        torch.manual_seed(epoch_seed(FLAGS.seed, epoch, ctx.rank))
+
+def train_probe(opts: LinclsOptions, ctx, model, network, optimizer, splits, progress, provenance: dict,
+                output_dir: Path, per_process: int) -> None:
+    """The probe's epochs from ``progress`` = (start epoch, best row, history), each saved; then --with_knn."""
+    train_set, val_set = splits
+    start_epoch, best, history = progress
+    reference = backbone_fingerprint(model.backbone) if opts.protocol == "linear" else None
+    loader = make_loader(opts, train_set, ctx, per_process)
+    for epoch in range(start_epoch, opts.end_epoch):
+        torch.manual_seed(epoch_seed(opts.seed, epoch, ctx.rank))
         loader.sampler.set_epoch(epoch)
-        lr = learning_rate(epoch, FLAGS.init_lr, FLAGS.end_epoch, FLAGS.decay_method,
-                           [int(m) for m in FLAGS.schedule], FLAGS.lr_decay, FLAGS.min_lr)
+        lr = learning_rate(epoch, opts.init_lr, opts.end_epoch, opts.decay_method,
+                           [int(m) for m in opts.schedule], opts.lr_decay, opts.min_lr)
         set_lr(optimizer, lr)
         t0 = time.perf_counter()
-        train = train_classifier_epoch(network, loader, optimizer, ctx, epoch, FLAGS.report_freq)
+        train = train_classifier_epoch(network, loader, optimizer, ctx, epoch, opts.report_freq)
         if reference is not None:
             assert_unchanged(model.backbone, reference)
-        val = evaluate(network, val_set, ctx, per_process, FLAGS.num_workers)
+        val = evaluate(network, val_set, ctx, per_process, opts.num_workers)
         row = {"epoch": epoch, "lr": lr, **train, "val_loss": val["loss"], "val_top1": val["top1"],
                "val_top5": val["top5"]}
         history.append(row)
         if best is None or val["top1"] > best["val_top1"]:
             best = row
         if ctx.is_main:
-            log(f"epoch {epoch}/{FLAGS.end_epoch}: val top-1 {val['top1']:.2f} top-5 {val['top5']:.2f} "
+            log(f"epoch {epoch}/{opts.end_epoch}: val top-1 {val['top1']:.2f} top-5 {val['top5']:.2f} "
                 f"(best {best['val_top1']:.2f} at epoch {best['epoch']}), {time.perf_counter() - t0:.1f} s")
-            save_outputs(model, optimizer, epoch, best, history, provenance, output_dir, len(val_set))
+            save_outputs(opts, model, optimizer, epoch, best, history, provenance, output_dir, len(val_set))
         edist.barrier()
-    if FLAGS.with_knn:  # the backbone as trained (semi) or as given (linear: frozen, checked above)
-        knn = frozen_scores(model.backbone, ctx, logreg=False, knn=True)
+    if opts.with_knn:  # the backbone as trained (semi) or as given (linear: frozen, checked above)
+        knn = frozen_scores(opts, model.backbone, ctx, logreg=False, knn=True)
         if ctx.is_main:
             results = json.loads((output_dir / "results.json").read_text())
             atomic_json({**results, "knn": knn["knn"]}, output_dir / "results.json")
-    if lock is not None:
-        lock.release()
-    edist.shutdown()
 
 
-def save_outputs(model, optimizer, epoch, best, history, provenance, output_dir: Path, num_val: int) -> None:
+def save_outputs(opts: LinclsOptions, model, optimizer, epoch, best, history, provenance, output_dir: Path,
+                 num_val: int) -> None:
     """The probe checkpoint, epochs.csv and results.json after ``epoch``."""
-    save_probe(model, optimizer, epoch + 1, best, history, output_dir, FLAGS.save_freq, FLAGS.protocol)
+    save_probe(model, optimizer, epoch + 1, best, history, output_dir, opts.save_freq, opts.protocol)
     with open(output_dir / "epochs.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
@@ -306,7 +337,7 @@ def save_outputs(model, optimizer, epoch, best, history, provenance, output_dir:
     def summary(row: dict) -> dict:
         return with_intervals({"epoch": row["epoch"], "top1": row["val_top1"], "top5": row["val_top5"]}, num_val)
 
-    atomic_json({"protocol": FLAGS.protocol, **provenance, "num_val": num_val, "epochs_done": epoch + 1,
+    atomic_json({"protocol": opts.protocol, **provenance, "num_val": num_val, "epochs_done": epoch + 1,
                  "last": summary(last), "best": summary(best)}, output_dir / "results.json")
 
 

@@ -18,18 +18,19 @@ import torch
 from absl import app, flags
 from torch import nn
 
-from datasets.folders import IndexedImageFolder, open_split
 from datasets.device_views import DeviceViews, EncodedImageFolder, collate_encoded
+from datasets.folders import IndexedImageFolder, open_split
 from datasets.neighbours import dataset_fingerprint, neighbour_path, write_neighbours
 from datasets.transforms import MOCO_V2, eval_transform
-from utils import dist as edist
-from engine.cli import run
 from engine.bags import BAGGINGS, BagError, bag_purity, group_bags, kmeans_assignments, random_bags
+from engine.cli import run
 from engine.features import SEARCH_BACKENDS, embed, exact_knn
-from utils.io import check_writable
-from utils.logs import log
+from engine.options import KnnStepOptions, from_flags
 from models.backbones import BACKBONES
 from models.checkpoints import file_sha256, head_from_state, load_backbone
+from utils import dist as edist
+from utils.io import check_writable
+from utils.logs import log
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("arch", "resnet50", sorted(BACKBONES), "Teacher network.")
@@ -59,17 +60,17 @@ flags.DEFINE_integer("bag_seed", 0, "Seed of the k-means initialisation and of t
 flags.mark_flag_as_required("data_dir")
 
 
-def check_flags() -> None:
+def check_options(opts: KnnStepOptions) -> None:
     """Flag values that cannot work, refused before the teacher loads."""
     for name, low in {"batch_size": 1, "image_size": 16, "clus_pos_num": 1, "num_workers": 0}.items():
-        if FLAGS[name].value < low:
-            raise app.UsageError(f"--{name}={FLAGS[name].value}: must be at least {low}")
-    if FLAGS.bagging == "kmeans" and FLAGS.kmeans_clusters is None:
+        if getattr(opts, name) < low:
+            raise app.UsageError(f"--{name}={getattr(opts, name)}: must be at least {low}")
+    if opts.bagging == "kmeans" and opts.kmeans_clusters is None:
         raise app.UsageError("--bagging=kmeans needs --kmeans_clusters (the number of clusters)")
-    if FLAGS.bagging != "kmeans" and FLAGS.kmeans_clusters is not None:
-        raise app.UsageError(f"--kmeans_clusters is a --bagging=kmeans flag; this run is --bagging={FLAGS.bagging}")
-    if FLAGS.bagging in ("label", "random") and FLAGS["save_distances"].value:
-        raise app.UsageError(f"--save_distances: --bagging={FLAGS.bagging} computes no similarities")
+    if opts.bagging != "kmeans" and opts.kmeans_clusters is not None:
+        raise app.UsageError(f"--kmeans_clusters is a --bagging=kmeans flag; this run is --bagging={opts.bagging}")
+    if opts.bagging in ("label", "random") and opts.save_distances:
+        raise app.UsageError(f"--save_distances: --bagging={opts.bagging} computes no similarities")
 
 
 def build_network(arch: str, ckpt: str, feature: str) -> nn.Module:
@@ -87,82 +88,87 @@ def build_network(arch: str, ckpt: str, feature: str) -> nn.Module:
     return network
 
 
-def build_dataset(device: torch.device) -> tuple[IndexedImageFolder, dict]:
+def build_dataset(opts: KnnStepOptions, device: torch.device) -> tuple[IndexedImageFolder, dict]:
     """The training images, and with --device_views the loader's collate and the batch -> crops step."""
-    root = open_split(FLAGS.data_dir, "train")
-    if not FLAGS.device_views:
-        return IndexedImageFolder(root, eval_transform(FLAGS.image_size)), {}
-    crops = DeviceViews(FLAGS.image_size, MOCO_V2, device).eval_crops
+    root = open_split(opts.data_dir, "train")
+    if not opts.device_views:
+        return IndexedImageFolder(root, eval_transform(opts.image_size)), {}
+    crops = DeviceViews(opts.image_size, MOCO_V2, device).eval_crops
     return EncodedImageFolder(root), {"collate_fn": collate_encoded, "prepare": crops}
 
 
-def make_bags(ctx: edist.Context, network: nn.Module | None, dataset: IndexedImageFolder, loading: dict
-              ) -> tuple[np.ndarray | None, dict]:
+def make_bags(opts: KnnStepOptions, ctx: edist.Context, network: nn.Module | None, dataset: IndexedImageFolder,
+              loading: dict) -> tuple[np.ndarray | None, dict]:
     """The ``[N, K]`` bags by --bagging (rank 0; None elsewhere) and what the JSON says about how they were made;
     ``network`` is the teacher for knn and kmeans bags."""
-    k, labels = FLAGS.clus_pos_num, np.array([target for _, target in dataset.samples])
-    info = {"bagging": FLAGS.bagging, "bag_seed": FLAGS.bag_seed, "uses_labels": FLAGS.bagging == "label"}
-    if FLAGS.bagging == "random":
-        return (random_bags(len(labels), k, FLAGS.bag_seed) if ctx.is_main else None), info
-    if FLAGS.bagging == "label":
+    k, labels = opts.clus_pos_num, np.array([target for _, target in dataset.samples])
+    info = {"bagging": opts.bagging, "bag_seed": opts.bag_seed, "uses_labels": opts.bagging == "label"}
+    if opts.bagging == "random":
+        return (random_bags(len(labels), k, opts.bag_seed) if ctx.is_main else None), info
+    if opts.bagging == "label":
         names = np.array(dataset.classes)[labels]  # errors name the class folder
-        return (group_bags(names, k, FLAGS.bag_seed, "class") if ctx.is_main else None), info
+        return (group_bags(names, k, opts.bag_seed, "class") if ctx.is_main else None), info
     t0 = time.perf_counter()
-    features = embed(network, dataset, ctx, FLAGS.batch_size, FLAGS.num_workers,
-                     channels_last=FLAGS.channels_last, label="embed", **loading)
+    features = embed(network, dataset, ctx, opts.batch_size, opts.num_workers,
+                     channels_last=opts.channels_last, label="embed", **loading)
     info["embed_seconds"] = round(time.perf_counter() - t0, 3)
     if not ctx.is_main:
         return None, info
     t1 = time.perf_counter()
-    info.update(feature=FLAGS.feature, feature_dim=int(features.shape[1]), teacher_arch=FLAGS.arch,
-                checkpoint=Path(FLAGS.ckpt_name).name, checkpoint_sha256=file_sha256(FLAGS.ckpt_name))
-    if FLAGS.bagging == "knn":
-        bags, sims, backend = exact_knn(features, k, FLAGS.search, ctx.device, report=log)
+    info.update(feature=opts.feature, feature_dim=int(features.shape[1]), teacher_arch=opts.arch,
+                checkpoint=Path(opts.ckpt_name).name, checkpoint_sha256=file_sha256(opts.ckpt_name))
+    if opts.bagging == "knn":
+        bags, sims, backend = exact_knn(features, k, opts.search, ctx.device, report=log)
         info["search_backend"] = backend
-        if FLAGS.save_distances:
+        if opts.save_distances:
             info["sims"] = sims.numpy()
         bags = bags.numpy()
     else:
-        clusters, backend = kmeans_assignments(features, FLAGS.kmeans_clusters, FLAGS.bag_seed)
-        info.update(kmeans_clusters=FLAGS.kmeans_clusters, kmeans_backend=backend,
-                    kmeans_cluster_sizes=np.bincount(clusters, minlength=FLAGS.kmeans_clusters).tolist())
-        bags = group_bags(clusters, k, FLAGS.bag_seed, "k-means cluster")
+        clusters, backend = kmeans_assignments(features, opts.kmeans_clusters, opts.bag_seed)
+        info.update(kmeans_clusters=opts.kmeans_clusters, kmeans_backend=backend,
+                    kmeans_cluster_sizes=np.bincount(clusters, minlength=opts.kmeans_clusters).tolist())
+        bags = group_bags(clusters, k, opts.bag_seed, "k-means cluster")
     info["search_seconds"] = round(time.perf_counter() - t1, 3)
     return bags, info
 
 
 def main(argv: list[str]) -> None:
     del argv
-    check_flags()
-    open_split(FLAGS.data_dir, "train")  # before the output folder is made
-    ctx = edist.init(FLAGS.device)
-    out = neighbour_path(FLAGS.corr_name)
+    make_neighbour_file(from_flags(KnnStepOptions, FLAGS))
+
+
+def make_neighbour_file(opts: KnnStepOptions) -> None:
+    """Embed, bag and write the neighbour file ``opts`` asks for."""
+    check_options(opts)
+    open_split(opts.data_dir, "train")  # before the output folder is made
+    ctx = edist.init(opts.device)
+    out = neighbour_path(opts.corr_name)
     if ctx.is_main:
         check_writable(out.parent)
     network = None
-    if FLAGS.bagging in ("knn", "kmeans"):  # before any data is read: a wrong checkpoint stops here
-        network = build_network(FLAGS.arch, FLAGS.ckpt_name, FLAGS.feature).to(ctx.device).eval()
-        if FLAGS.channels_last:
+    if opts.bagging in ("knn", "kmeans"):  # before any data is read: a wrong checkpoint stops here
+        network = build_network(opts.arch, opts.ckpt_name, opts.feature).to(ctx.device).eval()
+        if opts.channels_last:
             network = network.to(memory_format=torch.channels_last)
-    dataset, loading = build_dataset(ctx.device)
-    n, k = len(dataset), FLAGS.clus_pos_num
+    dataset, loading = build_dataset(opts, ctx.device)
+    n, k = len(dataset), opts.clus_pos_num
     if not 0 < k < n:
         raise app.UsageError(f"--clus_pos_num={k} must be at least 1 and below the number of images ({n})")
-    log(f"{dataset.describe()}; K={k}; bags: {FLAGS.bagging}; {ctx.world_size} process(es)", ctx.is_main)
+    log(f"{dataset.describe()}; K={k}; bags: {opts.bagging}; {ctx.world_size} process(es)", ctx.is_main)
     try:
-        bags, info = make_bags(ctx, network, dataset, loading)
+        bags, info = make_bags(opts, ctx, network, dataset, loading)
     except BagError as error:
-        raise app.UsageError(f"--bagging={FLAGS.bagging}: {error}") from None
+        raise app.UsageError(f"--bagging={opts.bagging}: {error}") from None
     if ctx.is_main:
         labels = np.array([target for _, target in dataset.samples])
         sims = info.pop("sims", None)
         meta = {"k": k, "data_root": str(Path(dataset.root).resolve()), **dataset_fingerprint(dataset),
-                "image_size": FLAGS.image_size, "world_size": ctx.world_size, **info,
+                "image_size": opts.image_size, "world_size": ctx.world_size, **info,
                 # the labels are read for this figure only; no bag but --bagging=label uses them
                 "bag_purity": bag_purity(bags, labels) if len(dataset.classes) > 1 else None}
         write_neighbours(out, bags, meta, sims)
         purity = "" if meta["bag_purity"] is None else f"; {meta['bag_purity']:.1f} % of bag members share the class"
-        log(f"wrote {out} {tuple(bags.shape)} and {out.with_suffix('.json')} ({FLAGS.bagging} bags{purity})")
+        log(f"wrote {out} {tuple(bags.shape)} and {out.with_suffix('.json')} ({opts.bagging} bags{purity})")
     edist.barrier()
     edist.shutdown()
 

@@ -25,11 +25,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from bench.distill_step import CONFIGS, build, step, sync
 from datasets.device_views import DeviceViews, EncodedBagDataset, collate_encoded
 from datasets.folders import BagDataset
 from datasets.transforms import MOCO_V2, augmentation
 from engine.training import views_to_device
-from bench.distill_step import CONFIGS, build, step, sync
 
 
 def make_jpegs(root: Path, count: int, classes: int = 8, width: int = 500, height: int = 375) -> None:
@@ -170,7 +170,8 @@ def main() -> None:
         print("| input | loader workers | anchors/s | of resident | host ms/step blocked on loader |")
         print("|---|---|---|---|---|")
         for r in profile_rows:
-            print(f"| {r['path']} | {r['workers']} | {r['anchors_per_s']:.0f} | {100 * r['fraction_of_resident']:.0f} % "
+            print(f"| {r['path']} | {r['workers']} | {r['anchors_per_s']:.0f} | "
+                  f"{100 * r['fraction_of_resident']:.0f} % "
                   f"| {r['loader_wait_ms_per_step']:.1f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"pipeline": rows, "profile": profile_rows}, indent=1))

@@ -6,7 +6,7 @@
 For each training stage of the demo (the MoCo-v2 teacher, then the MoCo-v2, SEED and BINGO students) it runs
 `main_distill.py` with the demo's own flags for `--epochs` epochs on the demo's data and takes the median
 images/s of the epochs after the first (what the loop reports, data loading included); then, in this process, it
-builds the very same networks, optimizer and distiller from the same flags (`main_distill.build_distiller`) and
+builds the very same networks, optimizer and distiller from the same flags (`engine.distillation.build_distiller`) and
 times `--steps` steps on synthetic tensors of the same batch and size (compute only). Both rates come from the
 same run, so machine load affects them alike. `--inputs` adds rows for other input paths: `files` is the
 default loader path (PIL in `--num_workers` loader processes), `memory` the demo's (decoded images held in memory,
@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from bench.distill_step import time_steps
-from utils.logs import read_metrics
 from scripts.demo import CONFIGS, CPU_INPUT, REPO, Training, data_folder, train_args
+from utils.logs import read_metrics
 
 INPUTS = {"memory": CPU_INPUT, "files": ()}
 
@@ -50,21 +50,22 @@ def data_fed(args: list[str], out: Path) -> dict:
 def compute_only(args: list[str], steps: int, views: int) -> float:
     """Images/s of the step ``main_distill.py args`` would build, on synthetic tensors (no data loading)."""
     import main_distill
-    from absl import flags
-
+    from engine.distillation import build_distiller, load_teacher_network, resolve_method_defaults
+    from engine.options import DistillOptions, from_argv
+    from models.checkpoints import read_bytes
     from utils import dist as edist
 
-    flag_values = flags.FLAGS
-    flag_values.unparse_flags()
-    flag_values(["main_distill.py", *args, "--device=cpu"])
+    opts = resolve_method_defaults(from_argv(DistillOptions, main_distill.FLAGS,
+                                             ["main_distill.py", *args, "--device=cpu"]))
     ctx = edist.init("cpu")
-    distiller, optimizer = main_distill.build_distiller(main_distill.build_teacher(False), ctx, seed=0)
+    teacher = load_teacher_network(opts, read_bytes(opts.pretrain_path), False) if opts.uses_teacher else None
+    distiller, optimizer = build_distiller(opts, teacher, ctx, seed=0)
     distiller.set_epoch(0, 0, 0)
-    batch, size = flag_values.batch_size, flag_values.image_size
+    batch, size = opts.batch_size, opts.image_size
     tensors = tuple(torch.randn(batch, 3, size, size) for _ in range(views))
 
     def step() -> None:
-        loss, _ = distiller(tensors, epoch=flag_values.end_epoch)
+        loss, _ = distiller(tensors, epoch=opts.end_epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -25,8 +25,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.backbones import build_backbone
 from models.distiller import DistillConfig, Embedder
-from models.methods import build_method
 from models.heads import mlp_head, student_head, swav_head
+from models.methods import build_method
 
 CONFIGS = {
     "official": dict(amp=False, channels_last=False, teacher_mode="train", fuse=False, compile=False),
@@ -54,11 +54,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def default_config(**overrides) -> DistillConfig:
+    """``main_distill.py``'s step settings at its flags' defaults, with ``overrides``."""
+    import dataclasses
+
+    import main_distill
+    from engine.distillation import distill_config, resolve_method_defaults
+    from engine.options import DistillOptions, from_argv
+
+    options = resolve_method_defaults(from_argv(DistillOptions, main_distill.FLAGS, ["main_distill.py"]))
+    return dataclasses.replace(distill_config(options), **overrides)
+
+
 def build(student_arch: str, teacher_arch: str, config: dict, device: torch.device, queue: int) -> tuple:
     backbone = build_backbone(student_arch)
     student = Embedder(backbone, student_head(backbone.feature_dim, 128))
-    distill = DistillConfig(queue_size=queue, amp=config["amp"], teacher_mode=config["teacher_mode"],
-                            fuse_teacher=config["fuse"])
+    distill = default_config(queue_size=queue, amp=config["amp"], teacher_mode=config["teacher_mode"],
+                             fuse_teacher=config["fuse"])
     distiller = build_method(student, teacher_for(teacher_arch), distill).to(device)
     if config["channels_last"]:
         distiller = distiller.to(memory_format=torch.channels_last)

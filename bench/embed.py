@@ -23,9 +23,9 @@ from bench.data_pipeline import make_jpegs
 from datasets.device_views import DeviceViews, EncodedImageFolder, collate_encoded
 from datasets.folders import IndexedImageFolder
 from datasets.transforms import MOCO_V2, eval_transform
-from utils import dist as edist
 from engine.features import embed
 from models.backbones import build_backbone
+from utils import dist as edist
 
 
 def measure(root: Path, path: str, channels_last: bool, args, ctx: edist.Context) -> float:

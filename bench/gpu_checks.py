@@ -16,17 +16,17 @@ import io
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from PIL import Image
 from torch.utils.data import default_collate
 
+from bench.distill_step import default_config
 from datasets.device_views import DeviceViews, EncodedImage, PackedImages, sample_view
 from datasets.transforms import IMAGENET_STD, MOCO_V2, augmentation
 from engine.features import exact_knn
 from models.backbones import build_backbone
-from models.distiller import DistillConfig, Embedder
-from models.methods import build_method
+from models.distiller import Embedder
 from models.heads import mlp_head, student_head
+from models.methods import build_method
 
 
 def reference(features: torch.Tensor, k: int) -> torch.Tensor:
@@ -67,7 +67,7 @@ def check_amp_step() -> None:
         student = Embedder(backbone, student_head(512, 128))
         teacher_backbone = build_backbone("resnet50")
         teacher = Embedder(teacher_backbone, mlp_head(2048, 2048, 128))
-        distiller = build_method(student, teacher, DistillConfig(queue_size=4096, amp=amp)).cuda()
+        distiller = build_method(student, teacher, default_config(queue_size=4096, amp=amp)).cuda()
         if amp:
             distiller = distiller.to(memory_format=torch.channels_last)
         distiller.set_epoch(0, 0, 0)
@@ -103,7 +103,8 @@ def check_device_views(device_name: str = "cuda") -> None:
     device = views.augment([decoded[i] for i in sources], default_collate(params)).cpu()
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     errors = ((device - torch.stack(cpu)).abs() * std).mean(dim=(1, 2, 3))
-    print(f"device views on {device_name} vs CPU pipeline: mean abs error {errors.mean():.4f}, worst view {errors.max():.4f}")
+    print(f"device views on {device_name} vs CPU pipeline: mean abs error {errors.mean():.4f}, "
+          f"worst view {errors.max():.4f}")
     assert errors.max() < 0.02
 
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Everything measured on a lent GPU in one call: correctness checks, then the benchmarks; logs go to $OUT.
+# Everything measured on a GPU: correctness checks, then the benchmarks; logs go to $OUT.
 # Usage (from the repository root): bash bench/gpu_suite.sh [checks|knn|embed|pipeline|distill|demo ...]
 # Packages the machine lacks (kornia, efficientnet_pytorch) come as wheels in .whl/ (`make gpu-wheels`; carry .whl).
 # `demo` runs the demo's GPU configuration (resumable: run it again until it prints its table); FMNIST_DIR names a
 # folder with the four Fashion-MNIST .gz files where Debian's package is not installed; DEMO_SECONDS (540) stops it,
-# with everything it started, before a 10-minute call ends; demo.log keeps every stage's output, so a stopped run
+# with everything it started, after 9 minutes; demo.log keeps every stage's output, so a stopped run
 # still shows the floors and the teacher's k-NN monitor points.
 set -uo pipefail
 if ls .whl/*.whl >/dev/null 2>&1; then

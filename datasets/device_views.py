@@ -157,8 +157,8 @@ class EncodedBagDataset(BagDataset):
     the anchor (and the neighbour) once as ``EncodedImage`` and the parameters are those of the CPU path's views.
     With ``in_memory`` every image is decoded once, up front, and kept (``DecodedCache``)."""
 
-    def __init__(self, root, spec: AugmentSpec, neighbours: np.ndarray | None, clus_pos_num: int = 5,
-                 seed: int = 0, views: str = "bag", in_memory: bool = False) -> None:
+    def __init__(self, root, spec: AugmentSpec, neighbours, clus_pos_num: int = 5, seed: int = 0,
+                 views: str | None = None, in_memory: bool = False) -> None:
         super().__init__(root, _Sampler(spec), neighbours, clus_pos_num, seed, views)
         self.loader = DecodedCache([path for path, _ in self.samples]) if in_memory else read_encoded
 

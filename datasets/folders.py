@@ -142,36 +142,37 @@ def per_item_seed(seed: int, epoch: int, index: int) -> int:
 class BagDataset(IndexedImageFolder):
     """Anchor plus one neighbour drawn uniformly from the first ``clus_pos_num`` columns of its ``.npy`` row.
 
-    ``views="bag"`` gives (anchor query, anchor key, neighbour query, neighbour key, index), four independent draws
-    of ``transform``; ``views="pair"`` gives (anchor query, anchor key, index) for the MoCo baseline. Randomness
-    comes from ``per_item_seed`` so it is reproducible; call ``set_epoch`` every epoch.
+    ``neighbours`` is the ``[N, K]`` array, or a function of the scanned folder that returns it (the neighbour file's
+    reader, which checks the file against these very images), or None for view pairs. ``views="bag"`` (the default
+    with neighbours) gives (anchor query, anchor key, neighbour query, neighbour key, index), four independent draws
+    of ``transform``; ``views="pair"`` (the default without) gives (anchor query, anchor key, index) for the
+    baselines. Randomness comes from ``per_item_seed`` so it is reproducible; call ``set_epoch`` every epoch.
     """
 
     def __init__(
         self,
         root: str | os.PathLike,
         transform: Callable,
-        neighbours: np.ndarray | None,
+        neighbours: np.ndarray | Callable[["BagDataset"], np.ndarray] | None,
         clus_pos_num: int = 5,
         seed: int = 0,
-        views: str = "bag",
+        views: str | None = None,
     ) -> None:
         super().__init__(root, transform)
+        views = views or ("bag" if neighbours is not None else "pair")
         if views not in ("bag", "pair"):
             raise ValueError(f"views must be 'bag' or 'pair', not {views!r}")
+        if views == "bag" and neighbours is None:
+            raise ValueError("views='bag' needs the neighbours")
         self.views = views
         self.neighbours: np.ndarray | None = None
         if neighbours is not None:
-            self.set_neighbours(neighbours[:, :clus_pos_num])
+            rows = neighbours(self) if callable(neighbours) else neighbours
+            if rows.shape[0] != len(self.samples):
+                raise ValueError(f"{rows.shape[0]} neighbour rows for {len(self.samples)} images")
+            self.neighbours = np.ascontiguousarray(rows[:, :clus_pos_num])
         self.seed = seed
         self.epoch = 0
-
-    def set_neighbours(self, neighbours: np.ndarray) -> None:
-        """Draw each bag member from the whole row of this ``[N, K]`` array (``main_distill.load_neighbours`` keeps
-        the first ``--clus_pos_num`` columns)."""
-        if neighbours.shape[0] != len(self.samples):
-            raise ValueError(f"{neighbours.shape[0]} neighbour rows for {len(self.samples)} images")
-        self.neighbours = np.ascontiguousarray(neighbours)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -184,8 +185,6 @@ class BagDataset(IndexedImageFolder):
             anchor_q, anchor_k = self.transform(anchor), self.transform(anchor)
             if self.views == "pair":
                 return anchor_q, anchor_k, index
-            if self.neighbours is None:
-                raise RuntimeError("BagDataset(views='bag') needs set_neighbours() before use")
             row = self.neighbours[index]
             neighbour = int(row[np.random.default_rng(seed).integers(len(row))])
             image = self.loader(self.samples[neighbour][0])

@@ -1,4 +1,5 @@
-"""The image transforms: MoCo-v2 / MoCo-v1 / crop-and-flip augmentation, the linear-probe augmentation and the evaluation crop.
+"""The image transforms: MoCo-v2 / MoCo-v1 / crop-and-flip augmentation, the linear-probe augmentation and the
+evaluation crop.
 
 Every transform takes the output size ``S`` (``--image_size``, 224 by default) so tests can run at 32 px; the
 evaluation transform is ``Resize(round(S * 256 / 224)) + CenterCrop(S)``, i.e. Resize 256 + CenterCrop 224 at S=224.

@@ -11,8 +11,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.checkpoints import (MOMENTUM_PREFIX, CheckpointError, check_finite, from_official_keys, strict_load,
-                                to_official_keys, torch_load)
+from models.checkpoints import (
+    MOMENTUM_PREFIX,
+    CheckpointError,
+    check_finite,
+    from_official_keys,
+    strict_load,
+    to_official_keys,
+    torch_load,
+)
 from models.distiller import Distiller, unwrap
 from utils.io import atomic_torch_save, rng_state, set_rng_state
 

@@ -15,10 +15,10 @@ from typing import Callable
 from absl import app
 
 from datasets.folders import DatasetError
+from models.checkpoints import CheckpointError
 from utils.io import OutputFolderError
 from utils.logs import MetricsFileError
 from utils.signals import EXIT_PREEMPTED, Preempted
-from models.checkpoints import CheckpointError
 
 __all__ = ["run", "guarded", "user_message", "USER_ERRORS", "EXIT_USER_ERROR"]
 

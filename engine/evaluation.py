@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from utils import dist as edist
 from engine.features import embed, search
+from utils import dist as edist
 from utils.logs import Progress, log
 from utils.metrics import topk_correct, with_intervals
 
@@ -97,7 +97,7 @@ def evaluate(model: nn.Module, dataset: Dataset, ctx: edist.Context, batch_size:
     network: a network trained under DDP holds each rank's own BatchNorm statistics until they are broadcast."""
     edist.broadcast_buffers(model)
     model.eval()
-    shard = Subset(dataset, list(range(ctx.rank, len(dataset), ctx.world_size)))
+    shard = Subset(dataset, ctx.shard(len(dataset)))
     loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers,
                         pin_memory=ctx.device.type == "cuda")
     totals = torch.zeros(4, dtype=torch.float64, device=ctx.device)  # top1, top5, loss sum, count
@@ -128,7 +128,7 @@ def recompute_bn_statistics(backbone: nn.Module, dataset: Dataset, ctx: edist.Co
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over the batches
-    shard = Subset(dataset, list(range(ctx.rank, len(dataset), ctx.world_size)))
+    shard = Subset(dataset, ctx.shard(len(dataset)))
     backbone.train()
     with torch.random.fork_rng(devices=[]):
         for images, _, _ in DataLoader(shard, batch_size=batch_size, num_workers=num_workers):
@@ -148,7 +148,8 @@ def knn_predict(neighbour_labels: torch.Tensor, neighbour_sims: torch.Tensor, nu
     """Class scores ``[Q, C]`` from the ``k`` nearest neighbours: a plain vote (``temperature=None``) or the
     similarity-weighted vote ``sum exp(sim / T)`` (as solo-learn and lightly report)."""
     labels = neighbour_labels[:, :k]
-    weights = torch.ones_like(neighbour_sims[:, :k]) if temperature is None else (neighbour_sims[:, :k] / temperature).exp()
+    sims = neighbour_sims[:, :k]
+    weights = torch.ones_like(sims) if temperature is None else (sims / temperature).exp()
     scores = torch.zeros(labels.shape[0], num_classes, dtype=torch.float64)
     scores.scatter_add_(1, labels, weights.double())
     if temperature is None:

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from utils import dist as edist
 from utils.logs import Progress, log
 
-__all__ = ["embed", "exact_knn", "search", "faiss_info", "check_finite_features", "NonFiniteFeatures", "SEARCH_BACKENDS"]
+__all__ = ["embed", "exact_knn", "search", "faiss_info", "check_finite_features", "NonFiniteFeatures",
+           "SEARCH_BACKENDS"]
 
 SEARCH_BACKENDS = ("auto", "faiss", "torch")
 # Bound on |fp16 dot product - exact dot product| for unit vectors (inputs rounded to fp16, fp32 accumulation,
@@ -47,7 +48,7 @@ def embed(
     """
     network.eval()
     n = len(dataset)
-    shard = list(range(ctx.rank, n, ctx.world_size))
+    shard = ctx.shard(n)
     steps = math.ceil(math.ceil(n / ctx.world_size) / batch_size)
     loader = DataLoader(
         Subset(dataset, shard),
@@ -234,7 +235,8 @@ def _two_stage_knn(features, k, device, chunk=None, report=None, block: int = 64
     indices = torch.empty(n, k, dtype=torch.int64, device=device)
     sims_out = torch.empty(n, k, dtype=torch.float32, device=device)
     uncertified = []
-    settings = (torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction, torch.backends.cuda.matmul.allow_tf32)
+    matmul = torch.backends.cuda.matmul
+    settings = (matmul.allow_fp16_reduced_precision_reduction, matmul.allow_tf32)
     torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
     torch.backends.cuda.matmul.allow_tf32 = False
     try:

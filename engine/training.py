@@ -9,12 +9,13 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from models.distiller import Distiller
 from utils import dist as edist
 from utils.logs import MetricsLog, Progress, format_seconds, log
 from utils.signals import StopRequests
-from models.distiller import Distiller
 
-__all__ = ["make_train_loader", "views_to_device", "train_epoch", "check_teacher_unchanged", "NonFiniteLoss", "RunState"]
+__all__ = ["make_train_loader", "views_to_device", "train_epoch", "check_teacher_unchanged", "NonFiniteLoss",
+           "RunState"]
 
 
 class NonFiniteLoss(FloatingPointError):

@@ -59,7 +59,7 @@ class Bingo(Distiller):
                                                      self.config.t, (own, other),
                                                      anchor_fraction if "mix" in kept else 1.0, kept)
             if "mix" in kept:
-                terms["mix_lam"] = torch.tensor(anchor_fraction)
+                terms["anchor_fraction"] = torch.tensor(anchor_fraction)
         terms.update(self.instance_accuracy(qa, ka, queue))
         self.queue.enqueue(ka)
         return loss, terms

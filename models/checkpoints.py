@@ -22,6 +22,7 @@ truncated), and a weight that is NaN or infinite.
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
 import warnings
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ __all__ = [
     "load_backbone",
     "load_teacher",
     "file_sha256",
+    "read_bytes",
     "check_finite",
 ]
 
@@ -66,22 +68,36 @@ class Weights:
     head_prefix: str = ""  # what the file's head keys start with after the backbone's prefix (fc., projection_head.)
 
 
-def torch_load(path: str | Path) -> object:
-    """``torch.load`` on the CPU, with ``weights_only=True`` where the file allows it."""
+def read_bytes(path: str | Path) -> bytes:
+    """A checkpoint file's bytes, read once (for its hash and its load), or a clear error when it is missing."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
+    return path.read_bytes()
+
+
+def torch_load(path: str | Path, data: bytes | None = None) -> object:
+    """``torch.load`` on the CPU, with ``weights_only=True`` where the file allows it; from ``data`` (the file's
+    bytes, already read) when given."""
+    path = Path(path)
+    if data is None and not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
+
+    def source():
+        return io.BytesIO(data) if data is not None else path
+
     try:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(source(), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
             if "weights_only" not in str(error):
                 raise
         warnings.warn(f"{path} holds Python objects besides tensors; loading it with weights_only=False", stacklevel=2)
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(source(), map_location="cpu", weights_only=False)
     except Exception as error:  # truncated, not a checkpoint at all, or pickled classes this program lacks
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise CheckpointError(f"{path} ({path.stat().st_size} bytes) is not a readable PyTorch checkpoint: {reason}. "
+        size = len(data) if data is not None else path.stat().st_size
+        raise CheckpointError(f"{path} ({size} bytes) is not a readable PyTorch checkpoint: {reason}. "
                               "It may be truncated or another kind of file: copy or download it again.") from error
 
 
@@ -132,9 +148,9 @@ def detect_format(obj: object) -> str:
     return "torchvision"
 
 
-def read_weights(path: str | Path) -> Weights:
+def read_weights(path: str | Path, data: bytes | None = None) -> Weights:
     """Load a checkpoint file and split it into backbone and (if it has one) projection-head weights, all finite."""
-    weights = _split_weights(str(path), torch_load(path))
+    weights = _split_weights(str(path), torch_load(path, data))
     where = f"{path} (detected format: {weights.fmt})"
     check_finite(weights.backbone, where)
     check_finite({f"{weights.head_prefix}{k}": v for k, v in weights.head.items()}, where)
@@ -199,12 +215,15 @@ def strict_load(module: nn.Module, state: dict[str, torch.Tensor], where: str, w
     module.load_state_dict(full, strict=True)
 
 
-def load_backbone(arch: str, path: str | Path, pool: str = "avg") -> tuple[nn.Module, Weights]:
-    """Build ``arch`` and load its backbone weights from any supported checkpoint, strictly."""
-    weights = read_weights(path)
+def load_backbone(arch: str, path: str | Path, pool: str = "avg", data: bytes | None = None
+                  ) -> tuple[nn.Module, Weights]:
+    """Build ``arch`` and load its backbone weights from any supported checkpoint (``data``: its bytes, already
+    read), strictly."""
+    weights = read_weights(path, data)
     meta_arch = weights.meta.get("arch")
     if weights.fmt == "bingo" and meta_arch and meta_arch != arch:
-        raise CheckpointError(f"{path}: this project's checkpoint holds a {meta_arch} backbone, but {arch} was asked for")
+        raise CheckpointError(f"{path}: this project's checkpoint holds a {meta_arch} backbone, but {arch} was asked "
+                              "for")
     net = build_backbone(arch, pool=pool)
     strict_load(net, weights.backbone, f"{path} (detected format: {weights.fmt})", f"{arch} backbone")
     return net, weights
@@ -225,9 +244,9 @@ def head_from_state(state: dict[str, torch.Tensor], where: str) -> nn.Sequential
     return head
 
 
-def load_teacher(arch: str, path: str | Path) -> tuple[nn.Module, nn.Module, Weights]:
+def load_teacher(arch: str, path: str | Path, data: bytes | None = None) -> tuple[nn.Module, nn.Module, Weights]:
     """Backbone and its own pretrained projection head, both loaded strictly; raises if the file has no head."""
-    backbone, weights = load_backbone(arch, path)
+    backbone, weights = load_backbone(arch, path, data=data)
     if not weights.head:
         raise CheckpointError(
             f"{path} (detected format: {weights.fmt}) has no projection head; distillation needs the teacher's own "
@@ -235,7 +254,8 @@ def load_teacher(arch: str, path: str | Path) -> tuple[nn.Module, nn.Module, Wei
         )
     head = head_from_state(weights.head, f"{path} (detected format: {weights.fmt})")
     if head[0].in_features != backbone.feature_dim:
-        raise CheckpointError(f"{path}: head expects {head[0].in_features}-d input, {arch} gives {backbone.feature_dim}")
+        raise CheckpointError(f"{path}: head expects {head[0].in_features}-d input, {arch} gives "
+                              f"{backbone.feature_dim}")
     return backbone, head, weights
 
 

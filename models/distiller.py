@@ -57,27 +57,33 @@ class Embedder(nn.Module):
         return tuple(F.normalize(self.head(self.backbone(v)).float(), dim=1) for v in views)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistillConfig:
-    """The step's settings; ``main_distill.py``'s flags of the same meaning set them."""
+    """The step's settings, built from ``main_distill.py``'s options of the same meaning
+    (``engine.distillation.distill_config``); the defaults are the flags', and only theirs."""
 
-    method: str = "bingo"  # bingo | seed | moco
-    loss: str = "official"  # official | paper (bingo only)
-    dim: int = 128
-    queue_size: int = 65536
-    t: float = 0.2
-    moco_m: float = 0.999
-    lam: tuple[float, float] = (0.5, 0.5)
-    warmup_epochs: int = 10
-    official_terms: tuple[str, ...] = ("anchor", "neighbour", "mix")  # --loss=official: the terms kept
-    cross_keys: bool = True  # --loss=official: the other bag member's key after the warm-up
-    seed_teacher_t: float = 1e-4
-    disco_mse_weight: float = 32.0  # DisCo: weight of each MSE term on the batch mean (release: per-process sum)
-    compress_one_bank: bool = False  # CompRess-1q: the teacher's bank only, a linear map to the teacher's width
-    teacher_mode: str = "train"  # train (official: batch statistics, shuffle-BN) | eval
-    fuse_teacher: bool = False
-    subgroup: int = 8
-    amp: bool = False
+    method: str  # bingo | seed | disco | compress | moco
+    loss: str  # official | paper (bingo only)
+    dim: int
+    queue_size: int
+    t: float
+    moco_m: float
+    lam: tuple[float, float]
+    warmup_epochs: int
+    official_terms: tuple[str, ...]  # --loss=official: the terms kept
+    cross_keys: bool  # --loss=official: the other bag member's key after the warm-up
+    seed_teacher_t: float
+    disco_mse_weight: float  # DisCo: weight of each MSE term on the batch mean (release: per-process sum)
+    compress_one_bank: bool  # CompRess-1q: the teacher's bank only, a linear map to the teacher's width
+    teacher_mode: str  # train (official: batch statistics, shuffle-BN) | eval
+    fuse_teacher: bool
+    subgroup: int
+    amp: bool
+
+    def __post_init__(self) -> None:
+        if self.fuse_teacher and self.teacher_mode != "eval":
+            raise ValueError("--fuse_teacher needs --teacher_mode=eval: in train mode BN statistics of one forward "
+                             "over anchor and neighbour keys together differ from the official two forwards")
 
 
 class Distiller(nn.Module):
@@ -86,11 +92,6 @@ class Distiller(nn.Module):
 
     def __init__(self, student: Embedder, teacher: Embedder, config: DistillConfig, queue: bool = True) -> None:
         super().__init__()
-        if config.fuse_teacher and config.teacher_mode != "eval":
-            raise ValueError(
-                "--fuse_teacher needs --teacher_mode=eval: in train mode BN statistics of one forward over anchor and "
-                "neighbour keys together differ from the official two forwards"
-            )
         self.config = config
         self.student = student
         self.teacher = teacher

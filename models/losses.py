@@ -47,39 +47,41 @@ OFFICIAL_TERMS = ("anchor", "neighbour", "mix")
 
 def bingo_official_loss(
     qa: torch.Tensor,
-    qp: torch.Tensor | None,
+    qn: torch.Tensor | None,
     qm: torch.Tensor | None,
     ka: torch.Tensor,
-    kp: torch.Tensor,
+    kn: torch.Tensor,
     queue: torch.Tensor,
     t: float,
     weights: tuple[float, float],
     anchor_fraction: float,
     terms: tuple[str, ...] = OFFICIAL_TERMS,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The loss the official code trains with: ``(L_a + L_p + L_mix) / 3``.
+    """The loss the official code trains with: ``(L_a + L_n + L_mix) / 3``.
 
-    ``L_a = w_self CE(qa, ka) + w_other CE(qa, kp)``, ``L_p = w_self CE(qp, kp) + w_other CE(qp, ka)`` and
-    ``L_mix = f CE(qm, ka) + (1 - f) CE(qm, kp)``, where ``qm`` is the student's output on the CutMix image and
-    ``f = anchor_fraction`` its share of anchor pixels (``models.bingo.apply_cutmix``). Terms whose weight is 0 are
-    not computed. ``terms`` names the terms kept (the loss ablation; ``qp`` / ``qm`` may be None when theirs is
-    dropped): the loss is the mean of those kept, the official ``/ 3`` with all three.
+    With ``(own, other) = weights`` (``bag_weights``): ``L_a = own CE(qa, ka) + other CE(qa, kn)``,
+    ``L_n = own CE(qn, kn) + other CE(qn, ka)`` and ``L_mix = f CE(qm, ka) + (1 - f) CE(qm, kn)``, where ``qa`` /
+    ``qn`` are the student's outputs on the anchor and neighbour queries, ``ka`` / ``kn`` the teacher's keys, ``qm``
+    the student's output on the CutMix image and ``f = anchor_fraction`` its share of anchor pixels
+    (``models.bingo.apply_cutmix``). Terms whose weight is 0 are not computed. ``terms`` names the terms kept (the
+    loss ablation; ``qn`` / ``qm`` may be None when theirs is dropped): the loss is the mean of those kept, the
+    official ``/ 3`` with all three.
     """
-    w_self, w_other = weights
+    own, other = weights
 
-    def weighted(q, k_own, k_other, w_own, w_oth):
+    def weighted(q, k_own, k_other, w_own, w_other):
         total = w_own * info_nce(q, k_own, queue, t)
-        if w_oth:
-            total = total + w_oth * info_nce(q, k_other, queue, t)
+        if w_other:
+            total = total + w_other * info_nce(q, k_other, queue, t)
         return total
 
     kept = {}
     if "anchor" in terms:
-        kept["loss_anchor"] = weighted(qa, ka, kp, w_self, w_other)
+        kept["loss_anchor"] = weighted(qa, ka, kn, own, other)
     if "neighbour" in terms:
-        kept["loss_neighbour"] = weighted(qp, kp, ka, w_self, w_other)
+        kept["loss_neighbour"] = weighted(qn, kn, ka, own, other)
     if "mix" in terms:
-        kept["loss_mix"] = weighted(qm, ka, kp, anchor_fraction, 1.0 - anchor_fraction)
+        kept["loss_mix"] = weighted(qm, ka, kn, anchor_fraction, 1.0 - anchor_fraction)
     if not kept:
         raise ValueError(f"no loss term kept of {OFFICIAL_TERMS}")
     total = sum(kept.values()) / len(kept)
@@ -87,12 +89,12 @@ def bingo_official_loss(
 
 
 def bingo_paper_loss(
-    qa: torch.Tensor, qp: torch.Tensor, ka: torch.Tensor, queue: torch.Tensor, t: float
+    qa: torch.Tensor, qn: torch.Tensor, ka: torch.Tensor, queue: torch.Tensor, t: float
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The paper's equations: ``L = CE(qa, ka) + CE(qp, ka)`` (intra-bag + inter-bag, both against the anchor's
+    """The paper's equations: ``L = CE(qa, ka) + CE(qn, ka)`` (intra-bag + inter-bag, both against the anchor's
     teacher key); no neighbour key, no warm-up, no mix term."""
     intra = info_nce(qa, ka, queue, t)
-    inter = info_nce(qp, ka, queue, t)
+    inter = info_nce(qn, ka, queue, t)
     return intra + inter, {"loss_anchor": intra.detach(), "loss_neighbour": inter.detach()}
 
 

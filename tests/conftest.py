@@ -13,10 +13,6 @@ PROCESS_CALLS = ("run_script(", "run_cases(", "subprocess.", "_demo(", "mp.spawn
 PROCESS_FIXTURES = {"knn_setup", "distill_data", "probe_data", "rig"}
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: starts at least one process (see tests/conftest.py)")
-
-
 def pytest_collection_modifyitems(config, items):
     import inspect
 

@@ -20,15 +20,16 @@ def tiny_embedder(in_dim: int = 3 * 8 * 8, dim: int = 16, seed: int = 0):
 def distiller_step(rank: int, world: int, port: int, batch: list[torch.Tensor], out_path: str,
                    teacher_mode: str) -> None:
     """One BINGO step on this rank's slice of a fixed global batch; rank 0 saves the queue and pointer."""
-    from models.distiller import DistillConfig
     from models.methods import build_method
+
+    from helpers import distill_config
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if world > 1:
         dist.init_process_group("gloo", rank=rank, world_size=world)
     per = batch[0].shape[0] // world
     mine = [v[rank * per:(rank + 1) * per] for v in batch]
-    config = DistillConfig(dim=16, queue_size=4 * batch[0].shape[0], teacher_mode=teacher_mode, subgroup=8)
+    config = distill_config(dim=16, queue_size=4 * batch[0].shape[0], teacher_mode=teacher_mode, subgroup=8)
     distiller = build_method(tiny_embedder(seed=1), tiny_embedder(seed=2), config)
     distiller.set_epoch(0, 0, rank)
     before = distiller.queue.keys.clone()
@@ -56,8 +57,9 @@ def method_step(rank: int, world: int, port: int, method: str, batch: list[torch
     it; rank 0 saves each step's loss (averaged over processes), the student's gradients and every ring buffer."""
     from torch.nn.parallel import DistributedDataParallel
 
-    from models.distiller import DistillConfig
     from models.methods import build_method
+
+    from helpers import distill_config
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -67,7 +69,7 @@ def method_step(rank: int, world: int, port: int, method: str, batch: list[torch
     if headless and one_bank:
         student.head = nn.Linear(32, 24)
     teacher = per_image_embedder(seed=2, hidden=24, head=not headless)
-    config = DistillConfig(method=method, dim=16, queue_size=2 * batch[0].shape[0] + 4 if headless else 32,
+    config = distill_config(method=method, dim=16, queue_size=2 * batch[0].shape[0] + 4 if headless else 32,
                            t=0.2, moco_m=0.9, teacher_mode="eval", compress_one_bank=one_bank, disco_mse_weight=8.0)
     distiller = build_method(student, teacher, config)
     if world > 1:

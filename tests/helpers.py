@@ -169,3 +169,18 @@ def run_cases(module: str, cases: list[list[str]], tmp_path: Path, timeout: int 
     if done.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return json.loads(results_file.read_text())
+
+
+def distill_config(**overrides):
+    """``main_distill.py``'s step settings at its flags' defaults (the method's release defaults for ``method``),
+    with ``overrides``: how a test builds a method's step without the entry point."""
+    import dataclasses
+
+    import main_distill
+    from engine.distillation import distill_config as from_options
+    from engine.distillation import resolve_method_defaults
+    from engine.options import DistillOptions, from_argv
+
+    argv = ["main_distill.py"] + ([f"--method={overrides['method']}"] if "method" in overrides else [])
+    config = from_options(resolve_method_defaults(from_argv(DistillOptions, main_distill.FLAGS, argv)))
+    return dataclasses.replace(config, **overrides)

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from engine.bags import BagError, bag_purity, group_bags, kmeans_assignments, random_bags
-from helpers import calibrated_teacher, make_image_folder, run_cases
 from models import losses
 from utils.metrics import binomial_interval
+
+from helpers import calibrated_teacher, make_image_folder, run_cases
 
 
 def test_group_bags_draw_k_other_members_of_the_group():
@@ -94,20 +95,20 @@ def test_the_lbfgs_probe_finds_scikit_learns_logistic_regression():
 
 def test_official_loss_terms_can_be_dropped_one_at_a_time():
     torch.manual_seed(0)
-    qa, qp, qm, ka, kp = (F.normalize(torch.randn(4, 8), dim=1) for _ in range(5))
+    qa, qn, qm, ka, kn = (F.normalize(torch.randn(4, 8), dim=1) for _ in range(5))
     queue = F.normalize(torch.randn(8, 16), dim=0)
-    full, parts = losses.bingo_official_loss(qa, qp, qm, ka, kp, queue, 0.2, (0.5, 0.5), 0.7)
+    full, parts = losses.bingo_official_loss(qa, qn, qm, ka, kn, queue, 0.2, (0.5, 0.5), 0.7)
     assert torch.allclose(full, sum(parts.values()) / 3)
     for dropped in losses.OFFICIAL_TERMS:
         kept = tuple(t for t in losses.OFFICIAL_TERMS if t != dropped)
-        value, terms = losses.bingo_official_loss(qa, None if dropped == "neighbour" else qp,
-                                                  None if dropped == "mix" else qm, ka, kp, queue, 0.2, (0.5, 0.5),
+        value, terms = losses.bingo_official_loss(qa, None if dropped == "neighbour" else qn,
+                                                  None if dropped == "mix" else qm, ka, kn, queue, 0.2, (0.5, 0.5),
                                                   0.7, kept)
         assert f"loss_{dropped}" not in terms
         assert torch.allclose(value, sum(parts[f"loss_{t}"] for t in kept) / 2)
     assert losses.bag_weights(50, (0.5, 0.5), 10, cross_keys=False) == (1.0, 0.0)
     with pytest.raises(ValueError, match="no loss term"):
-        losses.bingo_official_loss(qa, qp, qm, ka, kp, queue, 0.2, (0.5, 0.5), 0.7, ())
+        losses.bingo_official_loss(qa, qn, qm, ka, kn, queue, 0.2, (0.5, 0.5), 0.7, ())
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +149,7 @@ def test_run_knn_writes_each_kind_of_bag_with_its_purity_and_main_distill_trains
         f"--output_dir={tmp / 'run'}"]], tmp)
     assert trained["status"] == 0, trained
     step = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()][0]
-    assert "loss_mix" not in step and "loss_neighbour" in step and "mix_lam" not in step
+    assert "loss_mix" not in step and "loss_neighbour" in step and "anchor_fraction" not in step
 
 
 def test_bags_that_cannot_be_made_are_refused_before_any_work(bag_data, tmp_path):

@@ -7,14 +7,24 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from dist_workers import method_step, per_image_embedder, tiny_embedder
-from helpers import (calibrated_teacher, compress_release, disco_release, free_port, make_image_folder, run_cases,
-                     run_script, seed_release)
 from models.backbones import build_backbone
 from models.checkpoints import CheckpointError, load_backbone, load_teacher
-from models.distiller import DistillConfig
 from models.methods import build_method
 from models.queue import KeyQueue
+
+from dist_workers import method_step, per_image_embedder, tiny_embedder
+from helpers import (
+    REPO,
+    calibrated_teacher,
+    compress_release,
+    disco_release,
+    distill_config,
+    free_port,
+    make_image_folder,
+    run_cases,
+    run_script,
+    seed_release,
+)
 
 
 def test_a_compress_bank_starts_uniform_and_wraps_around_its_end():
@@ -35,7 +45,7 @@ def test_a_compress_bank_starts_uniform_and_wraps_around_its_end():
 def test_disco_queues_the_momentum_keys_and_pulls_the_student_to_the_teacher_on_both_views():
     torch.manual_seed(0)
     student, teacher = tiny_embedder(seed=1), tiny_embedder(seed=2)
-    distiller = build_method(student, teacher, DistillConfig(method="disco", dim=16, queue_size=8, moco_m=0.5,
+    distiller = build_method(student, teacher, distill_config(method="disco", dim=16, queue_size=8, moco_m=0.5,
                                                              disco_mse_weight=4.0))
     assert distiller.teacher.training and distiller.momentum_encoder.training  # as released: batch statistics
     view_q, view_k = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
@@ -66,7 +76,7 @@ def test_compress_banks_hold_the_teacher_features_and_the_momentum_features(one_
     if one_bank:
         student.head = torch.nn.Linear(12, 20)
     teacher = per_image_embedder(seed=2, hidden=20, head=False)
-    config = DistillConfig(method="compress", queue_size=6, t=0.04, moco_m=0.5, teacher_mode="eval",
+    config = distill_config(method="compress", queue_size=6, t=0.04, moco_m=0.5, teacher_mode="eval",
                            compress_one_bank=one_bank)
     distiller = build_method(student, teacher, config)
     assert not distiller.teacher.training
@@ -231,25 +241,27 @@ def test_the_released_students_are_evaluated_and_embed_as_teachers(baseline_data
         assert result["status"] == 0 and (tmp_path / f"{name}.json").is_file(), (name, result)
 
 
-@pytest.mark.parametrize("script", ["SR18-TR50.sh", "SR18-TR50-seed.sh", "SR18-TR50-disco.sh",
-                                    "SR18-TR50-compress.sh"])
-def test_the_imagenet_scripts_pass_flags_main_distill_knows(tmp_path, script):
-    """Each ready script through a torchrun stand-in that runs the entry point in one process: its flags parse and
-    the run stops at the (absent) ImageNet folder, the first thing it reads."""
+READY_SCRIPTS = sorted(str(p.relative_to(REPO)) for p in [REPO / "run_knn.sh", *(REPO / "scripts").glob("*/*.sh")])
+
+
+@pytest.mark.parametrize("script", READY_SCRIPTS)
+def test_every_ready_script_passes_flags_its_entry_point_knows(tmp_path, script):
+    """Each ready script, as the README runs it, through a torchrun stand-in that runs the entry point in one
+    process: its flags parse and the run stops at the (absent) ImageNet folder, the first thing it reads."""
     import os
     import subprocess
     import sys
 
-    from helpers import REPO, subprocess_env
+    from helpers import subprocess_env
 
     shim = tmp_path / "bin" / "torchrun"
     shim.parent.mkdir()
     shim.write_text(f'#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec {sys.executable} "$@"\n')
     shim.chmod(0o755)
     env = subprocess_env(tmp_path) | {"PATH": f"{shim.parent}:{os.environ['PATH']}", "NGPU": "1",
-                                      "DATA_DIR": str(tmp_path / "imagenet"), "OUTPUT_DIR": str(tmp_path / "run")}
-    result = subprocess.run(["bash", str(REPO / "scripts" / "unsupervised" / script)], env=env, capture_output=True,
-                            text=True, timeout=120)
+                                      "DATA_DIR": str(tmp_path / "imagenet"), "OUTPUT_DIR": str(tmp_path / "run"),
+                                      "OUTPUT": str(tmp_path / "nn.npy"), "PRETRAINED": str(tmp_path / "final.pth")}
+    result = subprocess.run(["bash", str(REPO / script)], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().endswith("--data_dir must hold train/<class>/<image> (the ImageNet layout)."), \
         result.stderr

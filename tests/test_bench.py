@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from scripts.fashion_mnist import DEBIAN_DIR
+
 from helpers import REPO, subprocess_env
 
 CASES = {

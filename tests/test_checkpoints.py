@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from helpers import moco_release, run_script, swav_release
 from models.backbones import build_backbone
 from models.checkpoints import CheckpointError, load_backbone, load_teacher, read_weights
+
+from helpers import moco_release, run_script, swav_release
 
 
 def _equal(module, state):

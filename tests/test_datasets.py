@@ -4,8 +4,14 @@ import torch
 from torchvision.datasets import ImageFolder
 
 from datasets.folders import BagDataset, DatasetError, IndexedImageFolder, file_list_sha256, open_split
-from datasets.transforms import (eval_transform, linear_train_transform, moco_v1_augmentation, moco_v2_augmentation,
-                                 resize_size)
+from datasets.transforms import (
+    eval_transform,
+    linear_train_transform,
+    moco_v1_augmentation,
+    moco_v2_augmentation,
+    resize_size,
+)
+
 from helpers import make_image_folder
 
 

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from scripts.fashion_mnist import DEBIAN_DIR
+
 from helpers import subprocess_env
 
 pytestmark = pytest.mark.skipif(not (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file(),

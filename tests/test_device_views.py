@@ -11,14 +11,22 @@ import torch
 from PIL import Image
 from torch.utils.data import default_collate
 
-from datasets.device_views import (DeviceViews, EncodedBagDataset, EncodedImageFolder, PackedImages, collate_encoded,
-                                   read_encoded, sample_view)
+from datasets.device_views import (
+    DeviceViews,
+    EncodedBagDataset,
+    EncodedImageFolder,
+    PackedImages,
+    collate_encoded,
+    read_encoded,
+    sample_view,
+)
 from datasets.folders import BagDataset, DatasetError, IndexedImageFolder
 from datasets.transforms import CROP_FLIP, IMAGENET_STD, MOCO_V1, MOCO_V2, augmentation, eval_transform
-from utils import dist as edist
 from engine.features import embed
-from helpers import calibrated_teacher, run_script
 from models.backbones import build_backbone
+from utils import dist as edist
+
+from helpers import calibrated_teacher, run_script
 
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 

@@ -6,18 +6,18 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from dist_workers import distiller_step, tiny_embedder
-from utils.logs import read_metrics
-from helpers import calibrated_teacher, free_port, make_image_folder, run_cases, run_script
 from models.backbones import build_backbone
-from models.distiller import DistillConfig
 from models.methods import build_method
+from utils.logs import read_metrics
+
+from dist_workers import distiller_step, tiny_embedder
+from helpers import calibrated_teacher, distill_config, free_port, make_image_folder, run_cases, run_script
 
 
 def test_queue_holds_the_teacher_anchor_keys_after_a_step():
     torch.manual_seed(0)
     teacher = tiny_embedder(seed=2)
-    distiller = build_method(tiny_embedder(seed=1), teacher, DistillConfig(dim=16, queue_size=12, teacher_mode="eval"))
+    distiller = build_method(tiny_embedder(seed=1), teacher, distill_config(dim=16, queue_size=12, teacher_mode="eval"))
     views = tuple(torch.randn(4, 3, 8, 8) for _ in range(4))
     old = distiller.queue.keys.clone()
     distiller(views, epoch=0)
@@ -36,7 +36,7 @@ def test_queue_holds_the_teacher_anchor_keys_after_a_step():
 def test_teacher_gets_no_gradient_and_stays_frozen():
     from engine.training import check_teacher_unchanged
 
-    distiller = build_method(tiny_embedder(seed=1), tiny_embedder(seed=2), DistillConfig(dim=16, queue_size=8))
+    distiller = build_method(tiny_embedder(seed=1), tiny_embedder(seed=2), distill_config(dim=16, queue_size=8))
     before = {k: v.clone() for k, v in distiller.teacher.named_parameters()}
     assert not any(p.requires_grad for p in distiller.teacher.parameters())
     # An optimizer over every parameter, teacher included, with weight decay: a teacher weight that received any
@@ -61,17 +61,17 @@ def test_fused_teacher_forward_equals_two_forwards_in_eval_mode():
     views = tuple(torch.randn(4, 3, 8, 8) for _ in range(4))
     keys = []
     for fuse in (False, True):
-        config = DistillConfig(dim=16, queue_size=8, teacher_mode="eval", fuse_teacher=fuse)
+        config = distill_config(dim=16, queue_size=8, teacher_mode="eval", fuse_teacher=fuse)
         distiller = build_method(tiny_embedder(seed=1), tiny_embedder(seed=2), config)
         keys.append(distiller.teacher_keys(views[1], views[3]))
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*keys))
     with pytest.raises(ValueError, match="teacher_mode=eval"):
-        build_method(tiny_embedder(), tiny_embedder(), DistillConfig(dim=16, queue_size=8, fuse_teacher=True))
+        build_method(tiny_embedder(), tiny_embedder(), distill_config(dim=16, queue_size=8, fuse_teacher=True))
 
 
 def test_moco_baseline_momentum_encoder_follows_k_equals_m_k_plus_1_minus_m_q():
     m = 0.75
-    distiller = build_method(tiny_embedder(seed=1), None, DistillConfig(method="moco", dim=16, queue_size=8, moco_m=m))
+    distiller = build_method(tiny_embedder(seed=1), None, distill_config(method="moco", dim=16, queue_size=8, moco_m=m))
     optimizer = torch.optim.SGD(distiller.student.parameters(), lr=1.0)
     for _ in range(2):
         keys = [p.clone() for p in distiller.teacher.parameters()]
@@ -267,7 +267,7 @@ def test_a_checkpoint_in_the_layout_written_since_the_first_release_loads_and_is
                "queue_ptr": 4, "optimizer": optimizer_state, "rng": rng_state()}
 
     distiller = build_method(tiny_embedder(seed=1), tiny_embedder(seed=2) if method == "bingo" else None,
-                             DistillConfig(method=method, dim=16, queue_size=8))
+                             distill_config(method=method, dim=16, queue_size=8))
     optimizer = torch.optim.SGD(distiller.student.parameters(), lr=0.1, momentum=0.9)
     assert load_checkpoint(payload, "by hand", distiller, optimizer) == 3
     assert torch.equal(distiller.queue.keys, queue) and distiller.queue.ptr == 4

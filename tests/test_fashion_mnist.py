@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from scripts import fashion_mnist
 from datasets.folders import DatasetError, IndexedImageFolder
+from scripts import fashion_mnist
 
 
 def _write_idx(folder, split_files, n, seed):

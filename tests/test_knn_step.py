@@ -8,7 +8,8 @@ from torchvision import models as tvm
 
 from datasets.folders import IndexedImageFolder
 from datasets.transforms import eval_transform
-from helpers import run_cases, make_image_folder, moco_release, run_script
+
+from helpers import make_image_folder, moco_release, run_cases, run_script
 
 ARGS = ["--arch=resnet18", "--image_size=32", "--clus_pos_num=3", "--num_workers=0", "--batch_size=4"]
 

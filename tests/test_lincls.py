@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from engine.evaluation import Classifier, knn_predict, label_subset
-from helpers import make_image_folder, moco_release, run_cases, run_script, swav_release
 from models.backbones import build_backbone
+
+from helpers import make_image_folder, moco_release, run_cases, run_script, swav_release
 
 BASE = ["--arch=resnet18", "--image_size=32", "--batch_size=8", "--num_workers=0"]
 
@@ -182,7 +183,8 @@ def test_floors_are_scored_by_the_same_code(probe_data, tmp_path):
 def test_floor_and_checkpoint_flags_exclude_each_other(probe_data, tmp_path):
     tmp, data = probe_data
     both, neither = run_cases("main_lincls", [
-        BASE + [f"--data_dir={data}", f"--output_dir={tmp_path / 'a'}", "--untrained", f"--pretrained={tmp / 'tv.pth'}"],
+        BASE + [f"--data_dir={data}", f"--output_dir={tmp_path / 'a'}", "--untrained",
+                f"--pretrained={tmp / 'tv.pth'}"],
         BASE + [f"--data_dir={data}", f"--output_dir={tmp_path / 'b'}"],
     ], tmp_path)
     assert both["status"] == 2 and "exclude each other" in both["stderr"]

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.schedule import learning_rate
 from models import bingo, losses
 from utils import metrics
+from utils.schedule import learning_rate
 
 
 def _unit(*shape):
@@ -33,25 +33,25 @@ def test_bag_weights_warm_up():
 
 def test_bingo_official_loss_is_the_mean_of_three_weighted_terms():
     torch.manual_seed(0)
-    qa, qp, qm, ka, kp = (_unit(4, 8) for _ in range(5))
+    qa, qn, qm, ka, kn = (_unit(4, 8) for _ in range(5))
     queue = F.normalize(torch.randn(8, 16), dim=0)
     ce = lambda q, k: losses.info_nce(q, k, queue, 0.2)  # noqa: E731
-    total, terms = losses.bingo_official_loss(qa, qp, qm, ka, kp, queue, 0.2, (0.5, 0.5), 0.7)
-    la = 0.5 * ce(qa, ka) + 0.5 * ce(qa, kp)
-    lp = 0.5 * ce(qp, kp) + 0.5 * ce(qp, ka)
-    lm = 0.7 * ce(qm, ka) + 0.3 * ce(qm, kp)
+    total, terms = losses.bingo_official_loss(qa, qn, qm, ka, kn, queue, 0.2, (0.5, 0.5), 0.7)
+    la = 0.5 * ce(qa, ka) + 0.5 * ce(qa, kn)
+    lp = 0.5 * ce(qn, kn) + 0.5 * ce(qn, ka)
+    lm = 0.7 * ce(qm, ka) + 0.3 * ce(qm, kn)
     assert torch.allclose(total, (la + lp + lm) / 3)
     assert torch.allclose(terms["loss_mix"], lm)
-    warm, _ = losses.bingo_official_loss(qa, qp, qm, ka, kp, queue, 0.2, (1.0, 0.0), 0.7)
-    assert torch.allclose(warm, (ce(qa, ka) + ce(qp, kp) + lm) / 3)
+    warm, _ = losses.bingo_official_loss(qa, qn, qm, ka, kn, queue, 0.2, (1.0, 0.0), 0.7)
+    assert torch.allclose(warm, (ce(qa, ka) + ce(qn, kn) + lm) / 3)
 
 
 def test_bingo_paper_loss():
     torch.manual_seed(1)
-    qa, qp, ka = (_unit(4, 8) for _ in range(3))
+    qa, qn, ka = (_unit(4, 8) for _ in range(3))
     queue = F.normalize(torch.randn(8, 16), dim=0)
-    total, _ = losses.bingo_paper_loss(qa, qp, ka, queue, 0.2)
-    assert torch.allclose(total, losses.info_nce(qa, ka, queue, 0.2) + losses.info_nce(qp, ka, queue, 0.2))
+    total, _ = losses.bingo_paper_loss(qa, qn, ka, queue, 0.2)
+    assert torch.allclose(total, losses.info_nce(qa, ka, queue, 0.2) + losses.info_nce(qn, ka, queue, 0.2))
 
 
 def test_seed_loss_hand_value_and_minimum():

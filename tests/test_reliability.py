@@ -16,6 +16,7 @@ from PIL import Image
 
 from utils.io import RunFolderLock, atomic_torch_save
 from utils.logs import prune_metrics, read_metrics
+
 from helpers import REPO, calibrated_teacher, make_image_folder, run_cases, run_script, subprocess_env
 
 USER_ERROR = 2
@@ -272,8 +273,8 @@ def test_run_knn_refuses_a_nan_teacher_and_writes_nothing(rig, tmp_path):
 
 
 def test_non_finite_features_stop_before_the_search():
-    from utils.dist import Context
     from engine.features import NonFiniteFeatures, embed
+    from utils.dist import Context
 
     class Images(torch.utils.data.Dataset):
         samples = [(f"class_0/img_{i}.png", 0) for i in range(6)]
@@ -346,8 +347,9 @@ def test_knn_top5_orders_classes_without_votes_by_class_index():
 
 
 def test_a_swav_training_checkpoint_is_read_as_swav(tmp_path):
-    from helpers import swav_release
     from models.checkpoints import read_weights
+
+    from helpers import swav_release
 
     saved = swav_release(tmp_path / "release.pth", arch="resnet18", hidden=64)
     state = torch.load(tmp_path / "release.pth", weights_only=True)

@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets.neighbours import read_neighbours, write_neighbours
 from datasets.folders import DatasetError, IndexedImageFolder
-from helpers import calibrated_teacher, make_image_folder, run_cases, run_script
+from datasets.neighbours import read_neighbours, write_neighbours
 from utils.io import DiskFullError, atomic_torch_save
 from utils.logs import MetricsFileError, prune_metrics, read_metrics
+
+from helpers import calibrated_teacher, make_image_folder, run_cases, run_script
 
 USER_ERROR = 2
 LINCLS = ["--arch=resnet18", "--image_size=32", "--batch_size=8", "--num_workers=0", "--init_lr=0.1"]

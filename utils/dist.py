@@ -32,6 +32,11 @@ class Context:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    def shard(self, n: int) -> list[int]:
+        """This process's share of ``n`` items scored or embedded once each: the strided ``rank, rank + world, ...``
+        (every item exactly once over the processes, no padding)."""
+        return list(range(self.rank, n, self.world_size))
+
 
 def init(device: str = "auto") -> Context:
     """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``), or run alone.

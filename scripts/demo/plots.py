@@ -101,7 +101,8 @@ def purity_plot(bingos: list[dict], others: list[dict], floors_: list[dict], pat
     """Each BINGO student's accuracy against its bags' purity (mean ± std over seeds), the bag-free students and the
     raw-pixel floor as horizontal lines."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, title in zip(axes, ("knn10_top1", "linear_top1"), ("10-NN top-1", "linear top-1 (logistic regression)")):
+    titles = ("10-NN top-1", "linear top-1 (logistic regression)")
+    for ax, key, title in zip(axes, ("knn10_top1", "linear_top1"), titles):
         xs = [r["bag_purity"] for r in bingos]
         ax.errorbar(xs, [r[key] for r in bingos], yerr=[error(r, key) for r in bingos], marker="o", capsize=4,
                     label="BINGO")

@@ -118,7 +118,8 @@ def run_stages(cfg: Config, run_dir: Path, data_dir: Path, eval_dir: Path, devic
                 distilled += (f"--corr_npy={neighbours_file(run_dir, bagging)}",)
             runner.stage(folder, run_dir / folder / "final.pth", "main_distill.py",
                          train_args(cfg, cfg.student, data, run_dir / folder, method, seed, distilled))
-            evaluate(runner, cfg, eval_data, folder, cfg.student.arch, [f"--pretrained={run_dir / folder / 'final.pth'}"])
+            evaluate(runner, cfg, eval_data, folder, cfg.student.arch,
+                     [f"--pretrained={run_dir / folder / 'final.pth'}"])
     return data, eval_data
 
 
