@@ -146,15 +146,16 @@ def load_teacher_network(opts: DistillOptions, data: bytes, announce: bool) -> E
     return Embedder(backbone, head)
 
 
-def build_dataset(opts: DistillOptions, seed: int, device: torch.device
+def build_dataset(opts: DistillOptions, seed: int, device: torch.device, check_images: Callable[[BagDataset], None]
                   ) -> tuple[BagDataset, Callable | None, Callable | None]:
     """The bag dataset with its neighbours (BINGO) or view pairs, and with --device_views the batch -> views step
-    and its collate."""
+    and its collate. ``check_images`` sees the scanned folder first (before a neighbour file is read)."""
     root = open_split(opts.data_dir, "train")
     neighbours = None
     if opts.method == "bingo":  # the file is checked against the folder's images as the dataset is made
 
         def neighbours(images):
+            check_images(images)
             return read_neighbours(neighbour_path(opts.corr_npy), images, opts.clus_pos_num, opts.check_corr_json,
                                    report=log)
     if not opts.device_views:
@@ -225,10 +226,15 @@ class Distillation:
         # a wrong teacher stops here, before any data is read
         teacher = load_teacher_network(opts, teacher_file, ctx.is_main) if teacher_file is not None else None
         del teacher_file
-        self.dataset, self.prepare, collate_fn = build_dataset(opts, self.seed, ctx.device)
-        self.meta.update(num_images=len(self.dataset.samples), file_list_sha256=file_list_sha256(self.dataset))
-        if resumed is not None:
-            check_resumable(resumed, str(resume_path), self.meta, ("num_images", "file_list_sha256"))
+        def check_images(images: BagDataset) -> None:  # this run's images, and a resumed run's, are the same
+            if "num_images" in self.meta:  # checked already, before the neighbour file was read
+                return
+            self.meta.update(num_images=len(images.samples), file_list_sha256=file_list_sha256(images))
+            if resumed is not None:
+                check_resumable(resumed, str(resume_path), self.meta, ("num_images", "file_list_sha256"))
+
+        self.dataset, self.prepare, collate_fn = build_dataset(opts, self.seed, ctx.device, check_images)
+        check_images(self.dataset)
         if len(self.dataset) < opts.batch_size:
             raise DatasetError(f"{self.dataset.root} has {len(self.dataset)} images, fewer than one global batch "
                                f"({opts.batch_size})")

@@ -47,7 +47,9 @@ def test_kmeans_finds_well_separated_clusters():
     clusters, backend = kmeans_assignments(features, 4, seed=0)
     assert backend in ("faiss", "scikit-learn") and clusters.shape == (80,)
     # each cluster is one true group: the bags of a clean clustering are pure
-    assert bag_purity(group_bags(clusters, 3, seed=0), truth.numpy()) == 100.0
+    bags = group_bags(clusters, 3, seed=0)
+    assert (clusters[bags] == clusters[:, None]).all() and not (bags == np.arange(80)[:, None]).any()
+    assert bag_purity(bags, truth.numpy()) == 100.0
     with pytest.raises(BagError, match="between 2"):
         kmeans_assignments(features, 1, seed=0)
 
@@ -97,16 +99,27 @@ def test_official_loss_terms_can_be_dropped_one_at_a_time():
     torch.manual_seed(0)
     qa, qn, qm, ka, kn = (F.normalize(torch.randn(4, 8), dim=1) for _ in range(5))
     queue = F.normalize(torch.randn(8, 16), dim=0)
-    full, parts = losses.bingo_official_loss(qa, qn, qm, ka, kn, queue, 0.2, (0.5, 0.5), 0.7)
-    assert torch.allclose(full, sum(parts.values()) / 3)
+
+    def ce(q, k):  # InfoNCE by hand: -log softmax of the positive among [q.k, q.queue] / T
+        logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue], 1) / 0.2
+        return (torch.logsumexp(logits, 1) - logits[:, 0]).mean()
+
+    by_hand = {"anchor": 0.5 * ce(qa, ka) + 0.5 * ce(qa, kn), "neighbour": 0.5 * ce(qn, kn) + 0.5 * ce(qn, ka),
+               "mix": 0.7 * ce(qm, ka) + 0.3 * ce(qm, kn)}
+    full, _ = losses.bingo_official_loss(qa, qn, qm, ka, kn, queue, 0.2, (0.5, 0.5), 0.7)
+    assert torch.allclose(full, sum(by_hand.values()) / 3, atol=1e-6)
     for dropped in losses.OFFICIAL_TERMS:
         kept = tuple(t for t in losses.OFFICIAL_TERMS if t != dropped)
         value, terms = losses.bingo_official_loss(qa, None if dropped == "neighbour" else qn,
                                                   None if dropped == "mix" else qm, ka, kn, queue, 0.2, (0.5, 0.5),
                                                   0.7, kept)
         assert f"loss_{dropped}" not in terms
-        assert torch.allclose(value, sum(parts[f"loss_{t}"] for t in kept) / 2)
-    assert losses.bag_weights(50, (0.5, 0.5), 10, cross_keys=False) == (1.0, 0.0)
+        assert torch.allclose(value, sum(by_hand[t] for t in kept) / 2, atol=1e-6)
+    # --nocross_keys: own keys only, weight 1, after the warm-up too
+    weights = losses.bag_weights(50, (0.5, 0.5), 10, cross_keys=False)
+    assert weights == (1.0, 0.0)
+    own_only, _ = losses.bingo_official_loss(qa, qn, qm, ka, kn, queue, 0.2, weights, 0.7)
+    assert torch.allclose(own_only, (ce(qa, ka) + ce(qn, kn) + by_hand["mix"]) / 3, atol=1e-6)
     with pytest.raises(ValueError, match="no loss term"):
         losses.bingo_official_loss(qa, qn, qm, ka, kn, queue, 0.2, (0.5, 0.5), 0.7, ())
 
@@ -137,6 +150,8 @@ def test_run_knn_writes_each_kind_of_bag_with_its_purity_and_main_distill_trains
         assert meta["bagging"] == kind and meta["uses_labels"] == (kind == "label")
         assert meta["bag_purity"] == pytest.approx(bag_purity(bags, labels))
         assert "share the class" in result["stdout"]
+    purity = {kind: json.loads((tmp / f"{kind}.json").read_text())["bag_purity"] for kind in kinds}
+    assert purity["label"] == 100.0 and purity["random"] < 60  # chance: 5 of the 17 others share a class (29 %)
     label_meta = json.loads((tmp / "label.json").read_text())
     assert label_meta["bag_purity"] == 100.0 and "checkpoint" not in label_meta  # no teacher for label bags
     assert "teacher" not in results[2]["stdout"]

@@ -210,3 +210,22 @@ def test_recomputed_bn_statistics_are_the_data_averages_on_two_processes(probe_d
     probe = torch.load(out / "probe.pth", weights_only=True)["model"]
     assert torch.allclose(probe["backbone.bn1.running_mean"], first.mean(dim=(0, 2, 3)), atol=1e-5)
     assert not torch.allclose(probe["backbone.layer4.1.bn2.running_var"], torch.ones(512))
+
+
+def test_the_logistic_regression_protocol_scores_a_floor_and_a_network_with_intervals(probe_data, tmp_path):
+    tmp, data = probe_data
+    floor, network = run_cases("main_lincls", [
+        ["--arch=pixels", "--image_size=32", "--batch_size=8", "--num_workers=0", f"--data_dir={data}",
+         f"--output_dir={tmp_path / 'pixels'}", "--protocol=logreg", "--with_knn"],
+        BASE + [f"--data_dir={data}", f"--pretrained={tmp / 'tv.pth'}", f"--output_dir={tmp_path / 'net'}",
+                "--protocol=logreg"],
+    ], tmp_path)
+    assert floor["status"] == 0 and network["status"] == 0, (floor, network)
+    pixels = json.loads((tmp_path / "pixels" / "results.json").read_text())
+    assert pixels["protocol"] == "logreg" and pixels["checkpoint_format"] == "untrained"
+    assert pixels["logreg"]["top1"] == 100.0 and pixels["logreg"]["count"] == 23  # colour classes: separable
+    assert pixels["logreg"]["top1_ci95"][0] < 100.0 == pixels["logreg"]["top1_ci95"][1]
+    assert pixels["knn"]["k10_majority"]["top1"] == pytest.approx(_pixel_knn_by_hand(data))  # the same features
+    scored = json.loads((tmp_path / "net" / "results.json").read_text())
+    assert "knn" not in scored and 0 <= scored["logreg"]["top1"] <= scored["logreg"]["top5"] <= 100
+    assert set(scored["logreg"]["holdout_top1"]) == {"0.0001", "0.001", "0.01", "0.1"}
