@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from datasets.folders import IndexedImageFolder, labelled_splits, open_split
 from datasets.transforms import eval_transform, linear_train_transform
 from engine.checkpoints import read_probe, save_probe
-from engine.cli import run
+from engine.cli import check_minimums, run
 from engine.evaluation import (
     Classifier,
     assert_unchanged,
@@ -38,7 +38,7 @@ from engine.evaluation import (
 )
 from engine.options import LinclsOptions, from_flags
 from models.backbones import BACKBONES, FLOORS, build_backbone
-from models.checkpoints import file_sha256, load_backbone
+from models.checkpoints import file_sha256, load_backbone, read_file
 from utils import dist as edist
 from utils.io import OutputFolderError, RunFolderLock, atomic_json, check_writable, resolve_resume
 from utils.logs import log
@@ -114,9 +114,7 @@ def check_options(opts: LinclsOptions) -> None:
     at_least = {"batch_size": 1, "image_size": 16, "num_workers": 0, "report_freq": 1, "save_freq": 0}
     if opts.protocol in ("linear", "semi") and not opts.evaluate:
         at_least["end_epoch"] = 1
-    for name, low in at_least.items():
-        if getattr(opts, name) < low:
-            raise app.UsageError(f"--{name}={getattr(opts, name)}: must be at least {low}")
+    check_minimums(opts, at_least)
     if opts.protocol == "logreg" and not 0 < opts.logreg_holdout < 1:
         raise app.UsageError(f"--logreg_holdout={opts.logreg_holdout}: must be in (0, 1)")
     if opts.protocol in ("logreg", "knn") and opts.evaluate:
@@ -158,11 +156,12 @@ def build_evaluated(opts: LinclsOptions, announce: bool) -> tuple[torch.nn.Modul
         what = "raw pixels" if opts.arch in FLOORS else f"randomly initialised (seed {opts.seed})"
         log(f"{opts.arch}: {what}, no checkpoint: a floor", announce)
         return backbone, {**common, "pretrained": None, "checkpoint_format": "untrained", "checkpoint_sha256": None}
-    backbone, weights = load_backbone(opts.arch, opts.pretrained, opts.pool_type)
+    data, sha256 = read_file(opts.pretrained)  # one read: its hash and its load
+    backbone, weights = load_backbone(opts.arch, opts.pretrained, opts.pool_type, data)
     log(f"{opts.arch} backbone from {opts.pretrained} (format: {weights.fmt}); every backbone weight loaded, the "
         "new linear classifier is the only part not from the checkpoint", announce)
     return backbone, {**common, "pretrained": str(opts.pretrained), "checkpoint_format": weights.fmt,
-                      "checkpoint_sha256": file_sha256(opts.pretrained)}
+                      "checkpoint_sha256": sha256}
 
 
 def frozen_scores(opts: LinclsOptions, backbone, ctx, logreg: bool, knn: bool) -> dict | None:

@@ -23,11 +23,11 @@ from datasets.folders import IndexedImageFolder, open_split
 from datasets.neighbours import dataset_fingerprint, neighbour_path, write_neighbours
 from datasets.transforms import MOCO_V2, eval_transform
 from engine.bags import BAGGINGS, BagError, bag_purity, group_bags, kmeans_assignments, random_bags
-from engine.cli import run
+from engine.cli import check_minimums, run
 from engine.features import SEARCH_BACKENDS, embed, exact_knn
 from engine.options import KnnStepOptions, from_flags
 from models.backbones import BACKBONES
-from models.checkpoints import file_sha256, head_from_state, load_backbone
+from models.checkpoints import head_from_state, load_backbone, read_file
 from utils import dist as edist
 from utils.io import check_writable
 from utils.logs import log
@@ -62,9 +62,7 @@ flags.mark_flag_as_required("data_dir")
 
 def check_options(opts: KnnStepOptions) -> None:
     """Flag values that cannot work, refused before the teacher loads."""
-    for name, low in {"batch_size": 1, "image_size": 16, "clus_pos_num": 1, "num_workers": 0}.items():
-        if getattr(opts, name) < low:
-            raise app.UsageError(f"--{name}={getattr(opts, name)}: must be at least {low}")
+    check_minimums(opts, {"batch_size": 1, "image_size": 16, "clus_pos_num": 1, "num_workers": 0})
     if opts.bagging == "kmeans" and opts.kmeans_clusters is None:
         raise app.UsageError("--bagging=kmeans needs --kmeans_clusters (the number of clusters)")
     if opts.bagging != "kmeans" and opts.kmeans_clusters is not None:
@@ -73,19 +71,21 @@ def check_options(opts: KnnStepOptions) -> None:
         raise app.UsageError(f"--save_distances: --bagging={opts.bagging} computes no similarities")
 
 
-def build_network(arch: str, ckpt: str, feature: str) -> nn.Module:
+def build_network(arch: str, ckpt: str, feature: str) -> tuple[nn.Module, str]:
+    """The teacher network that embeds (its pooled backbone, or backbone + head) and its file's sha256."""
     if not ckpt:
         raise app.UsageError("--ckpt_name is required: neighbours from a random teacher are meaningless")
-    backbone, weights = load_backbone(arch, ckpt)
+    data, sha256 = read_file(ckpt)  # one read: its hash and its load
+    backbone, weights = load_backbone(arch, ckpt, data=data)
     log(f"teacher {arch} from {ckpt} (format: {weights.fmt})")
     if feature == "backbone":
-        return backbone
+        return backbone, sha256
     if not weights.head:
         raise app.UsageError(f"--feature=head, but {ckpt} (format {weights.fmt}) has no projection head")
     head = head_from_state(weights.head, ckpt)
     network = nn.Sequential(backbone, head)
     network.feature_dim = head[-1].out_features
-    return network
+    return network, sha256
 
 
 def build_dataset(opts: KnnStepOptions, device: torch.device) -> tuple[IndexedImageFolder, dict]:
@@ -97,17 +97,19 @@ def build_dataset(opts: KnnStepOptions, device: torch.device) -> tuple[IndexedIm
     return EncodedImageFolder(root), {"collate_fn": collate_encoded, "prepare": crops}
 
 
-def make_bags(opts: KnnStepOptions, ctx: edist.Context, network: nn.Module | None, dataset: IndexedImageFolder,
-              loading: dict) -> tuple[np.ndarray | None, dict]:
+def make_bags(opts: KnnStepOptions, ctx: edist.Context, teacher: tuple[nn.Module, str] | None,
+              dataset: IndexedImageFolder, labels: np.ndarray, loading: dict) -> tuple[np.ndarray | None, dict]:
     """The ``[N, K]`` bags by --bagging (rank 0; None elsewhere) and what the JSON says about how they were made;
-    ``network`` is the teacher for knn and kmeans bags."""
-    k, labels = opts.clus_pos_num, np.array([target for _, target in dataset.samples])
+    ``teacher`` (the network and its file's sha256) embeds for knn and kmeans bags; ``labels`` are the images'
+    classes (label bags)."""
+    k = opts.clus_pos_num
     info = {"bagging": opts.bagging, "bag_seed": opts.bag_seed, "uses_labels": opts.bagging == "label"}
     if opts.bagging == "random":
         return (random_bags(len(labels), k, opts.bag_seed) if ctx.is_main else None), info
     if opts.bagging == "label":
         names = np.array(dataset.classes)[labels]  # errors name the class folder
         return (group_bags(names, k, opts.bag_seed, "class") if ctx.is_main else None), info
+    network, teacher_sha256 = teacher
     t0 = time.perf_counter()
     features = embed(network, dataset, ctx, opts.batch_size, opts.num_workers,
                      channels_last=opts.channels_last, label="embed", **loading)
@@ -116,7 +118,7 @@ def make_bags(opts: KnnStepOptions, ctx: edist.Context, network: nn.Module | Non
         return None, info
     t1 = time.perf_counter()
     info.update(feature=opts.feature, feature_dim=int(features.shape[1]), teacher_arch=opts.arch,
-                checkpoint=Path(opts.ckpt_name).name, checkpoint_sha256=file_sha256(opts.ckpt_name))
+                checkpoint=Path(opts.ckpt_name).name, checkpoint_sha256=teacher_sha256)
     if opts.bagging == "knn":
         bags, sims, backend = exact_knn(features, k, opts.search, ctx.device, report=log)
         info["search_backend"] = backend
@@ -145,22 +147,24 @@ def make_neighbour_file(opts: KnnStepOptions) -> None:
     out = neighbour_path(opts.corr_name)
     if ctx.is_main:
         check_writable(out.parent)
-    network = None
+    teacher = None
     if opts.bagging in ("knn", "kmeans"):  # before any data is read: a wrong checkpoint stops here
-        network = build_network(opts.arch, opts.ckpt_name, opts.feature).to(ctx.device).eval()
+        network, sha256 = build_network(opts.arch, opts.ckpt_name, opts.feature)
+        network = network.to(ctx.device).eval()
         if opts.channels_last:
             network = network.to(memory_format=torch.channels_last)
+        teacher = (network, sha256)
     dataset, loading = build_dataset(opts, ctx.device)
     n, k = len(dataset), opts.clus_pos_num
     if not 0 < k < n:
         raise app.UsageError(f"--clus_pos_num={k} must be at least 1 and below the number of images ({n})")
     log(f"{dataset.describe()}; K={k}; bags: {opts.bagging}; {ctx.world_size} process(es)", ctx.is_main)
+    labels = np.asarray(dataset.targets)
     try:
-        bags, info = make_bags(opts, ctx, network, dataset, loading)
+        bags, info = make_bags(opts, ctx, teacher, dataset, labels, loading)
     except BagError as error:
         raise app.UsageError(f"--bagging={opts.bagging}: {error}") from None
     if ctx.is_main:
-        labels = np.array([target for _, target in dataset.samples])
         sims = info.pop("sims", None)
         meta = {"k": k, "data_root": str(Path(dataset.root).resolve()), **dataset_fingerprint(dataset),
                 "image_size": opts.image_size, "world_size": ctx.world_size, **info,

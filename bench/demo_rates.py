@@ -52,13 +52,13 @@ def compute_only(args: list[str], steps: int, views: int) -> float:
     import main_distill
     from engine.distillation import build_distiller, load_teacher_network, resolve_method_defaults
     from engine.options import DistillOptions, from_argv
-    from models.checkpoints import read_bytes
+    from models.checkpoints import read_file
     from utils import dist as edist
 
     opts = resolve_method_defaults(from_argv(DistillOptions, main_distill.FLAGS,
                                              ["main_distill.py", *args, "--device=cpu"]))
     ctx = edist.init("cpu")
-    teacher = load_teacher_network(opts, read_bytes(opts.pretrain_path), False) if opts.uses_teacher else None
+    teacher = load_teacher_network(opts, read_file(opts.pretrain_path)[0], False) if opts.uses_teacher else None
     distiller, optimizer = build_distiller(opts, teacher, ctx, seed=0)
     distiller.set_epoch(0, 0, 0)
     batch, size = opts.batch_size, opts.image_size

@@ -5,6 +5,7 @@ class), so every step of the pipeline reads folders through ``IndexedImageFolder
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -114,6 +115,14 @@ class IndexedImageFolder(ImageFolder):
             image = self.transform(image)
         return image, target, index
 
+    @functools.cached_property
+    def file_list_hash(self) -> str:
+        """``file_list_sha256`` of this folder (its samples never change after the scan)."""
+        digest = hashlib.sha256()
+        for rel, (_, target) in zip(self.relative_paths(), self.samples):
+            digest.update(f"{rel}\t{target}\n".encode())
+        return digest.hexdigest()
+
     def relative_paths(self) -> list[str]:
         return [os.path.relpath(path, self.root) for path, _ in self.samples]
 
@@ -126,11 +135,9 @@ class IndexedImageFolder(ImageFolder):
 
 
 def file_list_sha256(dataset: IndexedImageFolder) -> str:
-    """Hash of the ordered list of (relative path, class index): what the neighbour indices refer to."""
-    digest = hashlib.sha256()
-    for rel, (_, target) in zip(dataset.relative_paths(), dataset.samples):
-        digest.update(f"{rel}\t{target}\n".encode())
-    return digest.hexdigest()
+    """Hash of the ordered list of (relative path, class index): what the neighbour indices refer to (computed once
+    per dataset: a run's start-up checks it against the neighbour file and against a resumed checkpoint)."""
+    return dataset.file_list_hash
 
 
 def per_item_seed(seed: int, epoch: int, index: int) -> int:

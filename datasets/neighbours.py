@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from datasets.folders import DatasetError, IndexedImageFolder, file_list_sha256
-from utils.io import atomic_json, atomic_write
+from utils.io import atomic_json, atomic_write, file_sha256
 
 __all__ = ["neighbour_path", "meta_path", "dataset_fingerprint", "write_neighbours", "read_neighbours",
            "CONTENT_SAMPLE"]
@@ -34,14 +34,6 @@ def neighbour_path(name: str) -> Path:
 
 def meta_path(path: Path) -> Path:
     return path.with_suffix(".json")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def dataset_fingerprint(dataset: IndexedImageFolder) -> dict[str, Any]:
@@ -75,7 +67,7 @@ def write_neighbours(path: Path, neighbours: np.ndarray, meta: dict[str, Any],
     _save_npy(np.ascontiguousarray(neighbours, dtype=np.int64), path)
     if sims is not None:
         _save_npy(np.ascontiguousarray(sims, dtype=np.float32), path.with_name(path.stem + "_sims.npy"))
-    atomic_json({**meta, "npy_sha256": _sha256(path)}, meta_file)
+    atomic_json({**meta, "npy_sha256": file_sha256(path)}, meta_file)
 
 
 def read_neighbours(path: Path, dataset: IndexedImageFolder, columns: int, check_meta: bool,
@@ -117,7 +109,7 @@ def _check_meta(path: Path, dataset: IndexedImageFolder, fix: str, report: Calla
         meta = json.loads(meta_file.read_text())
     except (OSError, ValueError) as error:
         raise DatasetError(f"{meta_file} is not readable JSON ({error}). {fix}") from error
-    if "npy_sha256" in meta and meta["npy_sha256"] != _sha256(path):
+    if "npy_sha256" in meta and meta["npy_sha256"] != file_sha256(path):
         raise DatasetError(f"{meta_file} describes another .npy than {path} (its hash differs: a run of run_knn.py "
                            f"was stopped between the two files, or one was copied alone). {fix}")
     mine = dataset_fingerprint(dataset)

@@ -20,7 +20,7 @@ from utils.io import OutputFolderError
 from utils.logs import MetricsFileError
 from utils.signals import EXIT_PREEMPTED, Preempted
 
-__all__ = ["run", "guarded", "user_message", "USER_ERRORS", "EXIT_USER_ERROR"]
+__all__ = ["run", "guarded", "user_message", "check_minimums", "USER_ERRORS", "EXIT_USER_ERROR"]
 
 USER_ERRORS = (DatasetError, CheckpointError, OutputFolderError, MetricsFileError, FloatingPointError,
                FileNotFoundError, NotADirectoryError, PermissionError)
@@ -36,6 +36,13 @@ def user_message(error: BaseException) -> str:
         origin = text.splitlines()[0].removeprefix("Caught ").rstrip(".")
         text = f"{last.split(': ', 1)[-1]} ({origin})"
     return text
+
+
+def check_minimums(options: object, minimums: dict[str, int]) -> None:
+    """A one-line usage error for the first option below its minimum (``--name=value: must be at least low``)."""
+    for name, low in minimums.items():
+        if getattr(options, name) < low:
+            raise app.UsageError(f"--{name}={getattr(options, name)}: must be at least {low}")
 
 
 def _report(line: str) -> None:

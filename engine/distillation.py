@@ -8,7 +8,6 @@ its metrics and ``checkpoint.pth``, and writes the final outputs. A stop signal 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import secrets
 from pathlib import Path
 from typing import Callable
@@ -22,11 +21,12 @@ from datasets.folders import BagDataset, DatasetError, file_list_sha256, labelle
 from datasets.neighbours import neighbour_path, read_neighbours
 from datasets.transforms import eval_transform, pretrain_augmentation, pretrain_spec
 from engine.checkpoints import check_resumable, checkpoint_payload, load_checkpoint, save_checkpoint, save_final
+from engine.cli import check_minimums
 from engine.evaluation import KnnMonitor
 from engine.options import DistillOptions
 from engine.training import RunState, check_teacher_unchanged, make_train_loader, train_epoch
 from models.backbones import build_backbone
-from models.checkpoints import load_backbone, load_teacher, read_bytes, torch_load
+from models.checkpoints import load_backbone, load_teacher, read_file, torch_load
 from models.distiller import DistillConfig, Distiller, Embedder, unwrap
 from models.heads import compress_head, student_head
 from models.methods import build_method
@@ -71,9 +71,7 @@ def check_options(opts: DistillOptions, world_size: int) -> int:
                 "report_freq": 1, "num_workers": 0, "save_freq": 0, "subgroup": 1}
     if opts.method == "bingo":
         at_least["clus_pos_num"] = 1
-    for name, low in at_least.items():
-        if getattr(opts, name) < low:
-            raise app.UsageError(f"--{name}={getattr(opts, name)}: must be at least {low}")
+    check_minimums(opts, at_least)
     if opts.moco_t <= 0 or opts.seed_teacher_t <= 0:
         raise app.UsageError(f"--moco_t={opts.moco_t} and --seed_teacher_t={opts.seed_teacher_t} must be positive")
     if len(opts.lam) != 2:
@@ -219,8 +217,8 @@ class Distillation:
         resume_path = resolve_resume(opts.resume, self.output_dir)
         if ctx.is_main:
             self.lock = self.claim_output_dir(resume_path)
-        teacher_file = read_bytes(opts.pretrain_path) if opts.uses_teacher else None  # read once: hash and load
-        self.meta = self.run_meta(hashlib.sha256(teacher_file).hexdigest() if teacher_file is not None else None)
+        teacher_file, teacher_sha256 = read_file(opts.pretrain_path) if opts.uses_teacher else (None, None)
+        self.meta = self.run_meta(teacher_sha256)
         resumed = self.read_resume(resume_path)  # checked against this run before the teacher loads
         torch.manual_seed(self.seed)
         # a wrong teacher stops here, before any data is read

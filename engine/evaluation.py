@@ -172,7 +172,7 @@ def embed_splits(backbone: nn.Module, train_set: Dataset, val_set: Dataset, ctx:
 
 
 def labels_of(dataset: Dataset) -> torch.Tensor:
-    return torch.tensor([target for _, target in dataset.samples])
+    return torch.tensor(dataset.targets)
 
 
 def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor,
@@ -267,7 +267,7 @@ def logistic_regression(train_features: torch.Tensor, train_labels: torch.Tensor
     fit_x, held_x = standardise(x[fit_idx], x[held_idx])
     held_top1, start, fits = {}, None, {}
     for c in sorted(grid):
-        weight, bias, iterations, converged = fit_logistic_regression(fit_x, y[fit_idx], num_classes, c, start)
+        weight, bias, _, _ = fit_logistic_regression(fit_x, y[fit_idx], num_classes, c, start)
         start = fits[c] = (weight, bias)
         held_top1[c] = 100.0 * float(((held_x @ weight + bias).argmax(1) == y[held_idx]).float().mean())
     best = max(sorted(grid), key=lambda c: (held_top1[c], -c))

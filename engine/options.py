@@ -29,12 +29,17 @@ def from_argv(cls: type[Options], flag_values: Any, argv: list[str]) -> Options:
     return from_flags(cls, flag_values)
 
 
-def _as_dict(options: Any) -> dict[str, Any]:
-    return {k: v for k, v in dataclasses.asdict(options).items() if k != "explicit"}
+@dataclass(frozen=True)
+class _Options:
+    """What every entry point's options have besides their flags."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every option by name: what ``flags.json``, the checkpoints and ``results.json`` record."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "explicit"}
 
 
 @dataclass(frozen=True)
-class DistillOptions:
+class DistillOptions(_Options):
     """``main_distill.py``'s flags (see their help there)."""
 
     output_dir: str | None
@@ -93,10 +98,6 @@ class DistillOptions:
     knn_monitor_data: str | None
     explicit: frozenset[str] = field(default_factory=frozenset)  # the flags given on the command line
 
-    def as_dict(self) -> dict[str, Any]:
-        """Every option by name: what ``flags.json`` and the checkpoints record."""
-        return _as_dict(self)
-
     @property
     def uses_teacher(self) -> bool:
         return self.method != "moco"
@@ -108,7 +109,7 @@ class DistillOptions:
 
 
 @dataclass(frozen=True)
-class LinclsOptions:
+class LinclsOptions(_Options):
     """``main_lincls.py``'s flags (see their help there)."""
 
     evaluate: bool
@@ -145,12 +146,9 @@ class LinclsOptions:
     device: str
     explicit: frozenset[str] = field(default_factory=frozenset)
 
-    def as_dict(self) -> dict[str, Any]:
-        return _as_dict(self)
-
 
 @dataclass(frozen=True)
-class KnnStepOptions:
+class KnnStepOptions(_Options):
     """``run_knn.py``'s flags (see their help there)."""
 
     arch: str

@@ -33,6 +33,7 @@ from torch import nn
 
 from models.backbones import build_backbone
 from models.heads import mlp_head, swav_head
+from utils.io import file_sha256  # re-exported: the entry points hash checkpoints with it
 
 __all__ = [
     "CheckpointError",
@@ -42,7 +43,7 @@ __all__ = [
     "load_backbone",
     "load_teacher",
     "file_sha256",
-    "read_bytes",
+    "read_file",
     "check_finite",
 ]
 
@@ -68,12 +69,14 @@ class Weights:
     head_prefix: str = ""  # what the file's head keys start with after the backbone's prefix (fc., projection_head.)
 
 
-def read_bytes(path: str | Path) -> bytes:
-    """A checkpoint file's bytes, read once (for its hash and its load), or a clear error when it is missing."""
+def read_file(path: str | Path) -> tuple[bytes, str]:
+    """A checkpoint file's bytes and their sha256, from one read (the load takes the bytes: ``data=``), or a clear
+    error when it is missing."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
-    return path.read_bytes()
+    data = path.read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
 
 
 def torch_load(path: str | Path, data: bytes | None = None) -> object:
@@ -108,14 +111,6 @@ def check_finite(state: dict[str, torch.Tensor], where: str) -> None:
             bad = int((~torch.isfinite(value)).sum())
             raise CheckpointError(f"{where}: {name} holds {bad} NaN or infinite value(s) of {value.numel()}; this "
                                   "network is broken (a diverged run?): use an earlier checkpoint")
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import random
@@ -17,6 +18,7 @@ import torch
 
 __all__ = [
     "atomic_write",
+    "file_sha256",
     "DiskFullError",
     "free_bytes",
     "atomic_torch_save",
@@ -28,6 +30,15 @@ __all__ = [
     "OutputFolderError",
     "RunFolderLock",
 ]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file, read in 4 MB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _umask() -> int:

@@ -1,7 +1,7 @@
 """The demo's configurations: what trains, for how long, on which images, and which images score it."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,11 @@ CPU_INPUT = ("--device_views", "--in_memory")
 # The teacher's MoCo-v2 for short schedules (see the CPU configurations below; the ImageNet scripts keep the defaults).
 SHORT_TEACHER = ("--moco_m=0.99", "--moco_t=0.1", "--nomlp", "--noaug_plus")
 STUDENT_FLAGS = ("--moco_m=0.99", "--bag_warmup_epochs=1")
+# The CPU configurations' networks: a ResNet-34 teacher of 12 epochs and ResNet-18 students of 5 (``long`` and ``bags``
+# train them longer, with the warm-up scaled along).
+CPU_TEACHER = Training("resnet34", epochs=12, batch_size=64, lr=0.03, queue=512, flags=SHORT_TEACHER, knn_every=6)
+CPU_STUDENT = Training("resnet18", epochs=5, batch_size=64, lr=0.03, queue=512, flags=STUDENT_FLAGS)
+LONGER_STUDENT_FLAGS = ("--moco_m=0.99", "--bag_warmup_epochs=2")
 CONFIGS = {
     "quick": Config(name="quick", train_per_class=10, val_per_class=5, eval_train_per_class=20, eval_val_per_class=10,
                     image_size=32,
@@ -80,17 +85,13 @@ CONFIGS = {
     # is scored on 10,000 labelled training images (k-NN memory, probe training) and the 10,000 test images.
     "cpu": Config(name="cpu", train_per_class=100, val_per_class=50, eval_train_per_class=1000,
                   eval_val_per_class=None, image_size=32,
-                  teacher=Training("resnet34", epochs=12, batch_size=64, lr=0.03, queue=512,
-                                   flags=SHORT_TEACHER, knn_every=6),
-                  student=Training("resnet18", epochs=5, batch_size=64, lr=0.03, queue=512, flags=STUDENT_FLAGS),
+                  teacher=CPU_TEACHER, student=CPU_STUDENT,
                   input_flags=CPU_INPUT),
     # The same data and recipe, five times the teacher's epochs and twice the students', three seeds.
     "long": Config(name="long", train_per_class=100, val_per_class=50, eval_train_per_class=1000,
                    eval_val_per_class=None, image_size=32,
-                   teacher=Training("resnet34", epochs=60, batch_size=64, lr=0.03, queue=512,
-                                    flags=SHORT_TEACHER, knn_every=10),
-                   student=Training("resnet18", epochs=10, batch_size=64, lr=0.03, queue=512,
-                                    flags=("--moco_m=0.99", "--bag_warmup_epochs=2"), knn_every=2),
+                   teacher=replace(CPU_TEACHER, epochs=60, knn_every=10),
+                   student=replace(CPU_STUDENT, epochs=10, flags=LONGER_STUDENT_FLAGS, knn_every=2),
                    seeds=3, input_flags=CPU_INPUT),
     # The bagging ablation (the paper's §3.1): BINGO students on random, k-means, teacher k-NN and label bags of the
     # default configuration's teacher, beside SEED (a teacher, no bags) and MoCo-v2 (no teacher), 3 seeds each. The
@@ -98,10 +99,8 @@ CONFIGS = {
     # with the cross-bag keys, the part of the loss the bags act on.
     "bags": Config(name="bags", train_per_class=100, val_per_class=50, eval_train_per_class=1000,
                    eval_val_per_class=None, image_size=32,
-                   teacher=Training("resnet34", epochs=12, batch_size=64, lr=0.03, queue=512,
-                                    flags=SHORT_TEACHER, knn_every=6),
-                   student=Training("resnet18", epochs=8, batch_size=64, lr=0.03, queue=512,
-                                    flags=("--moco_m=0.99", "--bag_warmup_epochs=2"), knn_every=2),
+                   teacher=CPU_TEACHER,
+                   student=replace(CPU_STUDENT, epochs=8, flags=LONGER_STUDENT_FLAGS, knn_every=2),
                    seeds=3, input_flags=CPU_INPUT, methods=("moco", "seed", "bingo"),
                    bags=("random", "kmeans", "knn", "label")),
     # All 60,000 images, one seed, sized to run in about 10 minutes on one H100-class GPU (an estimate, not yet
