@@ -15,7 +15,7 @@ from absl import flags
 from engine import cli
 from engine.distillation import Distillation
 from engine.options import DistillOptions, from_flags
-from models.backbones import BACKBONES, STUDENTS
+from models.backbones import BACKBONES, STEMS, STUDENTS
 
 FLAGS = flags.FLAGS
 # Official flags (names and defaults of haohang96/bingo main_moco.py).
@@ -89,15 +89,21 @@ flags.DEFINE_bool("cross_keys", True, "--loss=official: after the warm-up, pull 
 flags.DEFINE_integer("bag_warmup_epochs", 10,
                      "--loss=official: epochs 0..N use only the own-key terms (official: 10, i.e. 11 epochs).")
 flags.DEFINE_integer("image_size", 224, "Crop size of the views.")
+flags.DEFINE_enum("stem", "imagenet", list(STEMS),
+                  "Student's and teacher's ResNet stem: imagenet (7x7 stride-2 convolution and max-pool, the paper's) "
+                  "or small (3x3 stride-1 convolution, no max-pool, for 32-96 px images). Recorded in the "
+                  "checkpoints; a teacher or --resume of the other stem is refused.")
 flags.DEFINE_bool("amp", False, "bf16 autocast on CUDA.")
 flags.DEFINE_bool("channels_last", False, "channels_last memory format on CUDA.")
 flags.DEFINE_bool("compile", False, "torch.compile the student and the teacher (CUDA speed switch; compiles first).")
 flags.DEFINE_bool("device_views", False,
-                  "Decode JPEGs (nvJPEG on CUDA) and make the views on the training device; loader workers only read "
-                  "files and draw the views' random parameters (the same draws as the CPU path).")
+                  "Decode JPEGs (nvJPEG on CUDA) and make each batch's views on the training device in a fixed number "
+                  "of operations; loader workers only read files. The views' parameters are drawn from seed, epoch "
+                  "and image (the CPU path's distributions, not its draws).")
 flags.DEFINE_bool("in_memory", False,
-                  "With --device_views: decode every training image once at start-up and keep the pixels in memory "
-                  "(small datasets such as Fashion-MNIST or CIFAR; 3 KB an image at 32 px).")
+                  "With --device_views: decode every training image once at start-up and hold them as one tensor on "
+                  "the training device, indexed there (images of one size, e.g. Fashion-MNIST, CIFAR, STL-10; 3 KB an "
+                  "image at 32 px); no loader workers.")
 flags.DEFINE_bool("fuse_teacher", False, "One teacher forward for anchor and neighbour keys (needs teacher_mode=eval).")
 flags.DEFINE_bool("check_corr_json", True,
                   "Require the .npy's JSON from run_knn.py and check it against this dataset (turn off only for "

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from datasets.folders import IndexedImageFolder, labelled_splits, open_split
 from datasets.transforms import eval_transform, linear_train_transform
 from engine.checkpoints import read_probe, save_probe
-from engine.cli import check_minimums, run
+from engine.cli import check_minimums, check_stem, run
 from engine.evaluation import (
     Classifier,
     assert_unchanged,
@@ -37,7 +37,7 @@ from engine.evaluation import (
     train_classifier_epoch,
 )
 from engine.options import LinclsOptions, from_flags
-from models.backbones import BACKBONES, FLOORS, build_backbone
+from models.backbones import BACKBONES, FLOORS, STEMS, build_backbone
 from models.checkpoints import file_sha256, load_backbone, read_file
 from utils import dist as edist
 from utils.io import OutputFolderError, RunFolderLock, atomic_json, check_writable, resolve_resume
@@ -90,6 +90,8 @@ flags.DEFINE_float("knn_t", 0.07, "Temperature of the weighted k-NN vote (the pl
 flags.DEFINE_float("label_fraction", None, "--protocol=semi: fraction of each class's labels (e.g. 0.01, 0.1).")
 flags.DEFINE_string("label_file", None, "--protocol=semi: file listing the labelled images (SimCLR split format).")
 flags.DEFINE_integer("image_size", 224, "Crop size.")
+flags.DEFINE_enum("stem", "imagenet", list(STEMS), "The ResNet's stem: imagenet (the paper's) or small (3x3 stride-1 "
+                  "convolution, no max-pool); a checkpoint of the other stem is refused, naming the flag.")
 flags.DEFINE_enum("device", "auto", ["auto", "cuda", "cpu"], "Where to run (auto: CUDA when available).")
 flags.mark_flags_as_required(["data_dir"])
 
@@ -115,6 +117,7 @@ def check_options(opts: LinclsOptions) -> None:
     if opts.protocol in ("linear", "semi") and not opts.evaluate:
         at_least["end_epoch"] = 1
     check_minimums(opts, at_least)
+    check_stem(opts.stem, {"arch": opts.arch})
     if opts.protocol == "logreg" and not 0 < opts.logreg_holdout < 1:
         raise app.UsageError(f"--logreg_holdout={opts.logreg_holdout}: must be in (0, 1)")
     if opts.protocol in ("logreg", "knn") and opts.evaluate:
@@ -150,14 +153,14 @@ def build_evaluated(opts: LinclsOptions, announce: bool) -> tuple[torch.nn.Modul
                              "other: drop one")
     if not floor and not opts.pretrained:
         raise app.UsageError("--pretrained is required (or --untrained to score a randomly initialised network)")
-    common = {"arch": opts.arch, "recomputed_bn": opts.recompute_bn, "flags": opts.as_dict()}
+    common = {"arch": opts.arch, "stem": opts.stem, "recomputed_bn": opts.recompute_bn, "flags": opts.as_dict()}
     if floor:
-        backbone = build_backbone(opts.arch, opts.pool_type)
+        backbone = build_backbone(opts.arch, opts.pool_type, opts.stem)
         what = "raw pixels" if opts.arch in FLOORS else f"randomly initialised (seed {opts.seed})"
         log(f"{opts.arch}: {what}, no checkpoint: a floor", announce)
         return backbone, {**common, "pretrained": None, "checkpoint_format": "untrained", "checkpoint_sha256": None}
     data, sha256 = read_file(opts.pretrained)  # one read: its hash and its load
-    backbone, weights = load_backbone(opts.arch, opts.pretrained, opts.pool_type, data)
+    backbone, weights = load_backbone(opts.arch, opts.pretrained, opts.pool_type, data, opts.stem)
     log(f"{opts.arch} backbone from {opts.pretrained} (format: {weights.fmt}); every backbone weight loaded, the "
         "new linear classifier is the only part not from the checkpoint", announce)
     return backbone, {**common, "pretrained": str(opts.pretrained), "checkpoint_format": weights.fmt,

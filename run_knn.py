@@ -23,10 +23,10 @@ from datasets.folders import IndexedImageFolder, open_split
 from datasets.neighbours import dataset_fingerprint, neighbour_path, write_neighbours
 from datasets.transforms import MOCO_V2, eval_transform
 from engine.bags import BAGGINGS, BagError, bag_purity, group_bags, kmeans_assignments, random_bags
-from engine.cli import check_minimums, run
+from engine.cli import check_minimums, check_stem, run
 from engine.features import SEARCH_BACKENDS, embed, exact_knn
 from engine.options import KnnStepOptions, from_flags
-from models.backbones import BACKBONES
+from models.backbones import BACKBONES, STEMS
 from models.checkpoints import head_from_state, load_backbone, read_file
 from utils import dist as edist
 from utils.io import check_writable
@@ -41,6 +41,8 @@ flags.DEFINE_string("corr_name", "imgs_corr_moco_epoch800.npy",
 flags.DEFINE_integer("clus_pos_num", 5, "K: neighbours kept per image (itself excluded).")
 flags.DEFINE_integer("batch_size", 32, "Images per process per batch.")
 flags.DEFINE_integer("image_size", 224, "Centre-crop size S (Resize round(S*256/224) first).")
+flags.DEFINE_enum("stem", "imagenet", list(STEMS), "The teacher's ResNet stem: imagenet (the paper's) or small (3x3 "
+                  "stride-1 convolution, no max-pool); a checkpoint of the other stem is refused, naming the flag.")
 flags.DEFINE_integer("num_workers", 8, "Data-loading workers per process.")
 flags.DEFINE_enum("feature", "backbone", ["backbone", "head"],
                   "Embed with the pooled backbone feature (official) or the teacher's projection-head output.")
@@ -63,6 +65,7 @@ flags.mark_flag_as_required("data_dir")
 def check_options(opts: KnnStepOptions) -> None:
     """Flag values that cannot work, refused before the teacher loads."""
     check_minimums(opts, {"batch_size": 1, "image_size": 16, "clus_pos_num": 1, "num_workers": 0})
+    check_stem(opts.stem, {"arch": opts.arch})
     if opts.bagging == "kmeans" and opts.kmeans_clusters is None:
         raise app.UsageError("--bagging=kmeans needs --kmeans_clusters (the number of clusters)")
     if opts.bagging != "kmeans" and opts.kmeans_clusters is not None:
@@ -71,12 +74,12 @@ def check_options(opts: KnnStepOptions) -> None:
         raise app.UsageError(f"--save_distances: --bagging={opts.bagging} computes no similarities")
 
 
-def build_network(arch: str, ckpt: str, feature: str) -> tuple[nn.Module, str]:
+def build_network(arch: str, ckpt: str, feature: str, stem: str) -> tuple[nn.Module, str]:
     """The teacher network that embeds (its pooled backbone, or backbone + head) and its file's sha256."""
     if not ckpt:
         raise app.UsageError("--ckpt_name is required: neighbours from a random teacher are meaningless")
     data, sha256 = read_file(ckpt)  # one read: its hash and its load
-    backbone, weights = load_backbone(arch, ckpt, data=data)
+    backbone, weights = load_backbone(arch, ckpt, data=data, stem=stem)
     log(f"teacher {arch} from {ckpt} (format: {weights.fmt})")
     if feature == "backbone":
         return backbone, sha256
@@ -118,7 +121,7 @@ def make_bags(opts: KnnStepOptions, ctx: edist.Context, teacher: tuple[nn.Module
         return None, info
     t1 = time.perf_counter()
     info.update(feature=opts.feature, feature_dim=int(features.shape[1]), teacher_arch=opts.arch,
-                checkpoint=Path(opts.ckpt_name).name, checkpoint_sha256=teacher_sha256)
+                teacher_stem=opts.stem, checkpoint=Path(opts.ckpt_name).name, checkpoint_sha256=teacher_sha256)
     if opts.bagging == "knn":
         bags, sims, backend = exact_knn(features, k, opts.search, ctx.device, report=log)
         info["search_backend"] = backend
@@ -149,7 +152,7 @@ def make_neighbour_file(opts: KnnStepOptions) -> None:
         check_writable(out.parent)
     teacher = None
     if opts.bagging in ("knn", "kmeans"):  # before any data is read: a wrong checkpoint stops here
-        network, sha256 = build_network(opts.arch, opts.ckpt_name, opts.feature)
+        network, sha256 = build_network(opts.arch, opts.ckpt_name, opts.feature, opts.stem)
         network = network.to(ctx.device).eval()
         if opts.channels_last:
             network = network.to(memory_format=torch.channels_last)

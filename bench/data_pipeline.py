@@ -4,7 +4,7 @@
     python bench/data_pipeline.py --workers 0,2 --images 64 --batches 4 --size 64 --profile_steps 0  # CPU smoke
 
 Paths: ``cpu`` is the official one (workers decode with PIL and make the views); ``device`` is ``--device_views``
-(workers read the file and draw the views' parameters; the device decodes with nvJPEG and augments the batch);
+(workers read the file; the device decodes with nvJPEG, draws the views' parameters and augments the batch);
 ``device-workers`` is the device path's loader alone (what the workers can deliver when decoding is not theirs).
 The profile runs the fast training step (bf16, channels_last) of ``--pair`` for ``--profile_steps`` steps fed by
 each loader and once more on one batch kept on the device: the data-fed rate over the resident rate says how
@@ -52,7 +52,7 @@ def make_loader(root: Path, path: str, workers: int, batch: int, size: int, devi
     if path == "cpu":
         dataset = BagDataset(root / "train", augmentation(MOCO_V2, size), neighbours, clus_pos_num=5, seed=0)
         return DataLoader(dataset, **options), lambda batch: views_to_device(batch[:-1], device, channels_last=True)
-    dataset = EncodedBagDataset(root / "train", MOCO_V2, neighbours, clus_pos_num=5, seed=0)
+    dataset = EncodedBagDataset(root / "train", neighbours, clus_pos_num=5, seed=0)
     views = DeviceViews(size, MOCO_V2, device, channels_last=True)
     return DataLoader(dataset, collate_fn=collate_encoded, **options), views.train_views
 

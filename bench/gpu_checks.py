@@ -6,8 +6,8 @@
    on clustered features with duplicates, and equals the CPU torch backend.
 2. A one-GPU distillation step in the fast configuration (bf16 + channels_last) gives a loss within bf16 rounding
    of the official fp32 configuration on the same weights and inputs.
-3. ``--device_views`` on CUDA (nvJPEG decode + batched augmentation) makes the CPU pipeline's views, view for view
-   (same seeds), at 224 px, for RGB and grayscale JPEGs decoded together in one batch.
+3. ``--device_views`` on CUDA (nvJPEG decode + batched augmentation) makes the CPU pipeline's (PIL) views on the
+   same draws, at 224 px, for RGB and grayscale JPEGs of several sizes decoded together in one batch.
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import default_collate
 
 from bench.distill_step import default_config
-from datasets.device_views import DeviceViews, EncodedImage, PackedImages, sample_view
-from datasets.transforms import IMAGENET_STD, MOCO_V2, augmentation
+from datasets.device_views import DeviceViews, EncodedImage, PackedImages
+from datasets.draws import ViewParams
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, MOCO_V2
 from engine.features import exact_knn
 from models.backbones import build_backbone
 from models.distiller import Embedder
@@ -79,6 +79,26 @@ def check_amp_step() -> None:
     assert rel < 2e-2
 
 
+def pil_view(picture: Image.Image, params: ViewParams, v: int, size: int = 224) -> torch.Tensor:
+    """The CPU pipeline's PIL ops on view ``v``'s draws (MoCo-v2: jitter, grayscale, blur, flip)."""
+    from PIL import ImageFilter
+    from torchvision.transforms import functional as TF
+
+    top, left, height, width = params.crop[v].tolist()
+    x = TF.resized_crop(picture, top, left, height, width, [size, size])
+    ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    if bool(params.jitter[v]):
+        for op_id in params.order[v].tolist():
+            x = ops[op_id](x, float(params.factors[v, op_id]))
+    if bool(params.gray[v]):
+        x = TF.rgb_to_grayscale(x, num_output_channels=3)
+    if float(params.blur_sigma[v]) > 0:
+        x = x.filter(ImageFilter.GaussianBlur(radius=float(params.blur_sigma[v])))
+    if bool(params.flip[v]):
+        x = TF.hflip(x)
+    return TF.normalize(TF.to_tensor(x), IMAGENET_MEAN, IMAGENET_STD)
+
+
 def check_device_views(device_name: str = "cuda") -> None:
     rng = np.random.default_rng(0)
     pictures, encoded = [], []
@@ -90,19 +110,14 @@ def check_device_views(device_name: str = "cuda") -> None:
         data = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
         encoded.append(EncodedImage(data, picture.width, picture.height, f"<memory {i}>"))
         pictures.append(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
-    cpu, params, sources = [], [], []
-    for seed in range(64):
-        picture = pictures[seed % len(pictures)]
-        torch.manual_seed(seed)
-        cpu.append(augmentation(MOCO_V2, 224)(picture))
-        torch.manual_seed(seed)
-        params.append(sample_view(picture.width, picture.height, MOCO_V2))
-        sources.append(seed % len(pictures))
+    images = PackedImages.pack(encoded * 4)  # 32 images, two views each: the training path's decode and batching
+    indices = torch.arange(32)
     views = DeviceViews(224, MOCO_V2, torch.device(device_name))
-    decoded = views.decode(PackedImages.pack(encoded))
-    device = views.augment([decoded[i] for i in sources], default_collate(params)).cpu()
+    device = torch.cat(views.train_views(([images], torch.zeros(32, dtype=torch.int64), indices))).cpu()
+    params = views.draw(0, indices, 2, torch.cat([images.sizes, images.sizes]))
+    cpu = torch.stack([pil_view(pictures[v % len(pictures)], params, v) for v in range(64)])
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    errors = ((device - torch.stack(cpu)).abs() * std).mean(dim=(1, 2, 3))
+    errors = ((device - cpu).abs() * std).mean(dim=(1, 2, 3))
     print(f"device views on {device_name} vs CPU pipeline: mean abs error {errors.mean():.4f}, "
           f"worst view {errors.max():.4f}")
     assert errors.max() < 0.02

@@ -1,20 +1,28 @@
-"""Views made on the training device (``--device_views``): loader workers only read files and draw the random
-parameters; the device decodes the JPEGs (nvJPEG on CUDA, through torchvision) and applies crop, colour jitter,
-grayscale, blur and flip to the whole batch at once (torchvision and Kornia ops with per-view parameters).
+"""Views made on the training device, a whole batch at a time (``--device_views``, ``--in_memory``).
 
-``sample_view`` draws the parameters with exactly the torch RNG calls, in exactly the order, of the CPU pipeline
-(``datasets.transforms.augmentation``), so under the same seed both paths make the same views up to rounding
-(PIL rounds to 8 bits after every step, the device path works in float32; PIL's blur is a box approximation).
-tests/test_device_views.py checks that view for view.
+Two ways in: loader workers read the files (``EncodedBagDataset``: JPEGs stay encoded and the device decodes them,
+nvJPEG on CUDA), or every training image is decoded once at start-up and held on the device as one tensor
+(``HeldBagDataset``, ``--in_memory``; the loader then hands over index tensors, ``IndexBatches``). Either way the
+training process draws every view's parameters for the batch at once (``datasets.draws``: from seed, epoch and
+image index alone) and ``DeviceViews`` makes the views with a fixed number of tensor operations, whatever the batch:
+
+- crop and resize as two batched matrix products per chunk of views: each view's rows and columns of
+  torchvision's antialiased bilinear resize (``resize_weights``: the triangle filter, widened when shrinking, that
+  ``interpolate(antialias=True)`` and PIL apply), zero outside the crop;
+- colour jitter (each of its four ops computed for the batch at each of the four positions, kept where the view's
+  random order puts it), grayscale, Gaussian blur (Kornia, per-view sigma) and flip, each kept by a per-view mask.
+
+On the same parameters the views equal torchvision's per-image ops up to float32 rounding (``tests/
+test_device_views.py``); against the CPU pipeline's PIL ops they differ by PIL's 8-bit rounding after each step and
+its box approximation of the blur (a mean absolute 0.005 of the pixel range).
 """
 from __future__ import annotations
 
-import functools
 import io
 import itertools
 import math
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -23,75 +31,28 @@ from kornia.enhance import adjust_contrast_with_mean_subtraction, adjust_hue, ad
 from kornia.filters import gaussian_blur2d
 from PIL import Image
 from torch.utils.data import default_collate
-from torchvision import transforms as T
-from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms.v2 import functional as TF
 
+from datasets.draws import ViewParams, draw_views, neighbour_columns
 from datasets.folders import BagDataset, DatasetError, IndexedImageFolder, load_rgb, to_rgb
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, resize_size
 from utils.logs import Progress, log
 
 __all__ = [
-    "ViewParams",
-    "sample_view",
     "read_encoded",
     "read_decoded",
-    "DecodedCache",
     "EncodedBagDataset",
     "EncodedImageFolder",
+    "HeldBagDataset",
+    "IndexBatches",
     "collate_encoded",
     "PackedImages",
     "DeviceViews",
+    "resize_weights",
+    "PIXEL_BUDGET",
 ]
 
-
-class ViewParams(NamedTuple):
-    """One view's random draws as numpy arrays and Python numbers (cheap to make in a worker); after collation a
-    batch of them as tensors."""
-
-    crop: np.ndarray | torch.Tensor  # int64 [4]: top, left, height, width in source pixels
-    jitter: bool | torch.Tensor  # colour jitter applied
-    factors: np.ndarray | torch.Tensor  # float32 [4]: brightness, contrast, saturation, hue factors
-    order: np.ndarray | torch.Tensor  # int64 [4]: order of the jitter ops (0 brightness, 1 contrast, 2 sat., 3 hue)
-    gray: bool | torch.Tensor
-    blur_sigma: float | torch.Tensor  # 0 where not blurred
-    flip: bool | torch.Tensor
-
-
-def _draw(p: float) -> bool:
-    """``RandomApply``'s test: applied unless p < U(0, 1)."""
-    return not bool(p < torch.rand(1))
-
-
-@functools.lru_cache(maxsize=None)
-def _colour_jitter(strengths: tuple[float, float, float, float]) -> T.ColorJitter:
-    return T.ColorJitter(*strengths)
-
-
-def sample_view(width: int, height: int, spec: AugmentSpec) -> ViewParams:
-    """The random parameters of one view of a ``width`` x ``height`` image, drawn from torch's global RNG with the
-    calls torchvision's pipeline for ``spec`` makes (the caller seeds it, as ``BagDataset`` does)."""
-    # get_params reads only the size: a zero-size stand-in avoids decoding the image in the worker.
-    crop = T.RandomResizedCrop.get_params(torch.empty(0, height, width), list(spec.scale), list(spec.ratio))
-    colour_jitter = _colour_jitter(spec.jitter)
-    jitter, factors, order = False, [1.0, 1.0, 1.0, 0.0], np.arange(4)
-    gray = False
-    for stage in ("gray", "jitter") if spec.gray_before_jitter else ("jitter", "gray"):
-        if stage == "gray":
-            gray = spec.gray_p > 0 and bool(torch.rand(1) < spec.gray_p)
-        elif spec.jitter_p > 0 and (spec.jitter_p >= 1 or _draw(spec.jitter_p)):
-            jitter = True
-            order, *drawn = colour_jitter.get_params(colour_jitter.brightness, colour_jitter.contrast,
-                                                     colour_jitter.saturation, colour_jitter.hue)
-            order = order.numpy()
-            factors = [default if value is None else value for value, default in zip(drawn, factors)]
-    sigma = 0.0
-    if spec.blur_p > 0 and _draw(spec.blur_p):
-        low, high = spec.blur_sigma
-        sigma = low + (high - low) * torch.rand(()).item()  # as PilGaussianBlur draws it
-    flip = bool(torch.rand(1) < 0.5)
-    return ViewParams(np.array(crop, dtype=np.int64), jitter, np.array(factors, dtype=np.float32), order, gray,
-                      sigma, flip)
+# Source pixels of one chunk of views (the resize's float32 input is 12 bytes a pixel: 768 MB).
+PIXEL_BUDGET = 1 << 26
 
 
 class EncodedImage(NamedTuple):
@@ -125,47 +86,23 @@ def read_decoded(path: str) -> EncodedImage:
     return EncodedImage(pixels, pixels.shape[2], pixels.shape[1], str(path))
 
 
-class DecodedCache:
-    """Every image of a dataset decoded once and held in memory, for small datasets (Fashion-MNIST, CIFAR: 3 KB an
-    image at 32 px): the loader then reads nothing from disk and decodes nothing. Used as the dataset's loader;
-    loader workers share the pixels with the main process."""
-
-    def __init__(self, paths: Sequence[str]) -> None:
-        progress = Progress(len(paths), "decode into memory")
-        self.images = {}
-        for path in paths:
-            self.images[path] = read_decoded(path)
-            progress.update(1)
-        log(progress.line())
-
-    def __call__(self, path: str) -> EncodedImage:
-        return self.images[path]
-
-
-class _Sampler:
-    """``BagDataset``'s per-view transform on the device path: (the image, that view's parameters)."""
-
-    def __init__(self, spec: AugmentSpec) -> None:
-        self.spec = spec
-
-    def __call__(self, image: EncodedImage) -> tuple[EncodedImage, ViewParams]:
-        return image, sample_view(image.width, image.height, self.spec)
-
-
 class EncodedBagDataset(BagDataset):
-    """``BagDataset`` for ``--device_views``: items are ``(images, view parameters, index)`` where ``images`` holds
-    the anchor (and the neighbour) once as ``EncodedImage`` and the parameters are those of the CPU path's views.
-    With ``in_memory`` every image is decoded once, up front, and kept (``DecodedCache``)."""
+    """``BagDataset`` for ``--device_views`` read from files: items are ``(images, epoch, index)`` where ``images``
+    holds the anchor (and its bag's other member) once each as ``EncodedImage``; the views are drawn and made on the
+    device (``DeviceViews.train_views``). The other member is drawn by ``datasets.draws.neighbour_columns``."""
 
-    def __init__(self, root, spec: AugmentSpec, neighbours, clus_pos_num: int = 5, seed: int = 0,
-                 views: str | None = None, in_memory: bool = False) -> None:
-        super().__init__(root, _Sampler(spec), neighbours, clus_pos_num, seed, views)
-        self.loader = DecodedCache([path for path, _ in self.samples]) if in_memory else read_encoded
+    def __init__(self, root, neighbours, clus_pos_num: int = 5, seed: int = 0, views: str | None = None) -> None:
+        super().__init__(root, None, neighbours, clus_pos_num, seed, views)
+        self.loader = read_encoded
 
-    def __getitem__(self, index: int) -> tuple:  # type: ignore[override]
-        *views, index = super().__getitem__(index)
-        images = tuple(image for image, _ in views[::2])
-        return images, tuple(params for _, params in views), index
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple:  # type: ignore[override]
+        epoch, index = self.epoch_and_index(key)
+        anchor = self.loader(self.samples[index][0])
+        if self.views == "pair":
+            return (anchor,), epoch, index
+        column = neighbour_columns(self.seed, epoch, np.array([index]), self.neighbours.shape[1])[0]
+        neighbour = self.loader(self.samples[int(self.neighbours[index, column])][0])
+        return (anchor, neighbour), epoch, index
 
 
 class EncodedImageFolder(IndexedImageFolder):
@@ -187,6 +124,7 @@ class PackedImages(NamedTuple):
     data: torch.Tensor  # uint8: every image's bytes (JPEG) or pixels (uint8 [3, H, W]) one after another
     offsets: torch.Tensor  # int64 [n + 1]: image i is data[offsets[i]:offsets[i + 1]]
     shapes: torch.Tensor  # int64 [n, 3]: pixel shape, or zeros where the bytes are a JPEG file
+    sizes: torch.Tensor  # int64 [n, 2]: every image's height and width (from the header for a JPEG)
     paths: tuple[str, ...]
 
     @classmethod
@@ -194,7 +132,9 @@ class PackedImages(NamedTuple):
         data = [image.data for image in images]
         offsets = torch.tensor([0, *itertools.accumulate(t.numel() for t in data)])
         shapes = torch.tensor([tuple(t.shape) if t.dim() == 3 else (0, 0, 0) for t in data], dtype=torch.int64)
-        return cls(torch.cat([t.flatten() for t in data]), offsets, shapes, tuple(image.path for image in images))
+        sizes = torch.tensor([(image.height, image.width) for image in images], dtype=torch.int64)
+        return cls(torch.cat([t.flatten() for t in data]), offsets, shapes, sizes,
+                   tuple(image.path for image in images))
 
     def unpack(self) -> list[torch.Tensor]:
         """Views into ``data``: 1-D JPEG bytes or ``[3, H, W]`` pixels."""
@@ -209,20 +149,189 @@ def collate_encoded(items: Sequence[tuple]) -> tuple:
     return (slots, *default_collate([item[1:] for item in items]))
 
 
-class DeviceViews:
-    """Decode and augment a batch on ``device``; the output equals the CPU pipeline's up to rounding."""
+class HeldBagDataset(BagDataset):
+    """``--in_memory``: every training image decoded once (any format PIL reads) and held as one ``uint8 [N, 3, H,
+    W]`` tensor on ``device``, so a step reads nothing and runs no per-image Python: ``views(epoch, indices)`` makes
+    the batch's views on the device. The images must share one size (Fashion-MNIST, CIFAR, STL-10)."""
 
-    def __init__(self, size: int, spec: AugmentSpec, device: torch.device, channels_last: bool = False) -> None:
-        self.size, self.spec, self.device = size, spec, torch.device(device)
+    def __init__(self, root, spec: AugmentSpec, neighbours, device: torch.device, clus_pos_num: int = 5, seed: int = 0,
+                 views: str | None = None) -> None:
+        super().__init__(root, None, neighbours, clus_pos_num, seed, views)
+        self.spec = spec
+        self.pixels = self._decode_all().to(device)
+
+    def _decode_all(self) -> torch.Tensor:
+        first = read_decoded(self.samples[0][0])
+        pixels = torch.empty(len(self.samples), *first.data.shape, dtype=torch.uint8)
+        progress = Progress(len(self.samples), "decode into memory")
+        for i, (path, _) in enumerate(self.samples):
+            image = read_decoded(path)
+            if image.data.shape != first.data.shape:
+                raise DatasetError(f"--in_memory holds images of one size, but {path} is {image.width}x{image.height} "
+                                   f"and {first.path} is {first.width}x{first.height}: resize the images to one size, "
+                                   "or drop --in_memory")
+            pixels[i] = image.data
+            progress.update(1)
+        log(progress.line())
+        return pixels
+
+    def sources(self, epoch: int, indices: torch.Tensor) -> torch.Tensor:
+        """The image of each view slot, slot after slot: the anchors twice, then (bags) their drawn neighbours
+        twice; ``[n_views * B]`` int64 on the CPU."""
+        if self.views == "pair":
+            return indices.repeat(2)
+        anchors = indices.numpy()
+        columns = neighbour_columns(self.seed, epoch, anchors, self.neighbours.shape[1])
+        members = torch.from_numpy(self.neighbours[anchors, columns])
+        return torch.cat([indices, indices, members, members])
+
+    def num_views(self) -> int:
+        return 2 if self.views == "pair" else 4
+
+
+class ShardOrder:
+    """``DistributedSampler``'s order (shuffled by seed + epoch, ``drop_last``) as one tensor per epoch."""
+
+    def __init__(self, n: int, world_size: int, rank: int, seed: int) -> None:
+        self.n, self.world_size, self.rank, self.seed = n, world_size, rank, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n // self.world_size
+
+    def order(self) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        total = len(self) * self.world_size
+        return torch.randperm(self.n, generator=generator)[:total][self.rank:total:self.world_size]
+
+
+class IndexBatches:
+    """The training loader of a ``HeldBagDataset``: each step ``(epoch, indices)``, this process's next
+    ``batch_size`` image indices as one tensor (``drop_last``); ``sampler.set_epoch`` as for a ``DataLoader``."""
+
+    def __init__(self, n: int, world_size: int, rank: int, batch_size: int, seed: int) -> None:
+        self.sampler = ShardOrder(n, world_size, rank, seed)
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+        order = self.sampler.order()
+        for step in range(len(self)):
+            yield self.sampler.epoch, order[step * self.batch_size:(step + 1) * self.batch_size]
+
+
+def resize_weights(start: torch.Tensor, length: torch.Tensor, out_length: torch.Tensor, first: torch.Tensor,
+                   count: int, extent: int) -> torch.Tensor:
+    """``[V, count, extent]`` float32: for each view, outputs ``first .. first + count - 1`` of the antialiased
+    bilinear resize of source pixels ``start .. start + length - 1`` to ``out_length`` pixels, as weights over the
+    ``extent`` source pixels of one axis (zero outside the span). The weights are those of torch's
+    ``interpolate(mode="bilinear", antialias=True, align_corners=False)`` and PIL's bilinear resize: the triangle
+    filter around each output's centre, widened by the scale when shrinking, normalised. Arguments are ``[V]``
+    tensors on the device."""
+    start, length, out_length, first = (t.to(torch.float64)[:, None, None] for t in (start, length, out_length, first))
+    device = start.device
+    scale = length / out_length
+    support = scale.clamp(min=1.0)
+    centre = scale * (first + torch.arange(count, device=device, dtype=torch.float64)[None, :, None] + 0.5)
+    position = torch.arange(extent, device=device, dtype=torch.float64)[None, None, :] - start
+    weights = (1 - ((position + 0.5 - centre) / support).abs()).clamp(min=0)
+    weights = weights * ((position >= 0) & (position < length))
+    return (weights / weights.sum(-1, keepdim=True)).to(torch.float32)
+
+
+def _resample(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``rows[v] @ images[v, c] @ cols[v].T`` for every view and channel, scaled to [0, 1]: ``[V, 3, S, S]``."""
+    out = torch.matmul(torch.matmul(rows[:, None], images.float()), cols[:, None].transpose(-1, -2))
+    return out.div_(255).clamp_(0, 1)
+
+
+def _pad(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``uint8 [n, 3, max H, max W]``: the images top-left aligned, zeros beside them."""
+    out = images[0].new_zeros(len(images), 3, max(i.shape[1] for i in images), max(i.shape[2] for i in images))
+    for slot, image in zip(out, images):
+        slot[:, :image.shape[1], :image.shape[2]] = image
+    return out
+
+
+def _chunks(heights: Sequence[int], widths: Sequence[int], budget: int) -> list[slice]:
+    """Consecutive runs of views whose padded size (count x largest height x largest width) stays within
+    ``budget`` pixels (a view larger than the budget alone)."""
+    out, start, high, wide = [], 0, 0, 0
+    for i, (h, w) in enumerate(zip(heights, widths)):
+        high2, wide2 = max(high, h), max(wide, w)
+        if i > start and (i - start + 1) * high2 * wide2 > budget:
+            out.append(slice(start, i))
+            start, high2, wide2 = i, h, w
+        high, wide = high2, wide2
+    return out + [slice(start, len(heights))]
+
+
+class DeviceViews:
+    """Decode and augment batches on ``device`` (see the module docstring); ``seed`` is the run's, from which the
+    views are drawn."""
+
+    def __init__(self, size: int, spec: AugmentSpec, device: torch.device, channels_last: bool = False, seed: int = 0,
+                 pixel_budget: int = PIXEL_BUDGET) -> None:
+        self.size, self.spec, self.device, self.seed = size, spec, torch.device(device), seed
+        self.pixel_budget = pixel_budget
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         self.blur_kernel = 2 * math.ceil(3 * spec.blur_sigma[1]) + 1
 
+    # ---- the two ways in -------------------------------------------------------------------------------------------
+    def held_views(self, dataset: HeldBagDataset, batch: tuple[int, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """An ``IndexBatches`` step of ``dataset`` -> its views (``[B, 3, S, S]`` each, in the bag's view order)."""
+        epoch, indices = batch
+        sources = dataset.sources(epoch, indices)
+        _, _, height, width = dataset.pixels.shape
+        sizes = torch.tensor([height, width]).expand(len(sources), 2)
+        params = self.draw(epoch, indices, dataset.num_views(), sizes)
+        per_chunk = max(1, self.pixel_budget // (height * width))
+        views = []
+        for begin in range(0, len(sources), per_chunk):
+            part = slice(begin, begin + per_chunk)
+            images = dataset.pixels.index_select(0, sources[part].to(self.device, non_blocking=True))
+            views.append(self.augment(images, _select(params, part)))
+        return torch.cat(views).chunk(dataset.num_views())
+
+    def train_views(self, batch: tuple) -> tuple[torch.Tensor, ...]:
+        """A collated ``EncodedBagDataset`` batch -> its views: views 2i and 2i + 1 come from image slot i."""
+        slots, epochs, indices = batch
+        epoch = int(epochs[0])
+        decoded = [self.decode(slot) for slot in slots]
+        num_views = 2 * len(slots)
+        sizes = torch.cat([slots[v // 2].sizes for v in range(num_views)])
+        params = self.draw(epoch, indices, num_views, sizes)
+        crops = [image[:, top:top + height, left:left + width]
+                 for image, (top, left, height, width) in zip(
+                     (image for v in range(num_views) for image in decoded[v // 2]), params.crop.tolist())]
+        views = []
+        for part in _chunks([c.shape[1] for c in crops], [c.shape[2] for c in crops], self.pixel_budget):
+            local = _select(params, part)
+            local = local._replace(crop=torch.cat([torch.zeros_like(local.crop[:, :2]), local.crop[:, 2:]], dim=1))
+            views.append(self.augment(_pad(crops[part]), local))
+        return torch.cat(views).chunk(num_views)
+
+    def draw(self, epoch: int, indices: torch.Tensor, num_views: int, sizes: torch.Tensor) -> ViewParams:
+        """The parameters of ``num_views`` views of each image of ``indices``, slot after slot (view ``v`` of image
+        ``i`` from stream ``v``); ``sizes``: ``[num_views * B, 2]`` heights and widths of the views' sources."""
+        index = indices.numpy()
+        height, width = sizes.numpy().T.reshape(2, num_views, len(index))
+        parts = [draw_views(self.spec, self.seed, epoch, index, v, height[v], width[v]) for v in range(num_views)]
+        return ViewParams(*(torch.cat(field) for field in zip(*parts)))
+
     def decode(self, images: PackedImages) -> list[torch.Tensor]:
         """``uint8 [3, H, W]`` on the device for each image: the JPEGs in one batched decode, the rest copied.
         Should the batched decode fail, each JPEG is decoded alone on the CPU, and a file that cannot be decoded
         at all stops the run, named."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
         pieces = images.unpack()
         out = [data.to(self.device, non_blocking=True) if data.dim() == 3 else None for data in pieces]
         jpegs = [i for i, data in enumerate(pieces) if data.dim() == 1]
@@ -236,66 +345,72 @@ class DeviceViews:
         return out
 
     def _decode_alone(self, data: torch.Tensor, path: str) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
         try:
             pixels = decode_jpeg(data, mode=ImageReadMode.RGB)
         except RuntimeError as error:
             raise DatasetError(f"cannot decode {path}: {error}. Remove or replace the file.") from error
         return pixels.to(self.device, non_blocking=True)
 
-    def train_views(self, batch: tuple) -> tuple[torch.Tensor, ...]:
-        """A collated ``EncodedBagDataset`` batch -> the view tensors the distiller takes (each ``[B, 3, S, S]``):
-        views 2i and 2i + 1 come from image slot i."""
-        slots, params, _ = batch
-        decoded = [self.decode(slot) for slot in slots]
-        sources = [image for v in range(len(params)) for image in decoded[v // 2]]
-        joined = ViewParams(*(torch.cat(field) for field in zip(*params)))
-        return self.augment(sources, joined).chunk(len(params))
-
+    # ---- evaluation crops ------------------------------------------------------------------------------------------
     def eval_crops(self, batch: tuple) -> torch.Tensor:
         """A collated ``EncodedImageFolder`` batch -> ``Resize(round(S*256/224)) + CenterCrop(S)``, normalised."""
         (slot,), _, _ = batch
-        crops = [TF.center_crop(TF.resize(image.float(), [resize_size(self.size)], antialias=True), [self.size])
-                 for image in self.decode(slot)]
-        return self._finish(torch.stack(crops).div_(255).clamp_(0, 1))
-
-    def augment(self, images: list[torch.Tensor], params: ViewParams) -> torch.Tensor:
-        """View ``i`` of ``images[i]`` with ``params[i]``: ``[V, 3, S, S]`` normalised floats on the device."""
+        heights, widths = slot.sizes.T.numpy()
+        resized = resize_size(self.size)
+        # torchvision's Resize(int): the shorter side to `resized`, the longer in proportion (truncated)
+        short, long = np.minimum(heights, widths), np.maximum(heights, widths)
+        longer = (resized * long / short).astype(np.int64)
+        out_h = np.where(heights <= widths, resized, longer)
+        out_w = np.where(heights <= widths, longer, resized)
+        top, left = np.rint((out_h - self.size) / 2), np.rint((out_w - self.size) / 2)  # CenterCrop's offsets
+        decoded = self.decode(slot)
         crops = []
-        for image, (top, left, height, width) in zip(images, params.crop.tolist()):
-            crop = image[:, top:top + height, left:left + width].float()
-            crops.append(TF.resize(crop, [self.size, self.size], antialias=True))
-        x = torch.stack(crops).div_(255).clamp_(0, 1)
+        for part in _chunks(heights.tolist(), widths.tolist(), self.pixel_budget):
+            images = _pad(decoded[part])
+            rows = self._weights(np.zeros_like(heights[part]), heights[part], out_h[part], top[part], images.shape[2])
+            cols = self._weights(np.zeros_like(widths[part]), widths[part], out_w[part], left[part], images.shape[3])
+            crops.append(_resample(images, rows, cols))
+        return self._finish(torch.cat(crops))
+
+    def _weights(self, start, length, out_length, first, extent: int) -> torch.Tensor:
+        as_tensor = [torch.as_tensor(np.asarray(a, dtype=np.float64)).to(self.device) for a in
+                     (start, length, out_length, first)]
+        return resize_weights(*as_tensor, self.size, extent)
+
+    # ---- the views' maths ------------------------------------------------------------------------------------------
+    def augment(self, images: torch.Tensor, params: ViewParams) -> torch.Tensor:
+        """View ``v`` of ``images[v]`` (``uint8 [V, 3, H, W]`` on the device) with ``params[v]``: ``[V, 3, S, S]``
+        normalised floats, in a fixed number of operations."""
+        top, left, height, width = params.crop.T
+        size = torch.full_like(top, self.size)
+        zero = torch.zeros_like(top)
+        rows = self._weights(top, height, size, zero, images.shape[2])
+        cols = self._weights(left, width, size, zero, images.shape[3])
+        x = _resample(images, rows, cols)
+        on_device = ViewParams(*(field.to(self.device, non_blocking=True) for field in params))
         stages = (self._gray, self._jitter) if self.spec.gray_before_jitter else (self._jitter, self._gray)
         for stage in stages:
-            x = stage(x, params)
-        x = self._where(x, params.blur_sigma > 0,
-                        lambda part, rows: gaussian_blur2d(part, self.blur_kernel, self._sigmas(params, rows),
-                                                           border_type="replicate"))
-        x = self._where(x, params.flip, lambda part, rows: part.flip(-1))
+            x = stage(x, on_device)
+        if self.spec.blur_p > 0:
+            blurred = on_device.blur_sigma > 0
+            sigma = torch.where(blurred, on_device.blur_sigma, 1.0)[:, None].expand(-1, 2)
+            x = _keep(blurred, gaussian_blur2d(x, self.blur_kernel, sigma, border_type="replicate"), x)
+        x = _keep(on_device.flip, x.flip(-1), x)
         return self._finish(x)
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         return ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
 
-    def _on_device(self, values: torch.Tensor) -> torch.Tensor:
-        """Host-side parameters of the selected rows, as float32 on the device."""
-        return values.to(self.device, torch.float32, non_blocking=True)
-
-    def _sigmas(self, params: ViewParams, rows: torch.Tensor) -> torch.Tensor:
-        return self._on_device(params.blur_sigma[rows])[:, None].expand(-1, 2)
-
-    def _where(self, x: torch.Tensor, mask: torch.Tensor, op) -> torch.Tensor:
-        """Apply ``op(x[rows], rows)`` to the rows where the host-side ``mask`` is true (no device sync)."""
-        rows = mask.nonzero().flatten()
-        if len(rows):
-            index = rows.to(self.device, non_blocking=True)
-            x[index] = op(x[index], rows)
-        return x
-
     def _gray(self, x: torch.Tensor, params: ViewParams) -> torch.Tensor:
-        return self._where(x, params.gray, lambda part, rows: rgb_to_grayscale(part).expand(-1, 3, -1, -1))
+        if self.spec.gray_p <= 0:
+            return x
+        return _keep(params.gray, rgb_to_grayscale(x).expand(-1, 3, -1, -1), x)
 
     def _jitter(self, x: torch.Tensor, params: ViewParams) -> torch.Tensor:
+        if self.spec.jitter_p <= 0:
+            return x
         ops = (
             lambda part, f: (part * f.view(-1, 1, 1, 1)).clamp(0, 1),  # torchvision's brightness (Kornia's adds)
             adjust_contrast_with_mean_subtraction,
@@ -304,6 +419,15 @@ class DeviceViews:
         )
         for position in range(4):
             for op_id, op in enumerate(ops):
-                mask = params.jitter & (params.order[:, position] == op_id)
-                x = self._where(x, mask, lambda part, rows: op(part, self._on_device(params.factors[rows, op_id])))
+                chosen = params.jitter & (params.order[:, position] == op_id)
+                x = _keep(chosen, op(x, params.factors[:, op_id]), x)
         return x
+
+
+def _keep(mask: torch.Tensor, changed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``changed`` for the views where ``mask`` (``[V]`` bool) is true, ``x`` elsewhere."""
+    return torch.where(mask.view(-1, 1, 1, 1), changed, x)
+
+
+def _select(params: ViewParams, part: slice) -> ViewParams:
+    return ViewParams(*(field[part] for field in params))

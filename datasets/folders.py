@@ -9,11 +9,12 @@ import functools
 import hashlib
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DistributedSampler
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
@@ -21,6 +22,7 @@ __all__ = [
     "DatasetError",
     "IndexedImageFolder",
     "BagDataset",
+    "EpochSampler",
     "open_split",
     "labelled_splits",
     "to_rgb",
@@ -140,6 +142,15 @@ def file_list_sha256(dataset: IndexedImageFolder) -> str:
     return dataset.file_list_hash
 
 
+class EpochSampler(DistributedSampler):
+    """``DistributedSampler`` whose keys carry the epoch, ``(epoch, index)``: a ``BagDataset``'s views and bags then
+    depend on the epoch in persistent loader workers too."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((epoch, index) for index in super().__iter__())
+
+
 def per_item_seed(seed: int, epoch: int, index: int) -> int:
     """A seed that depends only on (run seed, epoch, image index): the same views on any number of processes or
     loader workers, and after a resume."""
@@ -184,8 +195,15 @@ class BagDataset(IndexedImageFolder):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __getitem__(self, index: int) -> Sequence:  # type: ignore[override]
-        seed = per_item_seed(self.seed, self.epoch, index)
+    def epoch_and_index(self, key: int | tuple[int, int]) -> tuple[int, int]:
+        """An item's key is its index (in the epoch ``set_epoch`` gave) or, from ``EpochSampler``, ``(epoch,
+        index)``: loader workers hold copies of the dataset made when they started, which never see a later
+        ``set_epoch``."""
+        return (key[0], key[1]) if isinstance(key, tuple) else (self.epoch, key)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Sequence:  # type: ignore[override]
+        epoch, index = self.epoch_and_index(key)
+        seed = per_item_seed(self.seed, epoch, index)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             anchor = self.loader(self.samples[index][0])

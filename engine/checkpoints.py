@@ -64,8 +64,10 @@ def save_final(payload: dict[str, Any], backbone: nn.Module, output_dir: Path) -
     return paths
 
 
-RESUME_KEYS = ("method", "s_arch", "t_arch", "teacher_sha256", "moco_dim", "moco_k", "head_hidden", "num_images",
-               "file_list_sha256")
+RESUME_KEYS = ("method", "s_arch", "t_arch", "stem", "teacher_sha256", "moco_dim", "moco_k", "head_hidden",
+               "num_images", "file_list_sha256")
+# What a checkpoint written before a key was recorded was made with.
+_RECORDED_SINCE = {"stem": "imagenet"}
 
 
 def check_resumable(payload: object, where: str, meta: dict[str, Any], keys: tuple[str, ...] = RESUME_KEYS) -> None:
@@ -74,12 +76,14 @@ def check_resumable(payload: object, where: str, meta: dict[str, Any], keys: tup
     if not isinstance(payload, dict) or not isinstance(payload.get("bingo"), dict) or "state_dict" not in payload:
         raise CheckpointError(f"--resume={where} is not a checkpoint written by main_distill.py (no 'bingo' record); "
                               "give a checkpoint.pth from a run folder, or drop --resume")
-    saved = payload["bingo"]
+    saved = {**_RECORDED_SINCE, **payload["bingo"]}
     for key in keys:
         if key in saved and key in meta and saved[key] != meta[key]:
+            flags = saved.get("flags", {})
+            fix = (f"pass --{key}={saved[key]} to resume it" if key in flags or key in _RECORDED_SINCE else
+                   "resume with the same data, networks and method")
             raise CheckpointError(f"--resume={where} was made with {key}={saved[key]!r}, but this run has "
-                                  f"{meta[key]!r}: resume with the same data, networks and method, or start a new "
-                                  "run in another --output_dir")
+                                  f"{meta[key]!r}: {fix}, or start a new run in another --output_dir")
 
 
 def load_checkpoint(payload: dict[str, Any], where: str, distiller: Distiller, optimizer: torch.optim.Optimizer

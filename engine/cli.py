@@ -15,12 +15,13 @@ from typing import Callable
 from absl import app
 
 from datasets.folders import DatasetError
+from models.backbones import RESNETS
 from models.checkpoints import CheckpointError
 from utils.io import OutputFolderError
 from utils.logs import MetricsFileError
 from utils.signals import EXIT_PREEMPTED, Preempted
 
-__all__ = ["run", "guarded", "user_message", "check_minimums", "USER_ERRORS", "EXIT_USER_ERROR"]
+__all__ = ["run", "guarded", "user_message", "check_minimums", "check_stem", "USER_ERRORS", "EXIT_USER_ERROR"]
 
 USER_ERRORS = (DatasetError, CheckpointError, OutputFolderError, MetricsFileError, FloatingPointError,
                FileNotFoundError, NotADirectoryError, PermissionError)
@@ -43,6 +44,14 @@ def check_minimums(options: object, minimums: dict[str, int]) -> None:
     for name, low in minimums.items():
         if getattr(options, name) < low:
             raise app.UsageError(f"--{name}={getattr(options, name)}: must be at least {low}")
+
+
+def check_stem(stem: str, networks: dict[str, str]) -> None:
+    """A one-line usage error when ``--stem`` asks a ResNet stem of a network flag (name -> value) that is no
+    ResNet."""
+    for name, arch in networks.items():
+        if stem != "imagenet" and arch not in RESNETS:
+            raise app.UsageError(f"--stem={stem} is a ResNet stem, but --{name}={arch}: use --stem=imagenet")
 
 
 def _report(line: str) -> None:

@@ -8,6 +8,7 @@ its metrics and ``checkpoint.pth``, and writes the final outputs. A stop signal 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import secrets
 from pathlib import Path
 from typing import Callable
@@ -15,13 +16,14 @@ from typing import Callable
 import torch
 from absl import app
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
-from datasets.device_views import DeviceViews, EncodedBagDataset, collate_encoded
+from datasets.device_views import DeviceViews, EncodedBagDataset, HeldBagDataset, IndexBatches, collate_encoded
 from datasets.folders import BagDataset, DatasetError, file_list_sha256, labelled_splits, open_split
 from datasets.neighbours import neighbour_path, read_neighbours
 from datasets.transforms import eval_transform, pretrain_augmentation, pretrain_spec
 from engine.checkpoints import check_resumable, checkpoint_payload, load_checkpoint, save_checkpoint, save_final
-from engine.cli import check_minimums
+from engine.cli import check_minimums, check_stem
 from engine.evaluation import KnnMonitor
 from engine.options import DistillOptions
 from engine.training import RunState, check_teacher_unchanged, make_train_loader, train_epoch
@@ -76,6 +78,7 @@ def check_options(opts: DistillOptions, world_size: int) -> int:
         raise app.UsageError(f"--moco_t={opts.moco_t} and --seed_teacher_t={opts.seed_teacher_t} must be positive")
     if len(opts.lam) != 2:
         raise app.UsageError(f"--lam={','.join(opts.lam)}: give two weights, e.g. --lam=0.5,0.5")
+    check_stem(opts.stem, {"s_arch": opts.s_arch, **({"t_arch": opts.t_arch} if opts.uses_teacher else {})})
     if opts.in_memory and not opts.device_views:
         raise app.UsageError("--in_memory needs --device_views (the batched views take the decoded pixels)")
     try:
@@ -131,10 +134,10 @@ def distill_config(opts: DistillOptions) -> DistillConfig:
 def load_teacher_network(opts: DistillOptions, data: bytes, announce: bool) -> Embedder:
     """The frozen teacher (CompRess: its pooled backbone, no head) from its file's ``data``."""
     if opts.method == "compress":  # CompRess distils the pooled backbone features: no head
-        backbone, weights = load_backbone(opts.t_arch, opts.pretrain_path, data=data)
+        backbone, weights = load_backbone(opts.t_arch, opts.pretrain_path, data=data, stem=opts.stem)
         head = torch.nn.Identity()
     else:
-        backbone, head, weights = load_teacher(opts.t_arch, opts.pretrain_path, data)
+        backbone, head, weights = load_teacher(opts.t_arch, opts.pretrain_path, data, opts.stem)
     family = "swav" if weights.fmt == "swav" else "moco"
     if weights.fmt in ("swav", "moco", "bingo") and family != opts.pretrain_alg:
         raise app.UsageError(f"--pretrain_alg={opts.pretrain_alg}, but {opts.pretrain_path} is a {weights.fmt} "
@@ -147,7 +150,8 @@ def load_teacher_network(opts: DistillOptions, data: bytes, announce: bool) -> E
 def build_dataset(opts: DistillOptions, seed: int, device: torch.device, check_images: Callable[[BagDataset], None]
                   ) -> tuple[BagDataset, Callable | None, Callable | None]:
     """The bag dataset with its neighbours (BINGO) or view pairs, and with --device_views the batch -> views step
-    and its collate. ``check_images`` sees the scanned folder first (before a neighbour file is read)."""
+    and its collate (none for --in_memory: its loader hands over index tensors, ``make_loader``). ``check_images``
+    sees the scanned folder first (before a neighbour file is read)."""
     root = open_split(opts.data_dir, "train")
     neighbours = None
     if opts.method == "bingo":  # the file is checked against the folder's images as the dataset is made
@@ -160,8 +164,19 @@ def build_dataset(opts: DistillOptions, seed: int, device: torch.device, check_i
         transform = pretrain_augmentation(opts.image_size, opts.augmentation)
         return BagDataset(root, transform, neighbours, seed=seed), None, None
     spec = pretrain_spec(opts.augmentation)
-    dataset = EncodedBagDataset(root, spec, neighbours, seed=seed, in_memory=opts.in_memory)
-    return dataset, DeviceViews(opts.image_size, spec, device, opts.channels_last).train_views, collate_encoded
+    views = DeviceViews(opts.image_size, spec, device, opts.channels_last, seed)
+    if opts.in_memory:
+        dataset = HeldBagDataset(root, spec, neighbours, device, seed=seed)
+        return dataset, functools.partial(views.held_views, dataset), None
+    return EncodedBagDataset(root, neighbours, seed=seed), views.train_views, collate_encoded
+
+
+def make_loader(opts: DistillOptions, dataset: BagDataset, ctx: edist.Context, batch_per_process: int, seed: int,
+                collate_fn: Callable | None) -> DataLoader | IndexBatches:
+    """The training loader: index tensors for images held on the device (--in_memory), else a ``DataLoader``."""
+    if opts.in_memory:
+        return IndexBatches(len(dataset), ctx.world_size, ctx.rank, batch_per_process, seed)
+    return make_train_loader(dataset, ctx, batch_per_process, opts.num_workers, seed, collate_fn)
 
 
 def build_distiller(opts: DistillOptions, teacher: Embedder | None, ctx: edist.Context, seed: int
@@ -170,7 +185,7 @@ def build_distiller(opts: DistillOptions, teacher: Embedder | None, ctx: edist.C
     student's initial weights depend on ``seed`` alone, so every method starts from the same network under a seed
     (building a teacher first draws from the generator too)."""
     torch.manual_seed(seed)
-    backbone = build_backbone(opts.s_arch)
+    backbone = build_backbone(opts.s_arch, stem=opts.stem)
     if opts.method == "compress":
         head = compress_head(backbone.feature_dim, teacher.backbone.feature_dim, opts.compress_one_bank)
     else:
@@ -249,7 +264,7 @@ class Distillation:
             atomic_json(self.meta["flags"] | {"seed": self.seed, "world_size": ctx.world_size},
                         self.output_dir / "flags.json")
             prune_metrics(self.output_dir / "metrics.jsonl", start_epoch)
-        self.loader = make_train_loader(self.dataset, ctx, self.per_process, opts.num_workers, self.seed, collate_fn)
+        self.loader = make_loader(opts, self.dataset, ctx, self.per_process, self.seed, collate_fn)
         todo = (f"epochs {start_epoch}..{opts.end_epoch - 1}" if start_epoch < opts.end_epoch else
                 f"no epoch left to train (--end_epoch={opts.end_epoch}): writing the final outputs")
         log(f"{opts.method}: {opts.s_arch} student, {self.dataset.describe()}; {len(self.loader)} steps/epoch of "
@@ -270,7 +285,8 @@ class Distillation:
     def run_meta(self, teacher_sha256: str | None) -> dict:
         """What a checkpoint records about its run; ``check_resumable`` compares it on --resume."""
         opts = self.opts
-        return {"s_arch": opts.s_arch, "arch": opts.s_arch, "method": opts.method, "moco_dim": opts.moco_dim,
+        return {"s_arch": opts.s_arch, "arch": opts.s_arch, "stem": opts.stem, "method": opts.method,
+                "moco_dim": opts.moco_dim,
                 "moco_k": opts.moco_k, "head_hidden": opts.head_hidden if opts.mlp and opts.method != "compress"
                 else None, "seed": self.seed, "t_arch": opts.t_arch if opts.uses_teacher else None,
                 "teacher_sha256": teacher_sha256, "flags": opts.as_dict()}

@@ -86,6 +86,7 @@ class DistillOptions(_Options):
     cross_keys: bool
     bag_warmup_epochs: int
     image_size: int
+    stem: str
     amp: bool
     channels_last: bool
     compile: bool
@@ -143,6 +144,7 @@ class LinclsOptions(_Options):
     label_fraction: float | None
     label_file: str | None
     image_size: int
+    stem: str
     device: str
     explicit: frozenset[str] = field(default_factory=frozenset)
 
@@ -158,6 +160,7 @@ class KnnStepOptions(_Options):
     clus_pos_num: int
     batch_size: int
     image_size: int
+    stem: str
     num_workers: int
     feature: str
     search: str

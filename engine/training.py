@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
+from datasets.folders import EpochSampler
 from models.distiller import Distiller
 from utils import dist as edist
 from utils.logs import MetricsLog, Progress, format_seconds, log
@@ -40,8 +41,8 @@ class RunState:
 def make_train_loader(dataset: Dataset, ctx: edist.Context, batch_per_process: int, num_workers: int,
                       seed: int, collate_fn: Callable | None = None) -> DataLoader:
     """Shuffled, sharded, ``drop_last`` loader; one process gets ``batch_per_process`` items per step."""
-    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed,
-                                 drop_last=True)
+    sampler = EpochSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed,
+                           drop_last=True)
     return DataLoader(
         dataset,
         batch_size=batch_per_process,

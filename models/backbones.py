@@ -6,6 +6,12 @@ linear probe can swap average for max pooling). Parameter names are those of the
 (torchvision, efficientnet_pytorch, SwAV's ``resnet50w2``) minus the classifier, so state_dicts load and export
 without renaming.
 
+Every ResNet comes with one of two stems (``STEMS``): ``imagenet``, the paper's (a 7 x 7 stride-2 convolution and a
+stride-2 max-pool: a 224-px image reaches the first residual stage at 56 x 56), or ``small``, the small-image stem of
+MoCo's CIFAR demo, SimCLR's CIFAR experiments, solo-learn and lightly (a 3 x 3 stride-1 convolution, no max-pool: a
+32-px image reaches the first stage at 32 x 32 instead of 8 x 8). The parameter names are the same; ``conv1.weight``'s
+kernel tells the two apart (``stem_of``).
+
 ``pixels`` is not a network but the raw-input floor: the image itself, area-resized to 32 x 32 and flattened, so
 that evaluation code can score raw pixels exactly as it scores a network's features.
 """
@@ -18,7 +24,11 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import Bottleneck
 
-__all__ = ["build_backbone", "BACKBONES", "TEACHERS", "STUDENTS", "FLOORS", "ResNet50w2", "Pixels"]
+__all__ = ["build_backbone", "BACKBONES", "TEACHERS", "STUDENTS", "FLOORS", "STEMS", "stem_of", "ResNet50w2",
+           "Pixels"]
+
+STEMS = ("imagenet", "small")
+_STEM_KERNELS = {"imagenet": 7, "small": 3}
 
 
 class ResNet50w2(nn.Module):
@@ -106,6 +116,25 @@ def _mobilenetv3_large() -> nn.Module:
     return _tag(net, width, "avgpool")
 
 
+def _small_stem(net: nn.Module) -> None:
+    """Replace a ResNet's ImageNet stem by the small-image one in place: a 3 x 3 stride-1 convolution of the same
+    width (He-initialised as torchvision initialises its convolutions) and no max-pool (nor SwAV's input padding)."""
+    width = net.conv1.out_channels
+    net.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    net.maxpool = nn.Identity()
+    if hasattr(net, "padding"):
+        net.padding = nn.Identity()
+
+
+def stem_of(state: dict[str, torch.Tensor]) -> str | None:
+    """The stem a ResNet state_dict was made with (by ``conv1.weight``'s kernel), or None for other networks."""
+    weight = state.get("conv1.weight")
+    if weight is None or weight.dim() != 4:
+        return None
+    return {kernel: stem for stem, kernel in _STEM_KERNELS.items()}.get(weight.shape[-1])
+
+
 def _tag(net: nn.Module, width: int, pool_attr: str | None) -> nn.Module:
     net.feature_dim = width
     net.pool_attr = pool_attr
@@ -129,13 +158,24 @@ BACKBONES: dict[str, Callable[[], nn.Module]] = {**STUDENTS, **TEACHERS}
 FLOORS: dict[str, Callable[[], nn.Module]] = {"pixels": lambda: _tag(Pixels(32), 3 * 32 * 32, None)}
 
 
-def build_backbone(name: str, pool: str = "avg") -> nn.Module:
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet50w2")
+
+
+def build_backbone(name: str, pool: str = "avg", stem: str = "imagenet") -> nn.Module:
     """Build the named backbone (or floor) with random weights; ``pool`` is ``avg`` or ``max`` (adaptive, any input
-    size)."""
+    size); ``stem`` is a ResNet's (``STEMS``; other networks and the floors have the ImageNet one only). The network
+    carries its ``stem``."""
     builders = {**BACKBONES, **FLOORS}
     if name not in builders:
         raise ValueError(f"unknown network {name!r}; choose one of {sorted(builders)}")
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; choose one of {list(STEMS)}")
+    if stem != "imagenet" and name not in RESNETS:
+        raise ValueError(f"--stem={stem} is a ResNet stem; {name} has its own: use --stem=imagenet")
     net = builders[name]()
+    if stem == "small":
+        _small_stem(net)
+    net.stem = stem
     if pool != "avg" and net.pool_attr is None:
         raise ValueError(f"{name} has no pooling layer to change; use pool='avg'")
     if pool == "max":

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.backbones import build_backbone
+from models.backbones import build_backbone, stem_of
 from models.heads import mlp_head, swav_head
 from utils.io import file_sha256  # re-exported: the entry points hash checkpoints with it
 
@@ -42,6 +42,7 @@ __all__ = [
     "strict_load",
     "load_backbone",
     "load_teacher",
+    "check_stem",
     "file_sha256",
     "read_file",
     "check_finite",
@@ -210,16 +211,26 @@ def strict_load(module: nn.Module, state: dict[str, torch.Tensor], where: str, w
     module.load_state_dict(full, strict=True)
 
 
-def load_backbone(arch: str, path: str | Path, pool: str = "avg", data: bytes | None = None
+def check_stem(weights: Weights, arch: str, stem: str) -> None:
+    """Refuse a ResNet checkpoint made with the other stem than ``stem``, naming the flag that loads it."""
+    found = stem_of(weights.backbone)
+    if found is not None and found != stem:
+        kernel = weights.backbone["conv1.weight"].shape[-1]
+        raise CheckpointError(f"{weights.path} (detected format: {weights.fmt}) holds a {arch} with the {found} stem "
+                              f"(conv1 {kernel}x{kernel}), but this run builds the {stem} stem: pass --stem={found}")
+
+
+def load_backbone(arch: str, path: str | Path, pool: str = "avg", data: bytes | None = None, stem: str = "imagenet"
                   ) -> tuple[nn.Module, Weights]:
-    """Build ``arch`` and load its backbone weights from any supported checkpoint (``data``: its bytes, already
-    read), strictly."""
+    """Build ``arch`` with ``stem`` and load its backbone weights from any supported checkpoint (``data``: its bytes,
+    already read), strictly; a checkpoint of the other stem is refused by name (``check_stem``)."""
     weights = read_weights(path, data)
     meta_arch = weights.meta.get("arch")
     if weights.fmt == "bingo" and meta_arch and meta_arch != arch:
         raise CheckpointError(f"{path}: this project's checkpoint holds a {meta_arch} backbone, but {arch} was asked "
                               "for")
-    net = build_backbone(arch, pool=pool)
+    check_stem(weights, arch, stem)
+    net = build_backbone(arch, pool=pool, stem=stem)
     strict_load(net, weights.backbone, f"{path} (detected format: {weights.fmt})", f"{arch} backbone")
     return net, weights
 
@@ -239,9 +250,11 @@ def head_from_state(state: dict[str, torch.Tensor], where: str) -> nn.Sequential
     return head
 
 
-def load_teacher(arch: str, path: str | Path, data: bytes | None = None) -> tuple[nn.Module, nn.Module, Weights]:
-    """Backbone and its own pretrained projection head, both loaded strictly; raises if the file has no head."""
-    backbone, weights = load_backbone(arch, path, data=data)
+def load_teacher(arch: str, path: str | Path, data: bytes | None = None, stem: str = "imagenet"
+                 ) -> tuple[nn.Module, nn.Module, Weights]:
+    """Backbone (with ``stem``) and its own pretrained projection head, both loaded strictly; raises if the file has
+    no head."""
+    backbone, weights = load_backbone(arch, path, data=data, stem=stem)
     if not weights.head:
         raise CheckpointError(
             f"{path} (detected format: {weights.fmt}) has no projection head; distillation needs the teacher's own "

@@ -135,14 +135,15 @@ def run_script(script: str, args: list[str], tmp_path: Path, nproc: int = 1, tim
     return result
 
 
-def calibrated_teacher(arch: str, data_dir: Path, path: Path, image_size: int = 32, seed: int = 0) -> None:
+def calibrated_teacher(arch: str, data_dir: Path, path: Path, image_size: int = 32, seed: int = 0,
+                       stem: str = "imagenet") -> None:
     """A MoCo-format teacher whose keys separate the images: a random backbone whose head input is centred and
     whitened on this folder (a random network alone maps every image to nearly the same direction)."""
     from datasets.folders import IndexedImageFolder
     from datasets.transforms import eval_transform
 
     torch.manual_seed(seed)
-    backbone = build_backbone(arch).eval()
+    backbone = build_backbone(arch, stem=stem).eval()
     folder = IndexedImageFolder(Path(data_dir) / "train", eval_transform(image_size))
     with torch.no_grad():
         features = torch.stack([backbone(folder[i][0][None])[0] for i in range(len(folder))])

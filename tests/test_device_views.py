@@ -1,34 +1,46 @@
-"""--device_views: parameters drawn in the workers, decoding and augmentation on the device (here the CPU).
+"""--device_views and --in_memory: views drawn per batch from (seed, epoch, image) and made on the device (here the
+CPU) in a fixed number of operations.
 
-The device path must make the CPU pipeline's views: same seed, same views up to rounding (PIL rounds to 8 bits
-after each step; the device path stays in float32).
+On the same draws the batched views must equal torchvision's per-image ops up to float32 rounding, and the CPU
+pipeline's PIL ops up to PIL's 8-bit rounding; the draws must follow torchvision's distributions and depend on
+seed, epoch and image alone.
 """
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torch.utils.data import default_collate
+import torch.nn.functional as F
+from kornia.filters import gaussian_blur2d
+from PIL import Image, ImageFilter
+from torch.profiler import profile
+from torch.utils.data import DistributedSampler
+from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 from datasets.device_views import (
     DeviceViews,
     EncodedBagDataset,
     EncodedImageFolder,
-    PackedImages,
+    HeldBagDataset,
+    IndexBatches,
     collate_encoded,
     read_encoded,
-    sample_view,
+    resize_weights,
 )
+from datasets.draws import ViewParams, draw_views, neighbour_columns, uniforms
 from datasets.folders import BagDataset, DatasetError, IndexedImageFolder
-from datasets.transforms import CROP_FLIP, IMAGENET_STD, MOCO_V1, MOCO_V2, augmentation, eval_transform
+from datasets.transforms import CROP_FLIP, IMAGENET_MEAN, IMAGENET_STD, MOCO_V1, MOCO_V2, augmentation, eval_transform
 from engine.features import embed
+from engine.training import make_train_loader
 from models.backbones import build_backbone
 from utils import dist as edist
 
-from helpers import calibrated_teacher, run_script
+from helpers import calibrated_teacher, make_image_folder, run_script
 
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 
 
 def smooth_image(rng: np.random.Generator, width: int, height: int) -> Image.Image:
@@ -37,19 +49,20 @@ def smooth_image(rng: np.random.Generator, width: int, height: int) -> Image.Ima
     return Image.fromarray(small).resize((width, height), Image.BICUBIC)
 
 
-def make_photo_folder(root: Path, per_class: int = 4, classes: int = 3) -> Path:
-    """JPEGs of several sizes, plus the formats the device cannot decode: grayscale JPEG works, CMYK JPEG and PNG
-    are decoded in the worker."""
+def make_photo_folder(root: Path, per_class: int = 4, classes: int = 3, ext: str = "jpg") -> Path:
+    """Images of several sizes; with JPEGs also the formats the device cannot decode (grayscale JPEG works, CMYK JPEG
+    and PNG are decoded in the worker)."""
     rng = np.random.default_rng(0)
     for c in range(classes):
         folder = root / "train" / f"class_{c}"
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            smooth_image(rng, 60 + 20 * i, 50 + 10 * c).save(folder / f"img_{i}.jpg", quality=92)
-    odd = root / "train" / "class_0"
-    smooth_image(rng, 70, 60).convert("L").save(odd / "gray.jpg", quality=92)
-    smooth_image(rng, 70, 60).convert("CMYK").save(odd / "cmyk.jpg", quality=92)
-    smooth_image(rng, 64, 48).save(odd / "lossless.png")
+            smooth_image(rng, 60 + 20 * i, 50 + 10 * c).save(folder / f"img_{i}.{ext}", quality=92)
+    if ext == "jpg":
+        odd = root / "train" / "class_0"
+        smooth_image(rng, 70, 60).convert("L").save(odd / "gray.jpg", quality=92)
+        smooth_image(rng, 70, 60).convert("CMYK").save(odd / "cmyk.jpg", quality=92)
+        smooth_image(rng, 64, 48).save(odd / "lossless.png")
     return root
 
 
@@ -58,73 +71,224 @@ def view_error(device: torch.Tensor, cpu: torch.Tensor) -> torch.Tensor:
     return ((device - cpu).abs() * STD).mean(dim=(1, 2, 3))
 
 
+def one_view(image: torch.Tensor, params: ViewParams, v: int, spec, size: int) -> torch.Tensor:
+    """The per-image path: view ``v`` of ``image`` (uint8 [3, H, W]) with torchvision's tensor ops, one at a time."""
+    top, left, height, width = params.crop[v].tolist()
+    x = TF.resize(image[:, top:top + height, left:left + width].float(), [size, size], antialias=True)
+    x = (x / 255).clamp(0, 1)[None]
+    ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+
+    def jitter(x):
+        if bool(params.jitter[v]):
+            for op_id in params.order[v].tolist():
+                x = ops[op_id](x, float(params.factors[v, op_id]))
+        return x
+
+    def gray(x):
+        return TF.rgb_to_grayscale(x, num_output_channels=3) if bool(params.gray[v]) else x
+
+    for stage in (gray, jitter) if spec.gray_before_jitter else (jitter, gray):
+        x = stage(x)
+    sigma = float(params.blur_sigma[v])
+    if sigma > 0:
+        kernel = 2 * math.ceil(3 * spec.blur_sigma[1]) + 1
+        x = gaussian_blur2d(x, kernel, torch.tensor([[sigma, sigma]]), border_type="replicate")
+    if bool(params.flip[v]):
+        x = x.flip(-1)
+    return ((x - MEAN) / STD)[0]
+
+
+def pil_view(picture: Image.Image, params: ViewParams, v: int, spec, size: int) -> torch.Tensor:
+    """The CPU pipeline's ops (PIL, 8 bits after every step) on view ``v``'s draws."""
+    top, left, height, width = params.crop[v].tolist()
+    x = TF.resized_crop(picture, top, left, height, width, [size, size])
+    ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+
+    def jitter(x):
+        if bool(params.jitter[v]):
+            for op_id in params.order[v].tolist():
+                x = ops[op_id](x, float(params.factors[v, op_id]))
+        return x
+
+    def gray(x):
+        return TF.rgb_to_grayscale(x, num_output_channels=3) if bool(params.gray[v]) else x
+
+    for stage in (gray, jitter) if spec.gray_before_jitter else (jitter, gray):
+        x = stage(x)
+    if float(params.blur_sigma[v]) > 0:
+        x = x.filter(ImageFilter.GaussianBlur(radius=float(params.blur_sigma[v])))
+    if bool(params.flip[v]):
+        x = TF.hflip(x)
+    return TF.normalize(TF.to_tensor(x), IMAGENET_MEAN, IMAGENET_STD)
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 32), (60, 80, 32), (375, 500, 64), (32, 32, 32)])
+def test_resize_weights_are_torchs_antialiased_bilinear_resize_of_the_crop(shape):
+    height, width, size = shape
+    torch.manual_seed(0)
+    image = torch.rand(2, 3, height, width) * 255
+    boxes = [(3, 5, height - 7, width - 9), (0, 0, height, width)]
+    as_tensor = lambda *values: torch.tensor(values, dtype=torch.float64)  # noqa: E731
+    rows = resize_weights(as_tensor(*(b[0] for b in boxes)), as_tensor(*(b[2] for b in boxes)),
+                          as_tensor(size, size), as_tensor(0, 0), size, height)
+    cols = resize_weights(as_tensor(*(b[1] for b in boxes)), as_tensor(*(b[3] for b in boxes)),
+                          as_tensor(size, size), as_tensor(0, 0), size, width)
+    batched = rows[:, None] @ image @ cols[:, None].transpose(-1, -2)
+    for v, (top, left, h, w) in enumerate(boxes):
+        alone = F.interpolate(image[v:v + 1, :, top:top + h, left:left + w], size=(size, size), mode="bilinear",
+                              antialias=True, align_corners=False)
+        assert (batched[v] - alone[0]).abs().max() < 2e-3  # on the 0-255 scale: float32 rounding
+
+
 @pytest.mark.parametrize("spec", [MOCO_V2, MOCO_V1, CROP_FLIP], ids=["moco_v2", "moco_v1", "crop_flip"])
-def test_device_views_equal_the_cpu_pipeline_view_for_view(tmp_path, spec):
-    smooth_image(np.random.default_rng(1), 200, 150).save(tmp_path / "photo.jpg", quality=92)
-    encoded = read_encoded(str(tmp_path / "photo.jpg"))
-    assert encoded.data.dim() == 1  # stays encoded for the device
-    picture = Image.open(tmp_path / "photo.jpg").convert("RGB")
-    cpu, params = [], []
-    for seed in range(48):
-        torch.manual_seed(seed)
-        cpu.append(augmentation(spec, 32)(picture))
-        torch.manual_seed(seed)
-        params.append(sample_view(encoded.width, encoded.height, spec))
-    params = default_collate(params)
+def test_batched_views_equal_the_per_image_ops_on_the_same_draws(tmp_path, spec):
+    smooth_image(np.random.default_rng(1), 200, 150).save(tmp_path / "photo.png")
+    picture = Image.open(tmp_path / "photo.png").convert("RGB")
+    image = torch.from_numpy(np.array(picture)).permute(2, 0, 1).contiguous()
+    n = 48
+    params = draw_views(spec, 7, 0, np.arange(n), 0, np.full(n, 150), np.full(n, 200))
     views = DeviceViews(32, spec, "cpu")
-    device = views.augment(views.decode(PackedImages.pack([encoded])) * 48, params)
-    cpu = torch.stack(cpu)
+    batched = views.augment(image.expand(n, -1, -1, -1), params)
 
     # every random branch ran both ways, a certain one always, an absent one never
     drawn = {"jitter": params.jitter, "gray": params.gray, "flip": params.flip, "blur": params.blur_sigma > 0}
     for name, p in {"jitter": spec.jitter_p, "gray": spec.gray_p, "flip": 0.5, "blur": spec.blur_p}.items():
         count = int(drawn[name].sum())
-        assert count == 48 if p >= 1 else count == 0 if p == 0 else 0 < count < 48, (name, count)
-    errors = view_error(device, cpu)
+        assert count == n if p >= 1 else count == 0 if p == 0 else 0 < count < n, (name, count)
+    alone = torch.stack([one_view(image, params, v, spec, 32) for v in range(n)])
+    assert view_error(batched, alone).max() < 1e-4  # float32 rounding
+    cpu = torch.stack([pil_view(picture, params, v, spec, 32) for v in range(n)])
+    errors = view_error(batched, cpu)  # PIL rounds to 8 bits after every step and approximates the blur
     assert errors.max() < 0.02, errors
     assert errors.mean() < 0.008
-    # a wrong view is far off: the comparison can tell views apart
-    assert view_error(device, cpu.roll(1, 0)).min() > 0.05
+    assert view_error(batched, cpu.roll(1, 0)).min() > 0.05  # a wrong view is far off: the test can tell views apart
 
 
-def test_sampled_parameters_follow_the_moco_v2_distribution():
-    torch.manual_seed(0)
-    draws = default_collate([sample_view(500, 375, MOCO_V2) for _ in range(3000)])
+def test_view_draws_follow_torchvisions_distributions():
     n = 3000
+    draws = draw_views(MOCO_V2, 0, 0, np.arange(n), 0, np.full(n, 375), np.full(n, 500))
     for flag, p in ((draws.jitter, 0.8), (draws.gray, 0.2), (draws.blur_sigma > 0, 0.5), (draws.flip, 0.5)):
         assert abs(flag.float().mean().item() - p) < 4 * (p * (1 - p) / n) ** 0.5
     top, left, height, width = draws.crop.T
     assert ((top >= 0) & (left >= 0) & (top + height <= 375) & (left + width <= 500)).all()
     area = (height * width).float() / (500 * 375)
     assert area.min() >= 0.19 and area.max() <= 1.0
+    aspect = (width / height).float()
+    assert aspect.min() >= 0.74 and aspect.max() <= 1.34
+    # torchvision's own draws of the same crops: the same distribution of areas
+    torch.manual_seed(0)
+    crops = [T.RandomResizedCrop.get_params(torch.empty(0, 375, 500), [0.2, 1.0], [3 / 4, 4 / 3]) for _ in range(n)]
+    theirs = torch.tensor([h * w for _, _, h, w in crops]).float() / (500 * 375)
+    assert abs(area.mean() - theirs.mean()) < 4 * theirs.std() / n ** 0.5
     jittered = draws.factors[draws.jitter]
     assert ((jittered[:, :3] >= 0.6) & (jittered[:, :3] <= 1.4)).all()
     assert (jittered[:, 3].abs() <= 0.1).all()
     assert torch.equal(draws.order.sort(dim=1).values, torch.arange(4).expand(n, 4))
+    assert len({tuple(o) for o in draws.order.tolist()}) == 24  # every order of the four ops occurs
     sigma = draws.blur_sigma[draws.blur_sigma > 0]
     assert sigma.min() >= 0.1 and sigma.max() <= 2.0
+    # narrow images take RandomResizedCrop's central fallback when no try fits
+    thin = draw_views(MOCO_V2, 0, 0, np.arange(200), 0, np.full(200, 400), np.full(200, 20))
+    assert (thin.crop[:, 3] <= 20).all() and (thin.crop[:, 2] <= 400).all()
 
 
-@pytest.mark.parametrize("views", ["bag", "pair"])
-def test_bag_batches_on_the_device_equal_the_cpu_bag_batches(tmp_path, views):
-    root = make_photo_folder(tmp_path)
-    n = 15
-    neighbours = np.stack([(np.arange(n) + s) % n for s in (1, 2)], axis=1) if views == "bag" else None
-    cpu_set = BagDataset(root / "train", augmentation(MOCO_V2, 32), neighbours, clus_pos_num=2, seed=5, views=views)
-    device_set = EncodedBagDataset(root / "train", MOCO_V2, neighbours, clus_pos_num=2, seed=5, views=views)
-    kinds = {Path(path).name: read_encoded(path).data.dim() for path, _ in device_set.samples}
-    assert kinds["cmyk.jpg"] == 3 and kinds["lossless.png"] == 3 and kinds["gray.jpg"] == 1
+def test_draws_depend_on_seed_epoch_and_image_alone():
+    u = uniforms(3, 1, np.arange(100), 0, 5)
+    again = uniforms(3, 1, np.array([42, 7]), 0, 5)  # another batch holding two of the same images
+    assert np.array_equal(again, u[[42, 7]])
+    assert 0 <= u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.05
+    for other in (uniforms(4, 1, np.arange(100), 0, 5), uniforms(3, 2, np.arange(100), 0, 5),
+                  uniforms(3, 1, np.arange(100), 1, 5)):
+        assert not np.isclose(other, u).any()
+    columns = neighbour_columns(0, 0, np.arange(4000), 5)
+    assert set(columns.tolist()) == set(range(5)) and abs(np.bincount(columns).min() - 800) < 120
+
+
+def test_the_views_step_dispatches_as_many_operators_for_any_batch(tmp_path):
+    """The operator count of one step's views (torch.profiler) does not grow with the batch."""
+    root = make_image_folder(tmp_path / "data", classes=2, per_class=40, size=28)
+    neighbours = np.stack([(np.arange(80) + s) % 80 for s in (1, 2)], axis=1)
+    dataset = HeldBagDataset(root / "train", MOCO_V2, neighbours, torch.device("cpu"), clus_pos_num=2)
+    views = DeviceViews(32, MOCO_V2, "cpu")
+    counts = {}
+    for batch in (4, 64):
+        views.held_views(dataset, (0, torch.arange(batch)))  # warm-up
+        with profile() as prof:
+            made = views.held_views(dataset, (1, torch.arange(batch)))
+        assert len(made) == 4 and made[0].shape == (batch, 3, 32, 32)
+        counts[batch] = len(prof.events())
+    assert counts[4] == counts[64], counts
+
+
+def test_in_memory_views_equal_the_file_paths_views_on_the_same_seed(tmp_path):
+    root = make_photo_folder(tmp_path, ext="png")  # lossless: both paths see the same pixels
+    n = 12
+    neighbours = np.stack([(np.arange(n) + s) % n for s in (1, 2, 3)], axis=1)
+    files = EncodedBagDataset(root / "train", neighbours, clus_pos_num=3, seed=5)
+    views = DeviceViews(32, MOCO_V2, "cpu", seed=5)
     for epoch in (0, 1):
-        cpu_set.set_epoch(epoch)
-        device_set.set_epoch(epoch)
-        cpu_batch = default_collate([cpu_set[i] for i in range(n)])
-        device_batch = collate_encoded([device_set[i] for i in range(n)])
-        made = DeviceViews(32, MOCO_V2, "cpu").train_views(device_batch)
-        assert torch.equal(device_batch[-1], cpu_batch[-1])
-        assert len(made) == len(cpu_batch) - 1 == (4 if views == "bag" else 2)
-        for device, cpu in zip(made, cpu_batch[:-1]):
-            assert device.shape == cpu.shape == (n, 3, 32, 32)
-            assert view_error(device, cpu).max() < 0.03
+        keys = [(epoch, i) for i in (3, 0, 7, 11)]
+        from_files = views.train_views(collate_encoded([files[key] for key in keys]))
+        assert len(from_files) == 4 and from_files[0].shape == (4, 3, 32, 32)
+        # the bag's other member is one of the anchor's first three neighbours, as the draw says
+        columns = neighbour_columns(5, epoch, np.array([3, 0, 7, 11]), 3)
+        assert [files[key][0][1].path for key in keys] == [
+            files.samples[neighbours[i, c]][0] for i, c in zip((3, 0, 7, 11), columns)]
+    # images of one size held on the device
+    same = tmp_path / "same"
+    make_image_folder(same, classes=3, per_class=4, size=28)
+    held = HeldBagDataset(same / "train", MOCO_V2, neighbours, torch.device("cpu"), clus_pos_num=3, seed=5)
+    files = EncodedBagDataset(same / "train", neighbours, clus_pos_num=3, seed=5)
+    views = DeviceViews(32, MOCO_V2, "cpu", seed=5)
+    for epoch in (0, 1):
+        indices = torch.tensor([3, 0, 7, 11])
+        in_memory = views.held_views(held, (epoch, indices))
+        from_files = views.train_views(collate_encoded([files[(epoch, int(i))] for i in indices]))
+        for a, b in zip(in_memory, from_files):
+            assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(in_memory[0], in_memory[1])  # two independent views of each anchor
+    first = views.held_views(held, (0, indices))
+    assert not torch.allclose(first[0], in_memory[0])  # a new epoch, new views
+
+
+def test_in_memory_needs_images_of_one_size(tmp_path):
+    root = make_photo_folder(tmp_path, ext="png")
+    with pytest.raises(DatasetError, match="--in_memory holds images of one size.*img_1.png"):
+        HeldBagDataset(root / "train", MOCO_V2, None, torch.device("cpu"))
+
+
+def test_index_batches_follow_distributed_samplers_order(tmp_path):
+    for world, n, batch in ((1, 20, 4), (3, 23, 2)):
+        for rank in range(world):
+            batches = IndexBatches(n, world, rank, batch, seed=9)
+            sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=9, drop_last=True)
+            for epoch in (0, 1):
+                batches.sampler.set_epoch(epoch)
+                sampler.set_epoch(epoch)
+                expected = list(sampler)
+                got = list(batches)
+                assert len(got) == len(batches) == len(expected) // batch
+                assert all(e == epoch for e, _ in got)
+                assert torch.cat([b for _, b in got]).tolist() == expected[:len(got) * batch]
+
+
+def test_persistent_loader_workers_draw_new_views_every_epoch(tmp_path):
+    """A loader worker's copy of the dataset never sees set_epoch: the sampler's keys carry the epoch."""
+    root = make_image_folder(tmp_path / "data", classes=2, per_class=4, size=40)
+    dataset = BagDataset(root / "train", augmentation(MOCO_V2, 32), None, seed=0)
+    loader = make_train_loader(dataset, edist.init("cpu"), 8, num_workers=1, seed=0)
+    views = {}
+    for epoch in (0, 1):
+        loader.sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        for query, _, index in loader:
+            views[epoch] = dict(zip(index.tolist(), query))
+    alone = {}
+    for epoch in (0, 1):  # the same items made in this process
+        dataset.set_epoch(epoch)
+        alone[epoch] = dataset[0][0]
+    assert not torch.equal(views[0][0], views[1][0])
+    assert torch.equal(views[1][0], alone[1]) and torch.equal(views[0][0], alone[0])
 
 
 def test_a_jpeg_that_cannot_be_decoded_is_named(tmp_path):
@@ -145,12 +309,25 @@ def test_device_eval_crops_embed_like_the_cpu_transform(tmp_path):
     torch.manual_seed(0)
     network = build_backbone("resnet18").eval()
     cpu = embed(network, IndexedImageFolder(root / "train", eval_transform(32)), ctx, 4, num_workers=0)
-    views = DeviceViews(32, MOCO_V2, "cpu")
-    device = embed(network, EncodedImageFolder(root / "train"), ctx, 4, num_workers=0,
-                   collate_fn=collate_encoded, prepare=views.eval_crops)
-    cosine = (cpu * device).sum(1)
-    assert cosine.min() > 0.995
-    assert (cpu @ device.T).argmax(1).tolist() == list(range(len(cpu)))
+    for budget in (1 << 26, 5000):  # one chunk, or a few views at a time
+        views = DeviceViews(32, MOCO_V2, "cpu", pixel_budget=budget)
+        device = embed(network, EncodedImageFolder(root / "train"), ctx, 4, num_workers=0,
+                       collate_fn=collate_encoded, prepare=views.eval_crops)
+        cosine = (cpu * device).sum(1)
+        assert cosine.min() > 0.995
+        assert (cpu @ device.T).argmax(1).tolist() == list(range(len(cpu)))
+
+
+def test_file_views_are_the_same_in_chunks(tmp_path):
+    root = make_photo_folder(tmp_path)
+    n = 15
+    neighbours = np.stack([(np.arange(n) + s) % n for s in (1, 2)], axis=1)
+    dataset = EncodedBagDataset(root / "train", neighbours, clus_pos_num=2, seed=3)
+    batch = collate_encoded([dataset[(0, i)] for i in range(n)])
+    whole = DeviceViews(32, MOCO_V2, "cpu", seed=3).train_views(batch)
+    chunked = DeviceViews(32, MOCO_V2, "cpu", seed=3, pixel_budget=20000).train_views(batch)
+    for a, b in zip(whole, chunked):
+        assert a.shape == (n, 3, 32, 32) and torch.allclose(a, b, atol=1e-5)
 
 
 def test_run_knn_and_distill_run_with_device_views(tmp_path):
@@ -173,24 +350,24 @@ def test_run_knn_and_distill_run_with_device_views(tmp_path):
     assert (out / "student_backbone.pth").is_file()
 
 
-def test_images_held_in_memory_give_the_same_batches_as_files(tmp_path):
-    root = make_photo_folder(tmp_path)
-    n = 15
-    neighbours = np.stack([(np.arange(n) + s) % n for s in (1, 2)], axis=1)
-    views = DeviceViews(32, MOCO_V2, "cpu")
+def test_in_memory_distillation_resumes_exactly(tmp_path):
+    root = make_image_folder(tmp_path / "data", classes=3, per_class=6, size=28)
+    calibrated_teacher("resnet18", root, tmp_path / "teacher.pth.tar")
+    run_script("run_knn.py", ["--arch=resnet18", f"--ckpt_name={tmp_path / 'teacher.pth.tar'}", f"--data_dir={root}",
+                              "--image_size=32", "--clus_pos_num=3", f"--corr_name={tmp_path / 'nn.npy'}",
+                              "--num_workers=0"], tmp_path)
 
-    def batches(dataset):
-        out = []
-        for epoch in (0, 1):
-            dataset.set_epoch(epoch)
-            out.append(views.train_views(collate_encoded([dataset[i] for i in range(n)])))
-        return out
+    def args(out, epochs, *extra):
+        return ["--t_arch=resnet18", f"--pretrain_path={tmp_path / 'teacher.pth.tar'}", f"--data_dir={root}",
+                f"--corr_npy={tmp_path / 'nn.npy'}", "--clus_pos_num=3", "--image_size=32", "--batch_size=4",
+                "--moco_k=8", "--num_workers=0", "--seed=0", "--bag_warmup_epochs=0", f"--end_epoch={epochs}",
+                f"--output_dir={out}", "--device_views", "--in_memory", *extra]
 
-    from_files = batches(EncodedBagDataset(root / "train", MOCO_V2, neighbours, clus_pos_num=2, seed=3))
-    in_memory = EncodedBagDataset(root / "train", MOCO_V2, neighbours, clus_pos_num=2, seed=3, in_memory=True)
-    for path in (root / "train").rglob("*.*"):  # nothing is read from disk once the images are held
-        path.unlink()
-    for held, read in zip(batches(in_memory), from_files):
-        assert len(held) == len(read) == 4
-        for a, b in zip(held, read):  # JPEGs: PIL's decoder here, torchvision's there
-            assert a.shape == b.shape == (n, 3, 32, 32) and view_error(a, b).max() < 0.03
+    run_script("main_distill.py", args(tmp_path / "straight", 2), tmp_path, nproc=2)
+    run_script("main_distill.py", args(tmp_path / "resumed", 1), tmp_path, nproc=2)
+    run_script("main_distill.py", args(tmp_path / "resumed", 2, "--resume=auto"), tmp_path, nproc=2)
+    straight = torch.load(tmp_path / "straight" / "final.pth", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "final.pth", weights_only=True)
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    assert torch.equal(straight["queue"], resumed["queue"])
