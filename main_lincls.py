@@ -182,7 +182,7 @@ def frozen_scores(opts: LinclsOptions, backbone, ctx, logreg: bool, knn: bool) -
     train_labels, val_labels = labels_of(train_set), labels_of(val_set)
     if logreg:
         out["logreg"] = r = logistic_regression(train_features, train_labels, val_features, val_labels, opts.seed,
-                                                opts.logreg_holdout)
+                                                opts.logreg_holdout, device=ctx.device)
         log(f"logistic regression (C = {r['C']:g}, chosen on {100 * opts.logreg_holdout:.0f} % of train/): top-1 "
             f"{r['top1']:.2f} [{r['top1_ci95'][0]:.1f}, {r['top1_ci95'][1]:.1f}]  top-5 {r['top5']:.2f}"
             + ("" if r["converged"] else "  (L-BFGS stopped at 1,000 iterations before converging)"))

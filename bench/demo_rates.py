@@ -1,6 +1,8 @@
-"""Images/s of each training stage of the demo against the compute-only rate of the same step; prints a table.
+"""Images/s of each training stage of the demo against the compute-only rate of the same step, and the operators
+its views step dispatches at two batch sizes; prints tables.
 
     python -m bench.demo_rates                    # the cpu configuration, on the demo's own data
+    python -m bench.demo_rates --config gpu --device cuda --inputs memory        # the GPU configuration
     python -m bench.demo_rates --config quick --epochs 2 --steps 2        # smoke size (the tests run this)
 
 For each training stage of the demo (the MoCo-v2 teacher, then the MoCo-v2, SEED and BINGO students) it runs
@@ -9,8 +11,12 @@ images/s of the epochs after the first (what the loop reports, data loading incl
 builds the very same networks, optimizer and distiller from the same flags (`engine.distillation.build_distiller`) and
 times `--steps` steps on synthetic tensors of the same batch and size (compute only). Both rates come from the
 same run, so machine load affects them alike. `--inputs` adds rows for other input paths: `files` is the
-default loader path (PIL in `--num_workers` loader processes), `memory` the demo's (decoded images held in memory,
-views made in batches in the training process).
+default loader path (PIL in `--num_workers` loader processes), `memory` the demo's (decoded images held as one
+tensor on the device, views made per batch there).
+
+The operator count is `torch.profiler`'s events for one call of the `memory` path's views step (draws, crop and
+resize, colour, blur, flip) of each stage, on the CPU, at the stage's batch and at four times it: the views are made
+per batch when the two counts are equal.
 """
 from __future__ import annotations
 
@@ -38,8 +44,7 @@ def data_fed(args: list[str], out: Path) -> dict:
     """Run main_distill.py with ``args``; median images/s of the epochs after the first, and the process's wall
     time (start-up included)."""
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, str(REPO / "main_distill.py"), *args, "--device=cpu"],
-                            capture_output=True, text=True)
+    result = subprocess.run([sys.executable, str(REPO / "main_distill.py"), *args], capture_output=True, text=True)
     if result.returncode:
         raise SystemExit(f"main_distill.py failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
     epochs = [m for m in read_metrics(out / "metrics.jsonl") if m["kind"] == "epoch"]
@@ -47,22 +52,30 @@ def data_fed(args: list[str], out: Path) -> dict:
     return {"images_per_s": statistics.median(rates), "process_seconds": time.perf_counter() - start}
 
 
+def options(args: list[str]):
+    """``main_distill.py``'s options for ``args``, with each method's release defaults."""
+    import main_distill
+    from engine.distillation import resolve_method_defaults
+    from engine.options import DistillOptions, from_argv
+
+    return resolve_method_defaults(from_argv(DistillOptions, main_distill.FLAGS, ["main_distill.py", *args]))
+
+
 def compute_only(args: list[str], steps: int, views: int) -> float:
     """Images/s of the step ``main_distill.py args`` would build, on synthetic tensors (no data loading)."""
-    import main_distill
-    from engine.distillation import build_distiller, load_teacher_network, resolve_method_defaults
-    from engine.options import DistillOptions, from_argv
+    from engine.distillation import build_distiller, load_teacher_network
     from models.checkpoints import read_file
     from utils import dist as edist
 
-    opts = resolve_method_defaults(from_argv(DistillOptions, main_distill.FLAGS,
-                                             ["main_distill.py", *args, "--device=cpu"]))
-    ctx = edist.init("cpu")
+    opts = options(args)
+    ctx = edist.init(opts.device)
     teacher = load_teacher_network(opts, read_file(opts.pretrain_path)[0], False) if opts.uses_teacher else None
     distiller, optimizer = build_distiller(opts, teacher, ctx, seed=0)
     distiller.set_epoch(0, 0, 0)
     batch, size = opts.batch_size, opts.image_size
-    tensors = tuple(torch.randn(batch, 3, size, size) for _ in range(views))
+    memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
+    tensors = tuple(torch.randn(batch, 3, size, size, device=ctx.device).contiguous(memory_format=memory_format)
+                    for _ in range(views))
 
     def step() -> None:
         loss, _ = distiller(tensors, epoch=opts.end_epoch)
@@ -74,12 +87,32 @@ def compute_only(args: list[str], steps: int, views: int) -> float:
     return batch / time_steps(step, steps, ctx.device)
 
 
-def stage_args(cfg, stage: Training, data: Path, out: Path, method: str, epochs: int, inputs: tuple,
+def view_operators(args: list[str], batches: tuple[int, int]) -> list[int]:
+    """Events ``torch.profiler`` records for one views step of the stage ``args`` describes (its images held in
+    memory, on the CPU), at each of ``batches``."""
+    from torch.profiler import profile
+
+    from engine.distillation import build_dataset
+
+    opts = options([*args, "--device=cpu", "--device_views", "--in_memory"])
+    dataset, prepare, _ = build_dataset(opts, 0, torch.device("cpu"), lambda images: None)
+    counts = []
+    for batch in batches:
+        indices = torch.arange(batch) % len(dataset)
+        prepare((0, indices))  # warm-up
+        with profile() as prof:
+            prepare((1, indices))
+        counts.append(len(prof.events()))
+    return counts
+
+
+def stage_args(cfg, stage: Training, data: Path, out: Path, method: str, epochs: int, inputs: tuple, device: str,
                extra: tuple = ()) -> list[str]:
     args = train_args(cfg, replace(stage, epochs=epochs), data, out, method, seed=0, extra=extra)
     args = [a for a in args if a not in CPU_INPUT and not a.startswith(("--knn_monitor_freq", "--resume"))]
     workers = cfg.workers if inputs else max(1, cfg.workers)
-    return [a for a in args if not a.startswith("--num_workers")] + [f"--num_workers={workers}", *inputs]
+    return ([a for a in args if not a.startswith("--num_workers")]
+            + [f"--num_workers={workers}", f"--device={device}", *inputs])
 
 
 def main() -> None:
@@ -91,14 +124,17 @@ def main() -> None:
     parser.add_argument("--stages", default="teacher,moco,seed,bingo",
                         help="comma-separated; seed and bingo distil from the teacher stage's network")
     parser.add_argument("--data_dir", type=Path, help="default: the demo's folder for the configuration's split")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the stages train")
+    parser.add_argument("--fmnist_dir", type=Path, help="folder with the four Fashion-MNIST .gz files")
     parser.add_argument("--json")
     args = parser.parse_args()
     from scripts.fashion_mnist import prepare
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    if args.device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
     cfg = CONFIGS[args.config]
     data = prepare((args.data_dir or REPO / "demo_data" / data_folder(cfg)).resolve(), cfg.train_per_class,
-                   cfg.val_per_class)
+                   cfg.val_per_class, source=args.fmnist_dir)
     work = Path(tempfile.mkdtemp(prefix="demo_rates."))
     inputs = args.inputs.split(",")
     teacher, neighbours = work / f"teacher-{inputs[0]}" / "final.pth", work / "neighbours.npy"
@@ -116,32 +152,39 @@ def main() -> None:
         for name in inputs if measured else inputs[:1]:  # an unmeasured teacher still trains, for the students
             out = work / f"{method}-{name}"
             run_args = stage_args(cfg, stage, data, out, "moco" if method == "teacher" else method, args.epochs,
-                                  INPUTS[name], extra)
+                                  INPUTS[name], args.device, extra)
             fed = data_fed(run_args, out)
             if not measured:
                 continue
             compute = compute_only(run_args, args.steps, views=4 if method == "bingo" else 2)
-            row = {"stage": method, "inputs": name, "arch": stage.arch, "batch": stage.batch_size,
-                   "size": cfg.image_size, "data_fed": fed["images_per_s"], "compute_only": compute,
-                   "ratio": fed["images_per_s"] / compute, "process_seconds": fed["process_seconds"]}
+            row = {"stage": method, "inputs": name, "arch": stage.arch, "stem": cfg.stem, "batch": stage.batch_size,
+                   "size": cfg.image_size, "device": args.device, "data_fed": fed["images_per_s"],
+                   "compute_only": compute, "ratio": fed["images_per_s"] / compute,
+                   "process_seconds": fed["process_seconds"]}
+            if name == "memory":
+                batches = (stage.batch_size, 4 * stage.batch_size)
+                row["view_operators"] = dict(zip(map(str, batches), view_operators(run_args, batches)))
             rows.append(row)
             print(json.dumps(row), flush=True)
         if method == "teacher" and distilled:
             subprocess.run([sys.executable, str(REPO / "run_knn.py"), f"--arch={cfg.teacher.arch}",
                             f"--ckpt_name={teacher}", f"--data_dir={data}", "--clus_pos_num=5",
                             f"--image_size={cfg.image_size}", f"--corr_name={neighbours}", "--num_workers=0",
-                            "--device=cpu"], check=True, capture_output=True)
-    print(f"\nconfig {cfg.name}: {args.epochs} epochs per stage (rate: median of epochs 2..), {args.steps} synthetic "
-          f"steps; {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load average before "
+                            f"--stem={cfg.stem}", f"--device={args.device}"], check=True, capture_output=True)
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} CPUs"
+    print(f"\nconfig {cfg.name} ({cfg.stem} stem) on {device}: {args.epochs} epochs per stage (rate: median of epochs "
+          f"2..), {args.steps} synthetic steps; torch threads {torch.get_num_threads()}, load average before "
           f"{load[0]:.2f} after {os.getloadavg()[0]:.2f}")
     print("| stage | input path | network | batch | data-fed img/s | compute-only img/s | data-fed / compute | "
-          "process s |")
-    print("|---|---|---|---|---|---|---|---|")
+          "process s | views step: operators at batch B / 4B (CPU) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        ops = " / ".join(str(v) for v in r["view_operators"].values()) if "view_operators" in r else "—"
         print(f"| {r['stage']} | {r['inputs']} | {r['arch']} | {r['batch']} | {r['data_fed']:.1f} | "
-              f"{r['compute_only']:.1f} | {100 * r['ratio']:.0f} % | {r['process_seconds']:.0f} |")
+              f"{r['compute_only']:.1f} | {100 * r['ratio']:.0f} % | {r['process_seconds']:.0f} | {ops} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "config": cfg.name, "load_average": load}, indent=1))
+        Path(args.json).write_text(json.dumps({"rows": rows, "config": cfg.name, "device": device,
+                                               "load_average": load}, indent=1))
 
 
 if __name__ == "__main__":

@@ -229,8 +229,8 @@ def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, num_cl
     computed as its mean over the images for scale, until no gradient entry exceeds ``tolerance``. Returns
     ``(W [D, C], b [C], iterations, converged)``; ``start`` warm-starts from a nearby fit (the next C on a path)."""
     n, d = features.shape
-    weight = (start[0].clone() if start else torch.zeros(d, num_classes)).requires_grad_(True)
-    bias = (start[1].clone() if start else torch.zeros(num_classes)).requires_grad_(True)
+    weight = (start[0].clone() if start else features.new_zeros(d, num_classes)).requires_grad_(True)
+    bias = (start[1].clone() if start else features.new_zeros(num_classes)).requires_grad_(True)
     optimiser = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
                                   tolerance_grad=tolerance, tolerance_change=1e-12, line_search_fn="strong_wolfe")
     penalty = 0.5 / (c * n)
@@ -250,20 +250,20 @@ def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, num_cl
 
 def logistic_regression(train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor,
                         val_labels: torch.Tensor, seed: int, holdout: float = 0.2,
-                        grid: tuple[float, ...] = LOGREG_C) -> dict:
+                        grid: tuple[float, ...] = LOGREG_C, device: torch.device | str = "cpu") -> dict:
     """A converged linear probe for small data (CLIP's protocol): multinomial logistic regression with L-BFGS on the
     standardised frozen features. The regularisation ``C`` is chosen by top-1 on a stratified ``holdout`` share of
     the training features (drawn with ``seed``; the stronger regularisation wins a tie; the fits follow the path from
     strong to weak, each warm-started from the last), then the probe is refit on all of them and scored on ``val``:
-    top-1 / top-5 (%) with 95 % intervals."""
+    top-1 / top-5 (%) with 95 % intervals. The fits run on ``device`` (float32)."""
     num_classes = int(max(train_labels.max(), val_labels.max())) + 1
-    x, y = train_features.float(), train_labels.long()
+    x, y = train_features.to(device, torch.float32), train_labels.to(device, torch.long)
 
     def standardise(fit: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
         mean, std = fit.mean(0), fit.std(0).clamp_min(1e-6)
         return [(t - mean) / std for t in (fit, *others)]
 
-    fit_idx, held_idx = stratified_holdout(y, holdout, seed)
+    fit_idx, held_idx = (i.to(device) for i in stratified_holdout(y.cpu(), holdout, seed))
     fit_x, held_x = standardise(x[fit_idx], x[held_idx])
     held_top1, start, fits = {}, None, {}
     for c in sorted(grid):
@@ -271,9 +271,9 @@ def logistic_regression(train_features: torch.Tensor, train_labels: torch.Tensor
         start = fits[c] = (weight, bias)
         held_top1[c] = 100.0 * float(((held_x @ weight + bias).argmax(1) == y[held_idx]).float().mean())
     best = max(sorted(grid), key=lambda c: (held_top1[c], -c))
-    all_x, val_x = standardise(x, val_features.float())
+    all_x, val_x = standardise(x, val_features.to(device, torch.float32))
     weight, bias, iterations, converged = fit_logistic_regression(all_x, y, num_classes, best, fits[best])
-    logits = (val_x @ weight + bias).double()
+    logits = (val_x @ weight + bias).double().cpu()
     top1, top5 = ranked_correct(logits, val_labels, (1, 5))
     count = len(val_labels)
     accuracy = {"top1": 100.0 * top1.item() / count, "top5": 100.0 * top5.item() / count}

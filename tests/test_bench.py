@@ -44,3 +44,5 @@ def test_demo_rates_measures_a_stage_fed_and_compute_only(tmp_path):
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     assert [(r["stage"], r["inputs"]) for r in rows] == [("moco", "memory")]
     assert rows[0]["data_fed"] > 0 and rows[0]["compute_only"] > 0 and "| moco | memory |" in result.stdout
+    # the views step dispatches as many operators at four times the batch
+    assert list(rows[0]["view_operators"]) == ["32", "128"] and len(set(rows[0]["view_operators"].values())) == 1

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from scripts.demo import CONFIGS, aggregate, cell, differences, floors, mean_curve, summary, training_record
+from scripts.demo import CONFIGS, aggregate, cell, differences, floors, mean_curve, summary, train_args, training_record
+from scripts.demo.stages import share
 
 
 def test_aggregate_gives_mean_and_sample_std_over_seeds():
@@ -99,3 +100,23 @@ def test_floors_cover_the_teacher_and_the_student_network_each_with_data_bn():
     assert cpu["floors/untrained-resnet34-data-bn"][:2] == ("resnet34", ["--untrained", "--seed=0", "--recompute_bn"])
     assert cpu["floors/pixels"][:2] == ("pixels", [])
     assert len(floors(CONFIGS["quick"])) == 3  # one architecture: its two floors once
+
+
+def test_the_gpu_bags_configuration_shares_the_gpu_configurations_floors_and_teacher(tmp_path):
+    gpu, bags = CONFIGS["gpu"], CONFIGS["gpu-bags"]
+    assert bags.shares == "gpu" and gpu.shares is None
+    for field in ("teacher", "student", "image_size", "stem", "train_per_class", "val_per_class",
+                  "eval_train_per_class", "eval_val_per_class", "input_flags"):
+        assert getattr(bags, field) == getattr(gpu, field), field
+    assert floors(bags) == floors(gpu) and bags.seeds >= 2
+    assert "--stem=small" in train_args(gpu, gpu.teacher, tmp_path, tmp_path / "t", "moco", 0)
+    run, other = tmp_path / "demo-gpu-bags", tmp_path / "demo-gpu"
+    run.mkdir()
+    share(run, other)
+    share(run, other)  # again: the links stay
+    (run / "teacher" / "final.pth").write_text("x")
+    assert (other / "teacher" / "final.pth").read_text() == "x" and (run / "floors").resolve() == other / "floors"
+    (tmp_path / "third").mkdir()
+    (tmp_path / "third" / "teacher").mkdir()
+    with pytest.raises(SystemExit, match="is not the link"):
+        share(tmp_path / "third", other)

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from models.backbones import FLOORS
 from scripts.demo.configs import Config, Training, variants
 from scripts.fashion_mnist import prepare
 from utils.io import atomic_json
@@ -48,15 +49,16 @@ def train_args(cfg: Config, stage: Training, data: Path, out: Path, method: str,
             f"--image_size={cfg.image_size}", f"--batch_size={stage.batch_size}", f"--moco_k={stage.queue}",
             f"--init_lr={stage.lr}", f"--end_epoch={stage.epochs}", f"--num_workers={cfg.workers}", f"--seed={seed}",
             f"--knn_monitor_freq={stage.knn_every}", "--report_freq=50", "--save_freq=0", "--resume=auto",
-            *cfg.input_flags, *stage.flags, *extra]
+            f"--stem={cfg.stem}", *cfg.input_flags, *stage.flags, *extra]
 
 
 def evaluate(runner: Runner, cfg: Config, eval_data: Path, folder: str, arch: str, weights: list[str]) -> None:
     """The logistic-regression probe and the k-NN classifier of ``arch`` with ``weights`` (a checkpoint or a floor)
     on features embedded once, on the evaluation images; ``results.json`` is written last."""
     out = runner.run_dir / folder / "evaluation"
+    stem = [] if arch in FLOORS else [f"--stem={cfg.stem}"]
     runner.stage(f"{folder}: evaluation", out / "results.json", "main_lincls.py",
-                 [f"--arch={arch}", *weights, f"--data_dir={eval_data}", f"--image_size={cfg.image_size}",
+                 [f"--arch={arch}", *weights, *stem, f"--data_dir={eval_data}", f"--image_size={cfg.image_size}",
                   f"--batch_size={cfg.student.batch_size * 4}", f"--num_workers={cfg.workers}", "--protocol=logreg",
                   "--with_knn", f"--output_dir={out}"])
 
@@ -91,6 +93,8 @@ def run_stages(cfg: Config, run_dir: Path, data_dir: Path, eval_dir: Path, devic
     """Every stage of ``cfg`` in order: data, floors, teacher, kNN step(s), students, each evaluated. Returns the
     training and evaluation data folders."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.shares:
+        share(run_dir, run_dir.parent / f"demo-{cfg.shares}")
     data = prepare(data_dir, cfg.train_per_class, cfg.val_per_class, source=source).resolve()
     eval_data = prepare(eval_dir, cfg.eval_train_per_class, cfg.eval_val_per_class, source=source).resolve()
     runner = Runner(run_dir, device)
@@ -107,7 +111,7 @@ def run_stages(cfg: Config, run_dir: Path, data_dir: Path, eval_dir: Path, devic
         runner.stage(f"kNN step ({bagging} bags)", neighbours.with_suffix(".json"), "run_knn.py",  # .json: last
                      [f"--data_dir={data}", "--clus_pos_num=5", f"--image_size={cfg.image_size}",
                       f"--corr_name={neighbours}", f"--bagging={bagging}", f"--num_workers={cfg.workers}",
-                      *([f"--arch={cfg.teacher.arch}", f"--ckpt_name={teacher}",
+                      *([f"--arch={cfg.teacher.arch}", f"--ckpt_name={teacher}", f"--stem={cfg.stem}",
                          f"--batch_size={cfg.teacher.batch_size}", *cfg.knn_step_flags] if uses_teacher else []),
                       *([f"--kmeans_clusters={cfg.kmeans_clusters}"] if bagging == "kmeans" else [])])
     for seed in range(cfg.seeds):
@@ -121,6 +125,18 @@ def run_stages(cfg: Config, run_dir: Path, data_dir: Path, eval_dir: Path, devic
             evaluate(runner, cfg, eval_data, folder, cfg.student.arch,
                      [f"--pretrained={run_dir / folder / 'final.pth'}"])
     return data, eval_data
+
+
+def share(run_dir: Path, other: Path) -> None:
+    """Make ``run_dir``'s floors/ and teacher/ those of the configuration run in ``other`` (relative symlinks): they
+    train and are scored once, by whichever configuration runs first."""
+    for name in ("floors", "teacher"):
+        (other / name).mkdir(parents=True, exist_ok=True)
+        link = run_dir / name
+        if not link.is_symlink():
+            if link.exists():
+                raise SystemExit(f"{link} exists and is not the link to {other / name} this configuration shares")
+            link.symlink_to(os.path.relpath(other / name, run_dir))
 
 
 def load_average() -> list[float]:
