@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Everything measured on a GPU: correctness checks, then the benchmarks; logs go to $OUT.
-# Usage (from the repository root): bash bench/gpu_suite.sh [checks|knn|embed|pipeline|distill|demo ...]
+# Usage (from the repository root): bash bench/gpu_suite.sh [checks|knn|embed|pipeline|distill|rates|demo|bags ...]
 # Packages the machine lacks (kornia, efficientnet_pytorch) come as wheels in .whl/ (`make gpu-wheels`; carry .whl).
-# `demo` runs the demo's GPU configuration (resumable: run it again until it prints its table); FMNIST_DIR names a
-# folder with the four Fashion-MNIST .gz files where Debian's package is not installed; DEMO_SECONDS (540) stops it,
-# with everything it started, after 9 minutes; demo.log keeps every stage's output, so a stopped run
-# still shows the floors and the teacher's k-NN monitor points.
+# `demo` runs the demo's GPU configuration (resumable: run it again until it prints its table), `bags` the GPU bagging
+# ablation (it shares demo's floors and teacher); FMNIST_DIR names a folder with the four Fashion-MNIST .gz files where
+# Debian's package is not installed; DEMO_SECONDS (540) stops either, with everything it started, after 9 minutes;
+# demo.log keeps every stage's output, so a stopped run still shows the floors and the teacher's k-NN monitor points.
+# `rates` measures the GPU configuration's stages (2 epochs each) against their compute-only steps.
 set -uo pipefail
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -24,9 +25,14 @@ for part in "${@:-checks knn embed pipeline distill}"; do
       knn) python3 -m bench.knn --json "$OUT/knn.json" 2>&1 | tee "$OUT/knn.log" ;;
       pipeline) python3 -m bench.data_pipeline --workers 1,4,16 --batches 10 --json "$OUT/pipeline.json" 2>&1 \
                   | tee "$OUT/pipeline.log" ;;
-      demo) timeout "${DEMO_SECONDS:-540}" python3 -m scripts.demo --config gpu --device cuda \
-              ${FMNIST_DIR:+--fmnist_dir "$FMNIST_DIR"} 2>&1 | tee -a "$OUT/demo.log"
-            cp runs/demo-gpu/results.* runs/demo-gpu/*.png runs/demo-gpu/stage_times.json "$OUT/" 2>/dev/null ;;
+      demo|bags) config=$([ "$p" = demo ] && echo gpu || echo gpu-bags)
+            timeout "${DEMO_SECONDS:-540}" python3 -m scripts.demo --config "$config" --device cuda \
+              ${FMNIST_DIR:+--fmnist_dir "$FMNIST_DIR"} 2>&1 | tee -a "$OUT/$p.log"
+            mkdir -p "$OUT/$config"
+            cp runs/demo-$config/results.* runs/demo-$config/*.png runs/demo-$config/stage_times.json "$OUT/$config/" \
+              2>/dev/null ;;
+      rates) python3 -m bench.demo_rates --config gpu --device cuda --inputs memory --epochs 2 --steps 10 \
+               ${FMNIST_DIR:+--fmnist_dir "$FMNIST_DIR"} --json "$OUT/demo_rates.json" 2>&1 | tee "$OUT/rates.log" ;;
       distill) python3 -m bench.distill_step --rounds 2 --steps 8 --warmup 2 --json "$OUT/distill.json" 2>&1 | tee "$OUT/distill.log" ;;
     esac
   done
