@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from PIL import Image
 from bench.distill_step import default_config
 from datasets.device_views import DeviceViews, EncodedImage, PackedImages
 from datasets.draws import ViewParams
-from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, MOCO_V2
+from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, MOCO_V2, AugmentSpec
 from engine.features import exact_knn
 from models.backbones import build_backbone
 from models.distiller import Embedder
@@ -79,24 +80,42 @@ def check_amp_step() -> None:
     assert rel < 2e-2
 
 
-def pil_view(picture: Image.Image, params: ViewParams, v: int, size: int = 224) -> torch.Tensor:
-    """The CPU pipeline's PIL ops on view ``v``'s draws (MoCo-v2: jitter, grayscale, blur, flip)."""
+def reference_view(image: Image.Image | torch.Tensor, params: ViewParams, v: int, spec: AugmentSpec = MOCO_V2,
+                   size: int = 224) -> torch.Tensor:
+    """View ``v`` of ``image`` on its draws, one image and one op at a time, normalised: on a PIL image the CPU
+    pipeline's ops (8 bits after each, PIL's blur), on a ``uint8 [3, H, W]`` tensor torchvision's tensor ops in
+    float32 (Kornia's Gaussian blur, as the batched path)."""
+    from kornia.filters import gaussian_blur2d
     from PIL import ImageFilter
     from torchvision.transforms import functional as TF
 
     top, left, height, width = params.crop[v].tolist()
-    x = TF.resized_crop(picture, top, left, height, width, [size, size])
+    pil = isinstance(image, Image.Image)
+    x = image if pil else image[None].float() / 255
+    x = TF.resized_crop(x, top, left, height, width, [size, size], antialias=True)
+    x = x if pil else x.clamp(0, 1)
     ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
-    if bool(params.jitter[v]):
-        for op_id in params.order[v].tolist():
-            x = ops[op_id](x, float(params.factors[v, op_id]))
-    if bool(params.gray[v]):
-        x = TF.rgb_to_grayscale(x, num_output_channels=3)
-    if float(params.blur_sigma[v]) > 0:
-        x = x.filter(ImageFilter.GaussianBlur(radius=float(params.blur_sigma[v])))
+
+    def jitter(x):
+        if bool(params.jitter[v]):
+            for op_id in params.order[v].tolist():
+                x = ops[op_id](x, float(params.factors[v, op_id]))
+        return x
+
+    def gray(x):
+        return TF.rgb_to_grayscale(x, num_output_channels=3) if bool(params.gray[v]) else x
+
+    for stage in (gray, jitter) if spec.gray_before_jitter else (jitter, gray):
+        x = stage(x)
+    sigma = float(params.blur_sigma[v])
+    if sigma > 0 and pil:
+        x = x.filter(ImageFilter.GaussianBlur(radius=sigma))
+    elif sigma > 0:
+        kernel = 2 * math.ceil(3 * spec.blur_sigma[1]) + 1
+        x = gaussian_blur2d(x, kernel, torch.tensor([[sigma, sigma]]), border_type="replicate")
     if bool(params.flip[v]):
         x = TF.hflip(x)
-    return TF.normalize(TF.to_tensor(x), IMAGENET_MEAN, IMAGENET_STD)
+    return TF.normalize(TF.to_tensor(x) if pil else x[0], IMAGENET_MEAN, IMAGENET_STD)
 
 
 def check_device_views(device_name: str = "cuda") -> None:
@@ -115,7 +134,7 @@ def check_device_views(device_name: str = "cuda") -> None:
     views = DeviceViews(224, MOCO_V2, torch.device(device_name))
     device = torch.cat(views.train_views(([images], torch.zeros(32, dtype=torch.int64), indices))).cpu()
     params = views.draw(0, indices, 2, torch.cat([images.sizes, images.sizes]))
-    cpu = torch.stack([pil_view(pictures[v % len(pictures)], params, v) for v in range(64)])
+    cpu = torch.stack([reference_view(pictures[v % len(pictures)], params, v) for v in range(64)])
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     errors = ((device - cpu).abs() * std).mean(dim=(1, 2, 3))
     print(f"device views on {device_name} vs CPU pipeline: mean abs error {errors.mean():.4f}, "

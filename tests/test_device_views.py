@@ -5,20 +5,18 @@ On the same draws the batched views must equal torchvision's per-image ops up to
 pipeline's PIL ops up to PIL's 8-bit rounding; the draws must follow torchvision's distributions and depend on
 seed, epoch and image alone.
 """
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from kornia.filters import gaussian_blur2d
-from PIL import Image, ImageFilter
+from PIL import Image
 from torch.profiler import profile
 from torch.utils.data import DistributedSampler
 from torchvision import transforms as T
-from torchvision.transforms import functional as TF
 
+from bench.gpu_checks import reference_view
 from datasets.device_views import (
     DeviceViews,
     EncodedBagDataset,
@@ -29,9 +27,9 @@ from datasets.device_views import (
     read_encoded,
     resize_weights,
 )
-from datasets.draws import ViewParams, draw_views, neighbour_columns, uniforms
+from datasets.draws import draw_views, neighbour_columns, uniforms
 from datasets.folders import BagDataset, DatasetError, IndexedImageFolder
-from datasets.transforms import CROP_FLIP, IMAGENET_MEAN, IMAGENET_STD, MOCO_V1, MOCO_V2, augmentation, eval_transform
+from datasets.transforms import CROP_FLIP, IMAGENET_STD, MOCO_V1, MOCO_V2, augmentation, eval_transform
 from engine.features import embed
 from engine.training import make_train_loader
 from models.backbones import build_backbone
@@ -40,7 +38,6 @@ from utils import dist as edist
 from helpers import calibrated_teacher, make_image_folder, run_script
 
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 
 
 def smooth_image(rng: np.random.Generator, width: int, height: int) -> Image.Image:
@@ -69,57 +66,6 @@ def make_photo_folder(root: Path, per_class: int = 4, classes: int = 3, ext: str
 def view_error(device: torch.Tensor, cpu: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference per view, in [0, 1] pixel units (normalisation undone)."""
     return ((device - cpu).abs() * STD).mean(dim=(1, 2, 3))
-
-
-def one_view(image: torch.Tensor, params: ViewParams, v: int, spec, size: int) -> torch.Tensor:
-    """The per-image path: view ``v`` of ``image`` (uint8 [3, H, W]) with torchvision's tensor ops, one at a time."""
-    top, left, height, width = params.crop[v].tolist()
-    x = TF.resize(image[:, top:top + height, left:left + width].float(), [size, size], antialias=True)
-    x = (x / 255).clamp(0, 1)[None]
-    ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
-
-    def jitter(x):
-        if bool(params.jitter[v]):
-            for op_id in params.order[v].tolist():
-                x = ops[op_id](x, float(params.factors[v, op_id]))
-        return x
-
-    def gray(x):
-        return TF.rgb_to_grayscale(x, num_output_channels=3) if bool(params.gray[v]) else x
-
-    for stage in (gray, jitter) if spec.gray_before_jitter else (jitter, gray):
-        x = stage(x)
-    sigma = float(params.blur_sigma[v])
-    if sigma > 0:
-        kernel = 2 * math.ceil(3 * spec.blur_sigma[1]) + 1
-        x = gaussian_blur2d(x, kernel, torch.tensor([[sigma, sigma]]), border_type="replicate")
-    if bool(params.flip[v]):
-        x = x.flip(-1)
-    return ((x - MEAN) / STD)[0]
-
-
-def pil_view(picture: Image.Image, params: ViewParams, v: int, spec, size: int) -> torch.Tensor:
-    """The CPU pipeline's ops (PIL, 8 bits after every step) on view ``v``'s draws."""
-    top, left, height, width = params.crop[v].tolist()
-    x = TF.resized_crop(picture, top, left, height, width, [size, size])
-    ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
-
-    def jitter(x):
-        if bool(params.jitter[v]):
-            for op_id in params.order[v].tolist():
-                x = ops[op_id](x, float(params.factors[v, op_id]))
-        return x
-
-    def gray(x):
-        return TF.rgb_to_grayscale(x, num_output_channels=3) if bool(params.gray[v]) else x
-
-    for stage in (gray, jitter) if spec.gray_before_jitter else (jitter, gray):
-        x = stage(x)
-    if float(params.blur_sigma[v]) > 0:
-        x = x.filter(ImageFilter.GaussianBlur(radius=float(params.blur_sigma[v])))
-    if bool(params.flip[v]):
-        x = TF.hflip(x)
-    return TF.normalize(TF.to_tensor(x), IMAGENET_MEAN, IMAGENET_STD)
 
 
 @pytest.mark.parametrize("shape", [(28, 28, 32), (60, 80, 32), (375, 500, 64), (32, 32, 32)])
@@ -155,9 +101,9 @@ def test_batched_views_equal_the_per_image_ops_on_the_same_draws(tmp_path, spec)
     for name, p in {"jitter": spec.jitter_p, "gray": spec.gray_p, "flip": 0.5, "blur": spec.blur_p}.items():
         count = int(drawn[name].sum())
         assert count == n if p >= 1 else count == 0 if p == 0 else 0 < count < n, (name, count)
-    alone = torch.stack([one_view(image, params, v, spec, 32) for v in range(n)])
+    alone = torch.stack([reference_view(image, params, v, spec, 32) for v in range(n)])
     assert view_error(batched, alone).max() < 1e-4  # float32 rounding
-    cpu = torch.stack([pil_view(picture, params, v, spec, 32) for v in range(n)])
+    cpu = torch.stack([reference_view(picture, params, v, spec, 32) for v in range(n)])
     errors = view_error(batched, cpu)  # PIL rounds to 8 bits after every step and approximates the blur
     assert errors.max() < 0.02, errors
     assert errors.mean() < 0.008
