@@ -154,10 +154,9 @@ class HeldBagDataset(BagDataset):
     W]`` tensor on ``device``, so a step reads nothing and runs no per-image Python: ``views(epoch, indices)`` makes
     the batch's views on the device. The images must share one size (Fashion-MNIST, CIFAR, STL-10)."""
 
-    def __init__(self, root, spec: AugmentSpec, neighbours, device: torch.device, clus_pos_num: int = 5, seed: int = 0,
+    def __init__(self, root, neighbours, device: torch.device, clus_pos_num: int = 5, seed: int = 0,
                  views: str | None = None) -> None:
         super().__init__(root, None, neighbours, clus_pos_num, seed, views)
-        self.spec = spec
         self.pixels = self._decode_all().to(device)
 
     def _decode_all(self) -> torch.Tensor:

@@ -166,7 +166,7 @@ def build_dataset(opts: DistillOptions, seed: int, device: torch.device, check_i
     spec = pretrain_spec(opts.augmentation)
     views = DeviceViews(opts.image_size, spec, device, opts.channels_last, seed)
     if opts.in_memory:
-        dataset = HeldBagDataset(root, spec, neighbours, device, seed=seed)
+        dataset = HeldBagDataset(root, neighbours, device, seed=seed)
         return dataset, functools.partial(views.held_views, dataset), None
     return EncodedBagDataset(root, neighbours, seed=seed), views.train_views, collate_encoded
 

@@ -154,7 +154,7 @@ def test_the_views_step_dispatches_as_many_operators_for_any_batch(tmp_path):
     """The operator count of one step's views (torch.profiler) does not grow with the batch."""
     root = make_image_folder(tmp_path / "data", classes=2, per_class=40, size=28)
     neighbours = np.stack([(np.arange(80) + s) % 80 for s in (1, 2)], axis=1)
-    dataset = HeldBagDataset(root / "train", MOCO_V2, neighbours, torch.device("cpu"), clus_pos_num=2)
+    dataset = HeldBagDataset(root / "train", neighbours, torch.device("cpu"), clus_pos_num=2)
     views = DeviceViews(32, MOCO_V2, "cpu")
     counts = {}
     for batch in (4, 64):
@@ -183,7 +183,7 @@ def test_in_memory_views_equal_the_file_paths_views_on_the_same_seed(tmp_path):
     # images of one size held on the device
     same = tmp_path / "same"
     make_image_folder(same, classes=3, per_class=4, size=28)
-    held = HeldBagDataset(same / "train", MOCO_V2, neighbours, torch.device("cpu"), clus_pos_num=3, seed=5)
+    held = HeldBagDataset(same / "train", neighbours, torch.device("cpu"), clus_pos_num=3, seed=5)
     files = EncodedBagDataset(same / "train", neighbours, clus_pos_num=3, seed=5)
     views = DeviceViews(32, MOCO_V2, "cpu", seed=5)
     for epoch in (0, 1):
@@ -200,7 +200,7 @@ def test_in_memory_views_equal_the_file_paths_views_on_the_same_seed(tmp_path):
 def test_in_memory_needs_images_of_one_size(tmp_path):
     root = make_photo_folder(tmp_path, ext="png")
     with pytest.raises(DatasetError, match="--in_memory holds images of one size.*img_1.png"):
-        HeldBagDataset(root / "train", MOCO_V2, None, torch.device("cpu"))
+        HeldBagDataset(root / "train", None, torch.device("cpu"))
 
 
 def test_index_batches_follow_distributed_samplers_order(tmp_path):
