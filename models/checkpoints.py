@@ -42,7 +42,7 @@ __all__ = [
     "strict_load",
     "load_backbone",
     "load_teacher",
-    "check_stem",
+    "refuse_other_stem",
     "file_sha256",
     "read_file",
     "check_finite",
@@ -211,7 +211,7 @@ def strict_load(module: nn.Module, state: dict[str, torch.Tensor], where: str, w
     module.load_state_dict(full, strict=True)
 
 
-def check_stem(weights: Weights, arch: str, stem: str) -> None:
+def refuse_other_stem(weights: Weights, arch: str, stem: str) -> None:
     """Refuse a ResNet checkpoint made with the other stem than ``stem``, naming the flag that loads it."""
     found = stem_of(weights.backbone)
     if found is not None and found != stem:
@@ -223,13 +223,13 @@ def check_stem(weights: Weights, arch: str, stem: str) -> None:
 def load_backbone(arch: str, path: str | Path, pool: str = "avg", data: bytes | None = None, stem: str = "imagenet"
                   ) -> tuple[nn.Module, Weights]:
     """Build ``arch`` with ``stem`` and load its backbone weights from any supported checkpoint (``data``: its bytes,
-    already read), strictly; a checkpoint of the other stem is refused by name (``check_stem``)."""
+    already read), strictly; a checkpoint of the other stem is refused by name (``refuse_other_stem``)."""
     weights = read_weights(path, data)
     meta_arch = weights.meta.get("arch")
     if weights.fmt == "bingo" and meta_arch and meta_arch != arch:
         raise CheckpointError(f"{path}: this project's checkpoint holds a {meta_arch} backbone, but {arch} was asked "
                               "for")
-    check_stem(weights, arch, stem)
+    refuse_other_stem(weights, arch, stem)
     net = build_backbone(arch, pool=pool, stem=stem)
     strict_load(net, weights.backbone, f"{path} (detected format: {weights.fmt})", f"{arch} backbone")
     return net, weights
