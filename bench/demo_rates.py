@@ -4,15 +4,17 @@ its views step dispatches at two batch sizes; prints tables.
     python -m bench.demo_rates                    # the cpu configuration, on the demo's own data
     python -m bench.demo_rates --config gpu --device cuda --inputs memory        # the GPU configuration
     python -m bench.demo_rates --config quick --epochs 2 --steps 2        # smoke size (the tests run this)
+    python -m bench.demo_rates --config gpu --device cuda --from_run runs/demo-gpu     # a finished demo's own rates
 
 For each training stage of the demo (the MoCo-v2 teacher, then the MoCo-v2, SEED and BINGO students) it runs
-`main_distill.py` with the demo's own flags for `--epochs` epochs on the demo's data and takes the median
-images/s of the epochs after the first (what the loop reports, data loading included); then, in this process, it
-builds the very same networks, optimizer and distiller from the same flags (`engine.distillation.build_distiller`) and
-times `--steps` steps on synthetic tensors of the same batch and size (compute only). Both rates come from the
-same run, so machine load affects them alike. `--inputs` adds rows for other input paths: `files` is the
-default loader path (PIL in `--num_workers` loader processes), `memory` the demo's (decoded images held as one
-tensor on the device, views made per batch there).
+`main_distill.py` with the demo's own flags for `--epochs` epochs on the demo's data and takes the median images/s
+of the epochs after the first (what the loop reports, data loading included); then, in this process, it builds the
+very same networks, optimizer and distiller from the same flags (`engine.distillation.build_distiller`) and times
+`--steps` steps on synthetic tensors of the same batch and size (compute only). Both rates come from the same run,
+so machine load affects them alike. `--from_run` trains nothing: it takes each stage's data-fed rate from a demo
+run's own metrics (the teacher and the seed-0 students) and times only the compute-only steps. `--inputs` adds rows
+for other input paths: `files` is the default loader path (PIL in `--num_workers` loader processes), `memory` the
+demo's (decoded images held as one tensor on the device, views made per batch there).
 
 The operator count is `torch.profiler`'s events for one call of the `memory` path's views step (draws, crop and
 resize, colour, blur, flip) of each stage, on the CPU, at the stage's batch and at four times it: the views are made
@@ -106,6 +108,36 @@ def view_operators(args: list[str], batches: tuple[int, int]) -> list[int]:
     return counts
 
 
+def from_run(cfg, run_dir: Path, data: Path, steps: int, device: str) -> list[dict]:
+    """Rows for the stages a demo run in ``run_dir`` trained: the median images/s its epochs after the first
+    logged, against the compute-only rate of the step the same flags build."""
+    from scripts.demo import variants
+    from scripts.demo.stages import neighbours_file, student_folder
+
+    teacher = run_dir / "teacher" / "final.pth"
+    stages = [("teacher", "moco", cfg.teacher, ())]
+    for model, method, bagging in variants(cfg):
+        extra = () if method == "moco" else (f"--t_arch={cfg.teacher.arch}", f"--pretrain_path={teacher}")
+        if bagging:
+            extra += (f"--corr_npy={neighbours_file(run_dir, bagging)}",)
+        stages.append((student_folder(model, 0), method, cfg.student, extra))
+    rows = []
+    for folder, method, stage, extra in stages:
+        epochs = [m for m in read_metrics(run_dir / folder / "metrics.jsonl") if m["kind"] == "epoch"] \
+            if (run_dir / folder / "metrics.jsonl").is_file() else []
+        if not epochs:
+            print(f"{folder}: no epoch logged in {run_dir}, skipped", flush=True)
+            continue
+        fed = statistics.median(m["images_per_s"] for m in epochs[1:] or epochs)
+        run_args = stage_args(cfg, stage, data, run_dir / folder, method, stage.epochs, CPU_INPUT, device, extra)
+        compute = compute_only(run_args, steps, views=4 if method == "bingo" else 2)
+        rows.append({"stage": folder, "inputs": "memory (demo run)", "arch": stage.arch, "stem": cfg.stem,
+                     "batch": stage.batch_size, "size": cfg.image_size, "device": device, "data_fed": fed,
+                     "compute_only": compute, "ratio": fed / compute, "process_seconds": None})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def stage_args(cfg, stage: Training, data: Path, out: Path, method: str, epochs: int, inputs: tuple, device: str,
                extra: tuple = ()) -> list[str]:
     args = train_args(cfg, replace(stage, epochs=epochs), data, out, method, seed=0, extra=extra)
@@ -126,6 +158,8 @@ def main() -> None:
     parser.add_argument("--data_dir", type=Path, help="default: the demo's folder for the configuration's split")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the stages train")
     parser.add_argument("--fmnist_dir", type=Path, help="folder with the four Fashion-MNIST .gz files")
+    parser.add_argument("--from_run", type=Path,
+                        help="a demo run folder of --config: its logged rates, only the compute-only steps timed")
     parser.add_argument("--json")
     args = parser.parse_args()
     from scripts.fashion_mnist import prepare
@@ -135,11 +169,20 @@ def main() -> None:
     cfg = CONFIGS[args.config]
     data = prepare((args.data_dir or REPO / "demo_data" / data_folder(cfg)).resolve(), cfg.train_per_class,
                    cfg.val_per_class, source=args.fmnist_dir)
+    load = os.getloadavg()
+    if args.from_run:
+        rows = from_run(cfg, args.from_run.resolve(), data, args.steps, args.device)
+    else:
+        rows = train_stages(cfg, data, args)
+    print_table(cfg, args, rows, load)
+
+
+def train_stages(cfg, data: Path, args) -> list[dict]:
+    """Rows for the stages of ``--stages``, each trained ``--epochs`` epochs on each of ``--inputs``."""
     work = Path(tempfile.mkdtemp(prefix="demo_rates."))
     inputs = args.inputs.split(",")
     teacher, neighbours = work / f"teacher-{inputs[0]}" / "final.pth", work / "neighbours.npy"
     rows = []
-    load = os.getloadavg()
     stages = args.stages.split(",")
     distilled = any(m in stages for m in ("seed", "bingo"))
     for method in ("teacher", "moco", "seed", "bingo"):
@@ -171,8 +214,13 @@ def main() -> None:
                             f"--ckpt_name={teacher}", f"--data_dir={data}", "--clus_pos_num=5",
                             f"--image_size={cfg.image_size}", f"--corr_name={neighbours}", "--num_workers=0",
                             f"--stem={cfg.stem}", f"--device={args.device}"], check=True, capture_output=True)
+    return rows
+
+
+def print_table(cfg, args, rows: list[dict], load: tuple) -> None:
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} CPUs"
-    print(f"\nconfig {cfg.name} ({cfg.stem} stem) on {device}: {args.epochs} epochs per stage (rate: median of epochs "
+    epochs = "the demo run's" if args.from_run else args.epochs
+    print(f"\nconfig {cfg.name} ({cfg.stem} stem) on {device}: {epochs} epochs per stage (rate: median of epochs "
           f"2..), {args.steps} synthetic steps; torch threads {torch.get_num_threads()}, load average before "
           f"{load[0]:.2f} after {os.getloadavg()[0]:.2f}")
     print("| stage | input path | network | batch | data-fed img/s | compute-only img/s | data-fed / compute | "
@@ -180,8 +228,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ops = " / ".join(str(v) for v in r["view_operators"].values()) if "view_operators" in r else "—"
+        process = "—" if r["process_seconds"] is None else f"{r['process_seconds']:.0f}"
         print(f"| {r['stage']} | {r['inputs']} | {r['arch']} | {r['batch']} | {r['data_fed']:.1f} | "
-              f"{r['compute_only']:.1f} | {100 * r['ratio']:.0f} % | {r['process_seconds']:.0f} | {ops} |")
+              f"{r['compute_only']:.1f} | {100 * r['ratio']:.0f} % | {process} | {ops} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "config": cfg.name, "device": device,
                                                "load_average": load}, indent=1))

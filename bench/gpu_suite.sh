@@ -26,8 +26,12 @@ for part in "${@:-checks knn embed pipeline distill}"; do
       pipeline) python3 -m bench.data_pipeline --workers 1,4,16 --batches 10 --json "$OUT/pipeline.json" 2>&1 \
                   | tee "$OUT/pipeline.log" ;;
       demo|bags) config=$([ "$p" = demo ] && echo gpu || echo gpu-bags)
-            timeout "${DEMO_SECONDS:-540}" python3 -m scripts.demo --config "$config" --device cuda \
-              ${FMNIST_DIR:+--fmnist_dir "$FMNIST_DIR"} 2>&1 | tee -a "$OUT/$p.log"
+            # stopped or failed: the report of what finished
+            timeout -k 150 "${DEMO_SECONDS:-540}" python3 -m scripts.demo --config "$config" --device cuda \
+              ${FMNIST_DIR:+--fmnist_dir "$FMNIST_DIR"} 2>&1 | tee -a "$OUT/$p.log" \
+              || python3 -m scripts.demo --config "$config" --report_only 2>&1 | tee -a "$OUT/$p.log"
+            python3 -m bench.demo_rates --config "$config" --device cuda --from_run "runs/demo-$config" \
+              --json "$OUT/$config-rates.json" 2>&1 | tee -a "$OUT/$p.log"
             mkdir -p "$OUT/$config"
             cp runs/demo-$config/results.* runs/demo-$config/*.png runs/demo-$config/stage_times.json "$OUT/$config/" \
               2>/dev/null ;;

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,9 +24,12 @@ def main() -> None:
     parser.add_argument("--data_dir", type=Path, help="training images (default: demo_data/fmnist-<split>)")
     parser.add_argument("--eval_dir", type=Path, help="evaluation images (default: demo_data/fmnist-<split>)")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    parser.add_argument("--report_only", action="store_true",
+                        help="write the report from what the run folder holds (a stopped run: what finished)")
     parser.add_argument("--fmnist_dir", type=Path,
                         help="folder with the four Fashion-MNIST .gz files (default: Debian's package folder)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM); run the same command again to resume"))
     import torch
 
     name = "quick" if args.quick else args.config or ("gpu" if torch.cuda.is_available() else "cpu")
@@ -36,9 +41,11 @@ def main() -> None:
     default_run = f"demo-{name}" + (f"-{cfg.seeds}seeds" if cfg.seeds != CONFIGS[name].seeds else "")
     run_dir = (args.run_dir or REPO / "runs" / default_run).resolve()
     started, load_before = time.perf_counter(), load_average()
-    run_stages(cfg, run_dir, (args.data_dir or REPO / "demo_data" / data_folder(cfg)).resolve(),
-               (args.eval_dir or REPO / "demo_data" / eval_folder(cfg)).resolve(), args.device, args.fmnist_dir)
-    report(collect(cfg, run_dir, time.perf_counter() - started, load_before), run_dir)
+    if not args.report_only:
+        run_stages(cfg, run_dir, (args.data_dir or REPO / "demo_data" / data_folder(cfg)).resolve(),
+                   (args.eval_dir or REPO / "demo_data" / eval_folder(cfg)).resolve(), args.device, args.fmnist_dir)
+    seconds = None if args.report_only else time.perf_counter() - started
+    report(collect(cfg, run_dir, seconds, load_before), run_dir)
 
 
 if __name__ == "__main__":

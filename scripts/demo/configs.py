@@ -111,14 +111,16 @@ CONFIGS = {
                    student=replace(CPU_STUDENT, epochs=8, flags=LONGER_STUDENT_FLAGS, knn_every=2),
                    seeds=3, input_flags=CPU_INPUT, methods=("moco", "seed", "bingo"),
                    bags=("random", "kmeans", "knn", "label")),
-    # All 60,000 images, the small-image stem (why: docs/demo.md), one seed. A ResNet-50 teacher trained almost 4 times
-    # longer than its ResNet-18 students, so that it is far ahead of what a student reaches alone; sized from
-    # estimated H200 rates to finish in about 8 minutes (the arithmetic: docs/demo.md). The
-    # teacher takes the CPU teacher's recipe with MoCo's CIFAR queue (4,096) and lr 0.06 at batch 512. The
-    # evaluation is the CPU configurations' (10,000 labelled training images, the 10,000 test images).
+    # Whether the bags help, in one sitting on one GPU: all 60,000 images, the small-image stem (why: docs/demo.md),
+    # SEED (the teacher, no bags) beside BINGO on the teacher's k-NN bags and on random bags, 2 seeds. A ResNet-50
+    # teacher trained almost 4 times longer than its ResNet-18 students, so that it is far ahead of what a student
+    # reaches alone; it takes the CPU teacher's recipe with MoCo's CIFAR queue (4,096) and lr 0.06 at batch 512. The
+    # evaluation is the CPU configurations' (10,000 labelled training images, the 10,000 test images). Sizes and
+    # times: docs/demo.md.
     "gpu": Config(name="gpu", train_per_class=None, val_per_class=None, eval_train_per_class=1000,
-                  eval_val_per_class=None, image_size=32, teacher=GPU_TEACHER, student=GPU_STUDENT, workers=16,
-                  input_flags=GPU_INPUT, knn_step_flags=("--channels_last", "--device_views"), stem="small"),
+                  eval_val_per_class=None, image_size=32, teacher=GPU_TEACHER, student=GPU_STUDENT, seeds=2,
+                  workers=16, input_flags=GPU_INPUT, knn_step_flags=("--channels_last", "--device_views"),
+                  methods=("seed", "bingo"), bags=("random", "knn"), stem="small"),
     # The bagging ablation on the GPU: BINGO on random, k-means, teacher k-NN and label bags beside SEED and MoCo-v2,
     # 2 seeds, with the gpu configuration's floors and teacher (shared, trained once by whichever runs first).
     "gpu-bags": Config(name="gpu-bags", train_per_class=None, val_per_class=None, eval_train_per_class=1000,

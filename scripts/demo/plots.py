@@ -43,7 +43,8 @@ def plot(results: dict, run_dir: Path) -> list[Path]:
             ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
         ax.set_xlabel("epoch")
         ax.set_title(f"{kind}: k-NN monitor (k = 10) on its validation split")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a stopped run may have no student yet
+            ax.legend(fontsize=7)
     axes[0].set_ylabel("10-NN top-1 (%)")
     fig.tight_layout()
     written.append(run_dir / "learning_curves.png")

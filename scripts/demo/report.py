@@ -37,8 +37,10 @@ def table(results: dict) -> str:
         epochs = r.get("epochs", "—")
         minutes = f"{r['train_seconds'] / 60:.1f} min" if r["kind"] != "floor" else "—"
         purity = (f" {r['bag_purity']:.1f} % |" if r.get("bag_purity") is not None else " — |") if with_bags else ""
+        seeds = f"{r['seeds']}" + (f" of {r['planned_seeds']}" if r.get("planned_seeds", r["seeds"]) > r["seeds"]
+                                   else "")
         lines.append(f"| {r['label']} | {r['kind']} |{purity} {cell(r, 'knn10_top1')} | {cell(r, 'linear_top1')} | "
-                     f"{cell(r, 'linear_top5')} | {epochs} | {r['seeds']} | {minutes} |")
+                     f"{cell(r, 'linear_top5')} | {epochs} | {seeds} | {minutes} |")
     return "\n".join(lines)
 
 
@@ -65,6 +67,8 @@ def comparisons(results: dict) -> list[tuple[str, str]]:
     if len(bingos) > 1:
         pairs = [(b["model"], a["model"]) for a, b in zip(bingos, bingos[1:])]
         return pairs + [(bingos[-1]["model"], other) for other in ("seed", "moco") if other in models]
+    if "bingo" not in models:
+        return []
     return [("bingo", other) for other in METHOD_LABELS if other != "bingo" and other in models]
 
 
@@ -78,6 +82,8 @@ def summary(results: dict) -> list[str]:
         parts = []
         for name, what, mark in (("untrained", "untrained", "†"),
                                  ("untrained_data_bn", "untrained with BN statistics of the data", "‡")):
+            if name not in r:  # that floor did not finish
+                continue
             gaps = ", ".join(f"{label} {r[key] - r[name][key]:+.1f}"
                              for key, label in (("knn10_top1", "10-NN"), ("linear_top1", "linear")))
             verdict = "above" if all(r[f"above_{name}"].values()) else f"NOT above ({mark})"
@@ -98,11 +104,22 @@ def purity_line(results: dict) -> str:
     return "Bag purity (bag members in their image's class; labels read for this figure only): " + ", ".join(parts)
 
 
+def partial_line(results: dict) -> str:
+    """What a stopped run lacks ('' when complete)."""
+    if results.get("complete", True):
+        return ""
+    return (f"**Partial run**: {len(results['missing'])} stages not finished ({', '.join(results['missing'])}); "
+            "run the same command again to resume.")
+
+
 def report(results: dict, run_dir: Path) -> None:
     cfg = results["config"]
-    rows = {r["model"]: r for r in results["rows"]}
-    queries, memory = rows["teacher"]["num_queries"], rows["teacher"]["num_memory"]
-    text = (f"# BINGO demo on Fashion-MNIST ({cfg['name']} configuration)\n\n{table(results)}\n\n"
+    if not results["rows"]:
+        raise SystemExit(f"nothing in {run_dir} has been evaluated yet: run the demo first")
+    queries, memory = results["rows"][0]["num_queries"], results["rows"][0]["num_memory"]
+    partial = partial_line(results)
+    text = (f"# BINGO demo on Fashion-MNIST ({cfg['name']} configuration)\n\n"
+            + (f"{partial}\n\n" if partial else "") + f"{table(results)}\n\n"
             "† not above the same network untrained; ‡ not above it untrained with BatchNorm statistics of the "
             "data. One run: [95 % binomial interval]; several seeds: mean ± standard deviation [± one run's interval "
             "half-width].\n\n"
@@ -117,5 +134,6 @@ def report(results: dict, run_dir: Path) -> None:
     (run_dir / "results.md").write_text(text)
     atomic_json(results, run_dir / "results.json")
     written = plot(results, run_dir)
-    print("\n" + table(results) + "\n\n" + "\n".join(summary(results)) + f"\n{purity_line(results)}"
+    print("\n" + (f"{partial}\n" if partial else "") + table(results) + "\n\n" + "\n".join(summary(results))
+          + f"\n{purity_line(results)}"
           + f"\n\nwritten: {run_dir / 'results.md'}, results.json, {', '.join(p.name for p in written)}", flush=True)

@@ -28,6 +28,11 @@ def scores(run_dir: Path, folder: str) -> dict:
             "logreg_C": probe["C"], "num_queries": results["num_val"], "num_memory": results["num_train"]}
 
 
+def finished(run_dir: Path, folder: str) -> bool:
+    """Whether ``folder`` was evaluated (its ``results.json`` is the last file a stage writes)."""
+    return (run_dir / folder / "evaluation" / "results.json").is_file()
+
+
 def training_record(run_dir: Path, folder: str, times: dict) -> dict:
     """What a training stage's metrics.jsonl says: loss per epoch, the k-NN monitor curve, images/s."""
     metrics = read_metrics(run_dir / folder / "metrics.jsonl")
@@ -69,36 +74,51 @@ def bag_purity(run_dir: Path, bagging: str) -> float | None:
     return json.loads(neighbours_file(run_dir, bagging).with_suffix(".json").read_text()).get("bag_purity")
 
 
-def collect(cfg: Config, run_dir: Path, seconds: float, load_before: list[float]) -> dict:
-    """Every row of the report (floors, teacher, students), each trained row compared with its untrained network."""
-    times = json.loads((run_dir / "stage_times.json").read_text())
-    rows = []
+def collect(cfg: Config, run_dir: Path, seconds: float | None, load_before: list[float]) -> dict:
+    """Every row of the report (floors, teacher, students), each trained row compared with its untrained network.
+    A stopped run reports what finished: a student row holds its evaluated seeds (``seeds``, of ``planned_seeds``),
+    unfinished folders are listed under ``missing`` and ``complete`` is false."""
+    times_path = run_dir / "stage_times.json"
+    times = json.loads(times_path.read_text()) if times_path.is_file() else {}
+    rows, missing = [], []
     for folder, (arch, _, label) in floors(cfg).items():
+        if not finished(run_dir, folder):
+            missing.append(folder)
+            continue
         rows.append({"model": folder.split("/")[-1], "label": label, "kind": "floor", "arch": arch, "seeds": 1,
                      **aggregate([scores(run_dir, folder)])})
     by_model = {r["model"]: r for r in rows}
-    teacher_runs = [{**scores(run_dir, "teacher"), **training_record(run_dir, "teacher", times)}]
-    rows.append({"model": "teacher", "label": f"Teacher {ARCH_LABELS.get(cfg.teacher.arch, cfg.teacher.arch)} "
-                 "(MoCo-v2)", "kind": "teacher", "arch": cfg.teacher.arch, "epochs": cfg.teacher.epochs, "seeds": 1,
-                 **aggregate(teacher_runs), **{k: teacher_runs[0][k] for k in ("knn_curve", "loss_curve")}})
+    if finished(run_dir, "teacher"):
+        teacher_runs = [{**scores(run_dir, "teacher"), **training_record(run_dir, "teacher", times)}]
+        rows.append({"model": "teacher", "label": f"Teacher {ARCH_LABELS.get(cfg.teacher.arch, cfg.teacher.arch)} "
+                     "(MoCo-v2)", "kind": "teacher", "arch": cfg.teacher.arch, "epochs": cfg.teacher.epochs,
+                     "seeds": 1, "planned_seeds": 1, **aggregate(teacher_runs),
+                     **{k: teacher_runs[0][k] for k in ("knn_curve", "loss_curve")}})
+    else:
+        missing.append("teacher")
     for model, method, bagging in variants(cfg):
         runs = []
         for seed in range(cfg.seeds):
             folder = student_folder(model, seed)
+            if not finished(run_dir, folder):
+                missing.append(folder)
+                continue
             runs.append({"seed": seed, **scores(run_dir, folder), **training_record(run_dir, folder, times)})
-        rows.append({"model": model, "method": method, "bagging": bagging,
-                     "bag_purity": bag_purity(run_dir, bagging) if bagging else None,
-                     "label": model_label(cfg, cfg.student.arch, method, bagging), "kind": "student",
-                     "arch": cfg.student.arch, "epochs": cfg.student.epochs, "seeds": cfg.seeds, **aggregate(runs),
-                     "runs": runs})
+        if runs:
+            rows.append({"model": model, "method": method, "bagging": bagging,
+                         "bag_purity": bag_purity(run_dir, bagging) if bagging else None,
+                         "label": model_label(cfg, cfg.student.arch, method, bagging), "kind": "student",
+                         "arch": cfg.student.arch, "epochs": cfg.student.epochs, "seeds": len(runs),
+                         "planned_seeds": cfg.seeds, **aggregate(runs), "runs": runs})
     for row in rows:
-        if row["kind"] != "floor":
-            for name, floor in (("untrained", by_model[f"untrained-{row['arch']}"]),
-                                ("untrained_data_bn", by_model[f"untrained-{row['arch']}-data-bn"])):
-                row[name] = {key: floor[key] for key in ("knn10_top1", "linear_top1")}
-                row[f"above_{name}"] = {key: row[key] > floor[key] for key in ("knn10_top1", "linear_top1")}
-    return {"config": asdict(cfg), "rows": rows,
-            "bag_purity": {bagging: bag_purity(run_dir, bagging) for bagging in cfg.bags},
+        for name, floor in (("untrained", f"untrained-{row['arch']}"),
+                            ("untrained_data_bn", f"untrained-{row['arch']}-data-bn")):
+            if row["kind"] != "floor" and floor in by_model:
+                row[name] = {key: by_model[floor][key] for key in ("knn10_top1", "linear_top1")}
+                row[f"above_{name}"] = {key: row[key] > row[name][key] for key in ("knn10_top1", "linear_top1")}
+    purity = {b: bag_purity(run_dir, b) for b in cfg.bags if neighbours_file(run_dir, b).with_suffix(".json").is_file()}
+    return {"config": asdict(cfg), "rows": rows, "complete": not missing, "missing": missing,
+            "bag_purity": purity,
             "wall_seconds": seconds, "total_stage_seconds": sum(times.values()), "stage_seconds": times,
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                         "cpus": os.cpu_count(), "python": platform.python_version(),

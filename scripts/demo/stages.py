@@ -34,9 +34,17 @@ class Runner:
         command = [sys.executable, str(REPO / script), *args, f"--device={self.device}"]
         process = subprocess.Popen(command, cwd=self.run_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True)
-        for line in process.stdout:
-            if not line.startswith(("I1", "W1")):  # absl's own INFO/WARNING chatter (faiss loading)
-                print(f"[{name}] {line}", end="", flush=True)
+        try:
+            for line in process.stdout:
+                if not line.startswith(("I1", "W1")):  # absl's own INFO/WARNING chatter (faiss loading)
+                    print(f"[{name}] {line}", end="", flush=True)
+        finally:  # stopped (SIGTERM, Ctrl-C): the stage stops too, between two steps, keeping its checkpoint
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    process.kill()
         if process.wait():
             raise SystemExit(f"[{name}] failed (exit {process.returncode}); run the demo again to resume")
         self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
