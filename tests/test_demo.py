@@ -57,3 +57,36 @@ def test_quick_demo_runs_the_whole_chain_with_floors_and_resumes(tmp_path):
     assert len(list((tmp_path / "eval" / "val").rglob("*.png"))) == 100
     again = _demo(tmp_path)  # everything is done: every stage is skipped, the report is rebuilt
     assert again.returncode == 0 and again.stdout.count("done already") == 16
+
+
+def test_a_stopped_demo_stops_its_running_stage_which_ends_cleanly(tmp_path):
+    """SIGTERM to the demo (what `timeout` sends) reaches the stage it is running: the stage's own stop handling runs
+    (main_distill.py keeps its checkpoint) and no process is left behind."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    stage = tmp_path / "stage.py"
+    stage.write_text(
+        "import os, signal, sys, time, pathlib\n"
+        "out = pathlib.Path(sys.argv[1])\n"
+        "signal.signal(signal.SIGTERM, lambda *_: (out.joinpath('stopped').write_text('clean'), sys.exit(75)))\n"
+        "out.joinpath('pid').write_text(str(os.getpid()))\n"
+        "while True:\n    time.sleep(0.05)\n")
+    demo = subprocess.Popen(
+        [sys.executable, "-c",
+         "import signal, sys; from pathlib import Path; from scripts.demo.stages import Runner; "
+         "signal.signal(signal.SIGTERM, lambda *_: sys.exit('stopped')); "
+         f"Runner(Path({str(tmp_path)!r}), 'cpu').stage('x', Path({str(tmp_path)!r}) / 'done', {str(stage)!r}, "
+         f"[{str(tmp_path)!r}])"], cwd=Path(__file__).resolve().parent.parent, env=subprocess_env(tmp_path))
+    deadline = time.time() + 60
+    while not (tmp_path / "pid").exists():
+        assert time.time() < deadline and demo.poll() is None, "the stage did not start"
+        time.sleep(0.05)
+    demo.send_signal(signal.SIGTERM)
+    assert demo.wait(timeout=60) != 0
+    assert (tmp_path / "stopped").read_text() == "clean"
+    child = int((tmp_path / "pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)

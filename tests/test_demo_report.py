@@ -120,3 +120,42 @@ def test_the_gpu_bags_configuration_shares_the_gpu_configurations_floors_and_tea
     (tmp_path / "third" / "teacher").mkdir()
     with pytest.raises(SystemExit, match="is not the link"):
         share(tmp_path / "third", other)
+
+
+def _evaluated(run_dir, folder, knn, linear):
+    out = run_dir / folder / "evaluation"
+    out.mkdir(parents=True)
+    interval = [knn - 1, knn + 1]
+    (out / "results.json").write_text(json.dumps({
+        "knn": {"k10_majority": {"top1": knn, "top1_ci95": interval}}, "num_val": 100, "num_train": 200,
+        "logreg": {"top1": linear, "top1_ci95": interval, "top5": 99.0, "top5_ci95": [98.0, 100.0], "C": 1.0}}))
+    (run_dir / folder / "metrics.jsonl").write_text(json.dumps({"kind": "epoch", "epoch": 0, "loss": 8.0,
+                                                                "images_per_s": 1000.0}) + "\n")
+
+
+def test_a_stopped_run_reports_what_finished_and_names_what_did_not(tmp_path):
+    from scripts.demo.report import partial_line, table
+    from scripts.demo.results import collect
+
+    cfg = CONFIGS["gpu"]  # 2 seeds of SEED, BINGO on random bags and on k-NN bags
+    for folder in floors(cfg):
+        _evaluated(tmp_path, folder, 70.0, 75.0)
+    _evaluated(tmp_path, "teacher", 72.0, 76.0)
+    _evaluated(tmp_path, "students/seed/seed0", 71.0, 74.0)
+    (tmp_path / "neighbours-random.json").write_text(json.dumps({"bag_purity": 10.0}))
+    results = collect(cfg, tmp_path, None, [0.0, 0.0, 0.0])
+    assert not results["complete"]
+    assert results["missing"] == ["students/seed/seed1", "students/bingo-random/seed0",
+                                  "students/bingo-random/seed1", "students/bingo/seed0", "students/bingo/seed1"]
+    rows = {r["model"]: r for r in results["rows"]}
+    assert set(rows) == {*(f.split("/")[-1] for f in floors(cfg)), "teacher", "seed"}  # unfinished students: no row
+    assert rows["seed"]["seeds"] == 1 and rows["seed"]["planned_seeds"] == 2
+    assert rows["seed"]["above_untrained"] == {"knn10_top1": True, "linear_top1": False}
+    assert results["bag_purity"] == {"random": 10.0}  # the k-NN bags' step did not run
+    assert "| 1 of 2 |" in table(results)
+    assert partial_line(results).startswith("**Partial run**: 5 stages not finished (students/seed/seed1,")
+    for folder in results["missing"]:
+        _evaluated(tmp_path, folder, 71.0, 74.0)
+    (tmp_path / "neighbours.json").write_text(json.dumps({"bag_purity": 70.0}))
+    done = collect(cfg, tmp_path, None, [0.0, 0.0, 0.0])
+    assert done["complete"] and partial_line(done) == "" and "of 2" not in table(done)
