@@ -30,7 +30,12 @@ flags.DEFINE_float("moco_t", 0.2, "Softmax temperature (EfficientNet-B0 script: 
 flags.DEFINE_bool("mlp", True, "Student head: 2-layer MLP (feature -> 2048 -> dim); false: one linear layer.")
 flags.DEFINE_bool("aug_plus", True, "MoCo-v2 augmentation (false: MoCo-v1); given explicitly, it sets --augmentation.")
 flags.DEFINE_enum("decay_method", "cos", ["cos", "step"], "Learning-rate schedule, stepped per epoch.")
-flags.DEFINE_string("resume", "", "Checkpoint to continue from, or 'auto' for <output_dir>/checkpoint.pth.")
+flags.DEFINE_string("resume", "", "Checkpoint to continue from, or 'auto' for <output_dir>/checkpoint.pth. The "
+                    "checkpoint's data, networks, method and every setting of its objective must be this run's.")
+flags.DEFINE_list("resume_change", [],
+                  "With --resume: settings this run may change from the checkpoint's on purpose (e.g. init_lr, lam, "
+                  "neighbours for another --corr_npy); each change is said and recorded in the checkpoints and "
+                  "flags.json. --end_epoch may always change.")
 flags.DEFINE_integer("seed", None, "Run seed; when unset one is drawn at random and recorded, so --resume stays exact.")
 flags.DEFINE_float("init_lr", 0.03, "Learning rate for the global batch.")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum.")

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from absl import app, flags
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from datasets.folders import IndexedImageFolder, labelled_splits, open_split
+from datasets.folders import DatasetError, IndexedImageFolder, labelled_splits, open_split
 from datasets.transforms import eval_transform, linear_train_transform
 from engine.checkpoints import read_probe, save_probe
 from engine.cli import check_minimums, check_stem, run
@@ -111,12 +112,39 @@ def resolve_defaults(opts: LinclsOptions) -> LinclsOptions:
     return dataclasses.replace(opts, **changes)
 
 
+_TRAINED = ("linear", "semi")
+# Where each flag that does not act in every evaluation acts; given on the command line anywhere else it is refused:
+# flag -> (where it acts, the test).
+FLAG_SCOPE: dict[str, tuple[str, Callable[[LinclsOptions], bool]]] = {
+    **{name: ("a trained probe (--protocol=linear or semi, without --evaluate)",
+              lambda o: o.protocol in _TRAINED and not o.evaluate)
+       for name in ("init_lr", "momentum", "wd", "end_epoch", "decay_method", "min_lr", "save_freq", "report_freq")},
+    **{name: ("--decay_method=step", lambda o: o.protocol in _TRAINED and o.decay_method == "step")
+       for name in ("schedule", "lr_decay")},
+    "resume": ("a trained probe (--protocol=linear or semi): the frozen protocols train nothing to resume",
+               lambda o: o.protocol in _TRAINED),
+    "evaluate": ("--protocol=linear or semi (a saved probe)", lambda o: o.protocol in _TRAINED),
+    "logreg_holdout": ("--protocol=logreg", lambda o: o.protocol == "logreg"),
+    "with_knn": ("--protocol=linear, semi or logreg (--protocol=knn is the k-NN classifier already)",
+                 lambda o: o.protocol != "knn"),
+    **{name: ("--protocol=knn or --with_knn", lambda o: o.protocol == "knn" or o.with_knn)
+       for name in ("knn_k", "knn_t")},
+    **{name: ("--protocol=semi", lambda o: o.protocol == "semi") for name in ("label_fraction", "label_file")},
+}
+
+
 def check_options(opts: LinclsOptions) -> None:
-    """Flag values and combinations that cannot work, refused before the network loads or a folder is made."""
-    at_least = {"batch_size": 1, "image_size": 16, "num_workers": 0, "report_freq": 1, "save_freq": 0}
+    """Flag values and combinations that cannot work, and flags given where they would do nothing (``FLAG_SCOPE``),
+    refused before the network loads or a folder is made."""
+    at_least = {"batch_size": 1, "image_size": 16, "num_workers": 0, "report_freq": 1, "save_freq": 0, "seed": 0}
     if opts.protocol in ("linear", "semi") and not opts.evaluate:
         at_least["end_epoch"] = 1
     check_minimums(opts, at_least)
+    for name, (where, acts) in FLAG_SCOPE.items():
+        if name in opts.explicit and not acts(opts):
+            given = f"--no{name}" if getattr(opts, name) is False else f"--{name}"  # as typed
+            raise app.UsageError(f"{given} acts only with {where}; this evaluation (--protocol={opts.protocol}) "
+                                 "would ignore it: drop it")
     check_stem(opts.stem, {"arch": opts.arch})
     if opts.protocol == "logreg" and not 0 < opts.logreg_holdout < 1:
         raise app.UsageError(f"--logreg_holdout={opts.logreg_holdout}: must be in (0, 1)")
@@ -134,8 +162,12 @@ def check_options(opts: LinclsOptions) -> None:
 def claim_output_dir(opts: LinclsOptions, output_dir: Path) -> RunFolderLock:
     """Own the output folder; a fresh evaluation may not replace another one's probe and results."""
     lock = RunFolderLock(check_writable(output_dir)).acquire()
+    existing = [name for name in ("probe.pth", "results.json") if (output_dir / name).is_file()]
+    if existing == ["results.json"]:  # finished, with no probe to continue: never replaced
+        lock.release()
+        raise OutputFolderError(f"{output_dir} already holds a finished evaluation (results.json) and no probe to "
+                                "continue: choose another --output_dir")
     if not opts.resume and not opts.evaluate:
-        existing = [name for name in ("probe.pth", "results.json") if (output_dir / name).is_file()]
         if existing:
             lock.release()
             again = "pass --resume=auto to continue its probe, or " if "probe.pth" in existing else ""
@@ -167,12 +199,21 @@ def build_evaluated(opts: LinclsOptions, announce: bool) -> tuple[torch.nn.Modul
                       "checkpoint_sha256": sha256}
 
 
+def check_classes(train_set: IndexedImageFolder) -> None:
+    """Refuse a train/ of one class: any classifier scores 100 % on it, which says nothing."""
+    if len(train_set.classes) < 2:
+        names = ", ".join(train_set.classes)
+        raise DatasetError(f"{train_set.root} has {len(train_set.classes)} class folder ({names}): a classifier "
+                           "needs two classes or more to mean anything; give a labelled dataset")
+
+
 def frozen_scores(opts: LinclsOptions, backbone, ctx, logreg: bool, knn: bool) -> dict | None:
     """The protocols on frozen features, embedded once with the evaluation crop: the logistic-regression probe and
     the k-NN classifier (k = 10 majority vote, and each --knn_k weighted). Rank 0 gets ``{"num_train", "num_val",
     "logreg"?, "knn"?}``, the other processes None."""
     train_set, val_set = labelled_splits(opts.data_dir, eval_transform(opts.image_size),
                                          eval_transform(opts.image_size))
+    check_classes(train_set)
     per_process = opts.batch_size // ctx.world_size
     train_features, val_features = embed_splits(backbone.to(ctx.device), train_set, val_set, ctx, per_process,
                                                 opts.num_workers)
@@ -185,7 +226,8 @@ def frozen_scores(opts: LinclsOptions, backbone, ctx, logreg: bool, knn: bool) -
                                                 opts.logreg_holdout, device=ctx.device)
         log(f"logistic regression (C = {r['C']:g}, chosen on {100 * opts.logreg_holdout:.0f} % of train/): top-1 "
             f"{r['top1']:.2f} [{r['top1_ci95'][0]:.1f}, {r['top1_ci95'][1]:.1f}]  top-5 {r['top5']:.2f}"
-            + ("" if r["converged"] else "  (L-BFGS stopped at 1,000 iterations before converging)"))
+            + ("" if r["converged"] else f"  (L-BFGS stopped after {r['iterations']} iterations with a gradient "
+               "entry still above its tolerance: not converged)"))
     if knn:
         settings = [(10, None)] + [(int(k), opts.knn_t) for k in opts.knn_k]
         out["knn"] = knn_scores(train_features, train_labels, val_features, val_labels, len(train_set.classes),
@@ -260,6 +302,7 @@ def probe(opts: LinclsOptions, ctx, backbone, provenance: dict, output_dir: Path
     ``probe.pth`` when asked; with --evaluate the saved probe is only scored."""
     train_set, val_set = labelled_splits(opts.data_dir, linear_train_transform(opts.image_size),
                                          eval_transform(opts.image_size))
+    check_classes(train_set)
     log(f"train/: {train_set.describe()}; val/: {val_set.describe()}", ctx.is_main)
     model = Classifier(backbone, len(train_set.classes), frozen=opts.protocol == "linear").to(ctx.device)
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -62,16 +62,28 @@ flags.DEFINE_integer("bag_seed", 0, "Seed of the k-means initialisation and of t
 flags.mark_flag_as_required("data_dir")
 
 
+# The flags of the teacher's embedding and search, which label and random bags (no teacher) would ignore.
+TEACHER_FLAGS = ("arch", "ckpt_name", "stem", "feature", "search", "batch_size", "image_size", "num_workers",
+                 "device_views", "channels_last")
+
+
 def check_options(opts: KnnStepOptions) -> None:
-    """Flag values that cannot work, refused before the teacher loads."""
-    check_minimums(opts, {"batch_size": 1, "image_size": 16, "clus_pos_num": 1, "num_workers": 0})
+    """Flag values that cannot work, and flags given where they would do nothing, refused before the teacher
+    loads."""
+    check_minimums(opts, {"batch_size": 1, "image_size": 16, "clus_pos_num": 1, "num_workers": 0, "bag_seed": 0})
     check_stem(opts.stem, {"arch": opts.arch})
     if opts.bagging == "kmeans" and opts.kmeans_clusters is None:
         raise app.UsageError("--bagging=kmeans needs --kmeans_clusters (the number of clusters)")
     if opts.bagging != "kmeans" and opts.kmeans_clusters is not None:
         raise app.UsageError(f"--kmeans_clusters is a --bagging=kmeans flag; this run is --bagging={opts.bagging}")
+    if opts.kmeans_clusters is not None and opts.kmeans_clusters < 1:
+        raise app.UsageError(f"--kmeans_clusters={opts.kmeans_clusters}: must be at least 1")
     if opts.bagging in ("label", "random") and opts.save_distances:
         raise app.UsageError(f"--save_distances: --bagging={opts.bagging} computes no similarities")
+    given = [name for name in TEACHER_FLAGS if name in opts.explicit]
+    if opts.bagging in ("label", "random") and given:
+        raise app.UsageError(f"--{given[0]} sets the teacher's embedding, but --bagging={opts.bagging} loads no "
+                             "teacher: drop it")
 
 
 def build_network(arch: str, ckpt: str, feature: str, stem: str) -> tuple[nn.Module, str]:
@@ -161,6 +173,9 @@ def make_neighbour_file(opts: KnnStepOptions) -> None:
     n, k = len(dataset), opts.clus_pos_num
     if not 0 < k < n:
         raise app.UsageError(f"--clus_pos_num={k} must be at least 1 and below the number of images ({n})")
+    if opts.bagging == "kmeans" and opts.kmeans_clusters > n // (k + 1):  # before the embedding
+        raise app.UsageError(f"--kmeans_clusters={opts.kmeans_clusters}: {n} images make at most {n // (k + 1)} "
+                             f"clusters of K + 1 = {k + 1} (every image needs K others in its cluster)")
     log(f"{dataset.describe()}; K={k}; bags: {opts.bagging}; {ctx.world_size} process(es)", ctx.is_main)
     labels = np.asarray(dataset.targets)
     try:

@@ -17,7 +17,7 @@ import numpy as np
 from datasets.folders import DatasetError, IndexedImageFolder, file_list_sha256
 from utils.io import atomic_json, atomic_write, file_sha256
 
-__all__ = ["neighbour_path", "meta_path", "dataset_fingerprint", "write_neighbours", "read_neighbours",
+__all__ = ["neighbour_path", "meta_path", "bagging_kind", "dataset_fingerprint", "write_neighbours", "read_neighbours",
            "CONTENT_SAMPLE"]
 
 CONTENT_SAMPLE = 64  # images whose bytes are hashed: a copy with the same names but other pixels is told apart
@@ -34,6 +34,16 @@ def neighbour_path(name: str) -> Path:
 
 def meta_path(path: Path) -> Path:
     return path.with_suffix(".json")
+
+
+def bagging_kind(path: Path) -> str | None:
+    """The kind of bag (``knn``, ``kmeans``, ``random``, ``label``) the neighbour file's .json records; None when it
+    has no readable record (a file of the official code, or an older run_knn.py, which made k-NN bags)."""
+    try:
+        meta = json.loads(meta_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("bagging", "knn") if isinstance(meta, dict) else None
 
 
 def dataset_fingerprint(dataset: IndexedImageFolder) -> dict[str, Any]:
@@ -109,6 +119,8 @@ def _check_meta(path: Path, dataset: IndexedImageFolder, fix: str, report: Calla
         meta = json.loads(meta_file.read_text())
     except (OSError, ValueError) as error:
         raise DatasetError(f"{meta_file} is not readable JSON ({error}). {fix}") from error
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{meta_file} holds a JSON {type(meta).__name__}, not the object run_knn.py writes. {fix}")
     if "npy_sha256" in meta and meta["npy_sha256"] != file_sha256(path):
         raise DatasetError(f"{meta_file} describes another .npy than {path} (its hash differs: a run of run_knn.py "
                            f"was stopped between the two files, or one was copied alone). {fix}")

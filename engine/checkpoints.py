@@ -24,7 +24,7 @@ from models.distiller import Distiller, unwrap
 from utils.io import atomic_torch_save, rng_state, set_rng_state
 
 __all__ = ["checkpoint_payload", "save_checkpoint", "save_final", "check_resumable", "load_checkpoint",
-           "RESUME_KEYS", "save_probe", "read_probe"]
+           "RESUME_KEYS", "OBJECTIVE_FLAGS", "CHANGEABLE", "objective_changes", "save_probe", "read_probe"]
 
 
 def checkpoint_payload(distiller: Distiller, optimizer: torch.optim.Optimizer, epoch: int, meta: dict[str, Any]
@@ -84,6 +84,58 @@ def check_resumable(payload: object, where: str, meta: dict[str, Any], keys: tup
                    "resume with the same data, networks and method")
             raise CheckpointError(f"--resume={where} was made with {key}={saved[key]!r}, but this run has "
                                   f"{meta[key]!r}: {fix}, or start a new run in another --output_dir")
+
+
+# The settings that change what a run computes besides RESUME_KEYS' data, networks and method: a resumed run keeps
+# them, unless --resume_change names them (then the change is said and recorded in the checkpoint and flags.json).
+OBJECTIVE_FLAGS = ("loss", "teacher_mode", "augmentation", "anchor_term", "neighbour_term", "mix_term", "cross_keys",
+                   "lam", "bag_warmup_epochs", "clus_pos_num", "disco_mse_weight", "compress_one_bank",
+                   "seed_teacher_t", "moco_t", "moco_m", "mlp", "image_size", "init_lr", "momentum", "wd",
+                   "batch_size", "decay_method", "schedule", "lr_decay", "subgroup", "device_views")
+# What --resume_change may name: those flags and the neighbour file (its bytes or its kind of bag). --end_epoch may
+# always change (training on is what a resume is for); the change is said and recorded all the same.
+CHANGEABLE = (*OBJECTIVE_FLAGS, "neighbours")
+_NEIGHBOUR_KEYS = ("neighbours_sha256", "bagging")
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def objective_changes(payload: dict[str, Any], where: str, meta: dict[str, Any], allowed: set[str]
+                      ) -> list[dict[str, Any]]:
+    """The settings (``OBJECTIVE_FLAGS``, the neighbour file, --end_epoch) whose value in the checkpoint read from
+    ``where`` differs from this run's ``meta``, as ``{"setting", "from", "to"}``; a change ``allowed`` does not
+    name (``--resume_change``) is refused with the flag that restores it."""
+    saved = payload["bingo"]
+    saved_flags, flags = saved.get("flags", {}), meta["flags"]
+    changes = [{"setting": key, "from": saved_flags[key], "to": flags[key]} for key in (*OBJECTIVE_FLAGS, "end_epoch")
+               if key in saved_flags and key in flags and saved_flags[key] != flags[key]]
+    before, after = saved.get("neighbours_sha256"), meta.get("neighbours_sha256")
+    if before is not None and after is not None and before != after:
+        changes.append({"setting": "neighbours", "from": {k: saved.get(k) for k in _NEIGHBOUR_KEYS},
+                        "to": {k: meta.get(k) for k in _NEIGHBOUR_KEYS}})
+    for change in changes:
+        setting = change["setting"]
+        if setting in allowed or setting == "end_epoch":
+            continue
+        if setting == "neighbours":
+            before, after = change["from"], change["to"]
+            raise CheckpointError(
+                f"--resume={where} was trained on another neighbour file ({before['bagging'] or 'unknown'} bags, "
+                f"sha256 {str(before['neighbours_sha256'])[:12]}) than --corr_npy={flags.get('corr_npy')} "
+                f"({after['bagging'] or 'unknown'} bags, sha256 {str(after['neighbours_sha256'])[:12]}): give its "
+                "--corr_npy, or pass --resume_change=neighbours to change the bags from here on deliberately")
+        raise CheckpointError(
+            f"--resume={where} was trained with --{setting}={_flag_value(change['from'])}, but this run has "
+            f"--{setting}={_flag_value(change['to'])}: pass --{setting}={_flag_value(change['from'])} to resume it, "
+            f"--resume_change={setting} to change it from here on deliberately, or start a new run in another "
+            "--output_dir")
+    return changes
 
 
 def load_checkpoint(payload: dict[str, Any], where: str, distiller: Distiller, optimizer: torch.optim.Optimizer

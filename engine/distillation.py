@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import secrets
 from pathlib import Path
 from typing import Callable
@@ -20,9 +21,17 @@ from torch.utils.data import DataLoader
 
 from datasets.device_views import DeviceViews, EncodedBagDataset, HeldBagDataset, IndexBatches, collate_encoded
 from datasets.folders import BagDataset, DatasetError, file_list_sha256, labelled_splits, open_split
-from datasets.neighbours import neighbour_path, read_neighbours
+from datasets.neighbours import bagging_kind, neighbour_path, read_neighbours
 from datasets.transforms import eval_transform, pretrain_augmentation, pretrain_spec
-from engine.checkpoints import check_resumable, checkpoint_payload, load_checkpoint, save_checkpoint, save_final
+from engine.checkpoints import (
+    CHANGEABLE,
+    check_resumable,
+    checkpoint_payload,
+    load_checkpoint,
+    objective_changes,
+    save_checkpoint,
+    save_final,
+)
 from engine.cli import check_minimums, check_stem
 from engine.evaluation import KnnMonitor
 from engine.options import DistillOptions
@@ -33,7 +42,7 @@ from models.distiller import DistillConfig, Distiller, Embedder, unwrap
 from models.heads import compress_head, student_head
 from models.methods import build_method
 from utils import dist as edist
-from utils.io import OutputFolderError, RunFolderLock, atomic_json, check_writable, resolve_resume
+from utils.io import OutputFolderError, RunFolderLock, atomic_json, check_writable, file_sha256, resolve_resume
 from utils.logs import MetricsLog, log, prune_metrics
 from utils.schedule import learning_rate, set_lr
 from utils.signals import Preempted, StopRequests
@@ -52,6 +61,47 @@ METHOD_DEFAULTS = {
 }
 
 
+def _official_bags(o: DistillOptions) -> bool:
+    return o.method == "bingo" and o.loss == "official"
+
+
+# Where each flag that does not act in every run acts. A flag given on the command line (``opts.explicit``) in a run
+# where it does nothing is refused by ``check_options``, before anything loads: flag -> (where it acts, the test).
+FLAG_SCOPE: dict[str, tuple[str, Callable[[DistillOptions], bool]]] = {
+    **{name: ("a run with a teacher (not --method=moco, whose keys come from its own momentum copy)",
+              lambda o: o.uses_teacher) for name in ("t_arch", "pretrain_path", "pretrain_alg", "teacher_mode")},
+    "fuse_teacher": ("--method=bingo, seed or disco (CompRess's teacher embeds one view a step)",
+                     lambda o: o.method in ("bingo", "seed", "disco")),
+    "moco_m": ("a run with a momentum copy of the student (--method=moco, disco, or compress with two banks; "
+               "BINGO's and SEED's teacher is frozen, and the official BINGO flag was unused)",
+               lambda o: o.method in ("moco", "disco") or (o.method == "compress" and not o.compress_one_bank)),
+    **{name: ("a run with a projection head (not --method=compress, whose head is set by the two networks' widths)",
+              lambda o: o.method != "compress") for name in ("mlp", "moco_dim")},
+    "head_hidden": ("an MLP head (--mlp; not --method=compress)", lambda o: o.method != "compress" and o.mlp),
+    **{name: ("--method=bingo (the bags)", lambda o: o.method == "bingo")
+       for name in ("loss", "corr_npy", "clus_pos_num", "check_corr_json")},
+    **{name: ("--method=bingo --loss=official", _official_bags)
+       for name in ("anchor_term", "neighbour_term", "mix_term", "cross_keys")},
+    **{name: ("--method=bingo --loss=official with the cross-bag keys (not --nocross_keys)",
+              lambda o: _official_bags(o) and o.cross_keys) for name in ("lam", "bag_warmup_epochs")},
+    "seed_teacher_t": ("--method=seed", lambda o: o.method == "seed"),
+    "disco_mse_weight": ("--method=disco", lambda o: o.method == "disco"),
+    "compress_one_bank": ("--method=compress", lambda o: o.method == "compress"),
+    **{name: ("--decay_method=step", lambda o: o.decay_method == "step") for name in ("schedule", "lr_decay")},
+    "knn_monitor_data": ("--knn_monitor_freq above 0", lambda o: o.knn_monitor_freq > 0),
+    "resume_change": ("a resumed run (--resume)", lambda o: bool(o.resume)),
+}
+
+
+def check_flag_scope(opts: DistillOptions) -> None:
+    """A one-line usage error for the first flag given where it does nothing (``FLAG_SCOPE``)."""
+    for name, (where, acts) in FLAG_SCOPE.items():
+        if name in opts.explicit and not acts(opts):
+            given = f"--no{name}" if getattr(opts, name) is False else f"--{name}"  # as typed
+            raise app.UsageError(f"{given} acts only in {where}; this run (--method={opts.method}) would ignore "
+                                 "it: drop it")
+
+
 def resolve_method_defaults(opts: DistillOptions) -> DistillOptions:
     """``opts`` with every option the user did not give set to its method's release value (``METHOD_DEFAULTS``);
     ``--aug_plus``, given explicitly, chooses the views as in the official code."""
@@ -66,6 +116,32 @@ def resolve_method_defaults(opts: DistillOptions) -> DistillOptions:
     return dataclasses.replace(opts, **changes)
 
 
+def check_values(opts: DistillOptions) -> None:
+    """One-line usage errors for values that make no sense: a negative seed, a NaN or out-of-range rate, weight or
+    temperature, negative bag weights, a warm-up before epoch 0."""
+    if opts.seed is not None and opts.seed < 0:
+        raise app.UsageError(f"--seed={opts.seed}: give a seed of 0 or more (or none: one is drawn and recorded)")
+    ranges = {"moco_t": (0, False), "seed_teacher_t": (0, False), "init_lr": (0, True), "momentum": (0, True),
+              "wd": (0, True), "disco_mse_weight": (0, True), "lr_decay": (0, False)}
+    for name, (low, inclusive) in ranges.items():
+        value = getattr(opts, name)
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            raise app.UsageError(f"--{name}={value}: must be a finite number {'at least' if inclusive else 'above'} "
+                                 f"{low}")
+    if not 0 <= opts.moco_m <= 1:  # NaN fails too
+        raise app.UsageError(f"--moco_m={opts.moco_m}: the momentum must lie in [0, 1]")
+    try:
+        lam = [float(x) for x in opts.lam]
+    except ValueError:
+        raise app.UsageError(f"--lam={','.join(opts.lam)}: give two numbers, e.g. --lam=0.5,0.5") from None
+    if len(lam) != 2 or not all(math.isfinite(x) and x >= 0 for x in lam) or sum(lam) == 0:
+        raise app.UsageError(f"--lam={','.join(opts.lam)}: give two weights of 0 or more, not both 0 (own key, other "
+                             "bag member's key), e.g. --lam=0.5,0.5")
+    if opts.bag_warmup_epochs < -1:
+        raise app.UsageError(f"--bag_warmup_epochs={opts.bag_warmup_epochs}: epochs 0..N are the warm-up; give 0 or "
+                             "more, or -1 for none")
+
+
 def check_options(opts: DistillOptions, world_size: int) -> int:
     """Option values and combinations that cannot work, refused before anything is loaded; returns the per-process
     batch."""
@@ -74,10 +150,8 @@ def check_options(opts: DistillOptions, world_size: int) -> int:
     if opts.method == "bingo":
         at_least["clus_pos_num"] = 1
     check_minimums(opts, at_least)
-    if opts.moco_t <= 0 or opts.seed_teacher_t <= 0:
-        raise app.UsageError(f"--moco_t={opts.moco_t} and --seed_teacher_t={opts.seed_teacher_t} must be positive")
-    if len(opts.lam) != 2:
-        raise app.UsageError(f"--lam={','.join(opts.lam)}: give two weights, e.g. --lam=0.5,0.5")
+    check_flag_scope(opts)
+    check_values(opts)
     check_stem(opts.stem, {"s_arch": opts.s_arch, **({"t_arch": opts.t_arch} if opts.uses_teacher else {})})
     if opts.in_memory and not opts.device_views:
         raise app.UsageError("--in_memory needs --device_views (the batched views take the decoded pixels)")
@@ -94,14 +168,12 @@ def check_options(opts: DistillOptions, world_size: int) -> int:
                              f"{opts.batch_size}")
     if opts.method != "compress" and opts.moco_k % opts.batch_size:
         raise app.UsageError(f"--moco_k={opts.moco_k} must be a multiple of the global --batch_size={opts.batch_size}")
-    for name, method in (("disco_mse_weight", "disco"), ("compress_one_bank", "compress")):
-        if name in opts.explicit and opts.method != method:
-            raise app.UsageError(f"--{name} is a --method={method} flag; this run is --method={opts.method}")
-    ablation = [name for name in ("anchor_term", "neighbour_term", "mix_term", "cross_keys") if name in opts.explicit]
-    if ablation and (opts.method != "bingo" or opts.loss != "official"):
-        raise app.UsageError(f"--{ablation[0]} switches a term of --method=bingo --loss=official, not of this run")
     if not opts.official_terms:
         raise app.UsageError("--noanchor_term --noneighbour_term --nomix_term leave no loss term: keep one")
+    unknown = [name for name in opts.resume_change if name not in CHANGEABLE]
+    if unknown:
+        raise app.UsageError(f"--resume_change={unknown[0]}: not a setting a resume can change (those are: "
+                             f"{', '.join(CHANGEABLE)}; --end_epoch always can)")
     return opts.batch_size // world_size
 
 
@@ -261,7 +333,8 @@ class Distillation:
             start_epoch = load_checkpoint(resumed, str(resume_path), self.distiller, self.optimizer)
             log(f"resumed from {resume_path} at epoch {start_epoch}", ctx.is_main)
         if ctx.is_main:
-            atomic_json(self.meta["flags"] | {"seed": self.seed, "world_size": ctx.world_size},
+            atomic_json(self.meta["flags"] | {"seed": self.seed, "world_size": ctx.world_size,
+                                              "resume_changes": self.meta["changes"]},
                         self.output_dir / "flags.json")
             prune_metrics(self.output_dir / "metrics.jsonl", start_epoch)
         self.loader = make_loader(opts, self.dataset, ctx, self.per_process, self.seed, collate_fn)
@@ -283,13 +356,18 @@ class Distillation:
         return lock
 
     def run_meta(self, teacher_sha256: str | None) -> dict:
-        """What a checkpoint records about its run; ``check_resumable`` compares it on --resume."""
+        """What a checkpoint records about its run; ``check_resumable`` and ``objective_changes`` compare it on
+        --resume. BINGO's neighbour file is named by its bytes (sha256) and kind of bag (its .json's)."""
         opts = self.opts
-        return {"s_arch": opts.s_arch, "arch": opts.s_arch, "stem": opts.stem, "method": opts.method,
+        meta = {"s_arch": opts.s_arch, "arch": opts.s_arch, "stem": opts.stem, "method": opts.method,
                 "moco_dim": opts.moco_dim,
                 "moco_k": opts.moco_k, "head_hidden": opts.head_hidden if opts.mlp and opts.method != "compress"
                 else None, "seed": self.seed, "t_arch": opts.t_arch if opts.uses_teacher else None,
-                "teacher_sha256": teacher_sha256, "flags": opts.as_dict()}
+                "teacher_sha256": teacher_sha256, "flags": opts.as_dict(), "changes": []}
+        path = neighbour_path(opts.corr_npy)
+        if opts.method == "bingo" and path.is_file():  # a missing file is refused when the dataset reads it
+            meta.update(neighbours_sha256=file_sha256(path), bagging=bagging_kind(path))
+        return meta
 
     def read_resume(self, resume_path: Path | None) -> dict | None:
         """The checkpoint to resume from, checked against this run's options; its seed becomes the run's."""
@@ -297,11 +375,16 @@ class Distillation:
             return None
         resumed = torch_load(resume_path)
         check_resumable(resumed, str(resume_path), self.meta)
+        changes = objective_changes(resumed, str(resume_path), self.meta, set(self.opts.resume_change))
         done = int(resumed["epoch"])
         if done > self.opts.end_epoch:
             raise app.UsageError(f"--end_epoch={self.opts.end_epoch}, but {resume_path} has already trained {done} "
                                  f"epochs: give --end_epoch={done} or more")
         self.seed = self.meta["seed"] = int(resumed["bingo"]["seed"])
+        self.meta["changes"] = [*resumed["bingo"].get("changes", []), *({"epoch": done, **c} for c in changes)]
+        for change in changes:
+            log(f"resumed with {change['setting']} changed from epoch {done}: {change['from']} -> {change['to']}",
+                self.ctx.is_main)
         return resumed
 
     def train(self, start_epoch: int) -> None:

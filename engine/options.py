@@ -53,6 +53,7 @@ class DistillOptions(_Options):
     aug_plus: bool
     decay_method: str
     resume: str
+    resume_change: list[str]
     seed: int | None
     init_lr: float
     momentum: float

@@ -15,16 +15,21 @@ Formats recognised (``detect_format``):
   with no head, or CompRess-1q's linear ``fc``).
 - ``torchvision``: a plain backbone state_dict (a torchvision classifier, or this project's exported backbone).
 
+Loading never runs code: ``torch.load(weights_only=True)``, with the few plain Python types released checkpoints
+pickle besides tensors allowed by name (``PLAIN_GLOBALS``: CompRess's ``argparse.Namespace`` of options, numpy scalars
+and their dtypes); a file that needs anything else is refused with one line naming what it holds and how to convert a
+file the user trusts (``python -m scripts.trust_checkpoint``).
+
 Loading never skips a weight silently: any missing, unexpected or wrongly shaped key raises ``CheckpointError``
 naming the file, the detected format and the first offending keys. So does a file that is not a checkpoint (or is
 truncated), and a weight that is NaN or infinite.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import pickle
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,9 +85,22 @@ def read_file(path: str | Path) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
+def plain_globals() -> list:
+    """The Python types besides tensors and containers that released checkpoints pickle, loaded as plain data:
+    ``argparse.Namespace`` (CompRess's ``opt``), numpy scalars (``numpy.core.multiarray.scalar``, under numpy 1's
+    name too) and the numeric dtypes they carry."""
+    import numpy as np
+
+    scalar = np._core.multiarray.scalar
+    dtypes = [type(np.dtype(name)) for name in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16",
+                                                 "uint32", "uint64", "float16", "float32", "float64")]
+    return [argparse.Namespace, scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
+
+
 def torch_load(path: str | Path, data: bytes | None = None) -> object:
-    """``torch.load`` on the CPU, with ``weights_only=True`` where the file allows it; from ``data`` (the file's
-    bytes, already read) when given."""
+    """``torch.load`` on the CPU with ``weights_only=True`` and ``plain_globals`` allowed: unpickling never runs
+    code. A file that needs other Python objects is refused (``CheckpointError``), naming them. From ``data`` (the
+    file's bytes, already read) when given."""
     path = Path(path)
     if data is None and not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
@@ -91,18 +109,28 @@ def torch_load(path: str | Path, data: bytes | None = None) -> object:
         return io.BytesIO(data) if data is not None else path
 
     try:
-        try:
+        with torch.serialization.safe_globals(plain_globals()):
             return torch.load(source(), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            if "weights_only" not in str(error):
-                raise
-        warnings.warn(f"{path} holds Python objects besides tensors; loading it with weights_only=False", stacklevel=2)
-        return torch.load(source(), map_location="cpu", weights_only=False)
-    except Exception as error:  # truncated, not a checkpoint at all, or pickled classes this program lacks
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        size = len(data) if data is not None else path.stat().st_size
-        raise CheckpointError(f"{path} ({size} bytes) is not a readable PyTorch checkpoint: {reason}. "
-                              "It may be truncated or another kind of file: copy or download it again.") from error
+    except pickle.UnpicklingError as error:
+        if "weights_only" not in str(error).lower():
+            raise _unreadable(path, data, error) from error
+        try:
+            objects = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(source())[:3])
+        except Exception:  # an old (non-zip) file: the error's own text names it
+            objects = "Python objects besides tensors"
+        raise CheckpointError(
+            f"{path} holds {objects}: unpickling them can run any code, so it is not loaded. If you trust the file, "
+            f"convert it once to tensors and plain values: python -m scripts.trust_checkpoint {path} "
+            f"{path.with_name(path.stem + '.plain.pth')}") from None
+    except Exception as error:  # truncated, or not a checkpoint at all
+        raise _unreadable(path, data, error) from error
+
+
+def _unreadable(path: Path, data: bytes | None, error: BaseException) -> CheckpointError:
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    size = len(data) if data is not None else path.stat().st_size
+    return CheckpointError(f"{path} ({size} bytes) is not a readable PyTorch checkpoint: {reason}. "
+                           "It may be truncated or another kind of file: copy or download it again.")
 
 
 def check_finite(state: dict[str, torch.Tensor], where: str) -> None:

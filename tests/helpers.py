@@ -185,3 +185,12 @@ def distill_config(**overrides):
     argv = ["main_distill.py"] + ([f"--method={overrides['method']}"] if "method" in overrides else [])
     config = from_options(resolve_method_defaults(from_argv(DistillOptions, main_distill.FLAGS, argv)))
     return dataclasses.replace(config, **overrides)
+
+
+BAG_FLAGS = ("corr_npy", "clus_pos_num")  # main_distill.py's flags that act for --method=bingo only
+TEACHER_FLAGS = ("t_arch", "pretrain_path")  # and those no --method=moco run takes
+
+
+def without(args: list[str], *names: str) -> list[str]:
+    """``args`` less the flags ``names``: a run refuses a flag it would ignore (``FLAG_SCOPE``)."""
+    return [a for a in args if a.split("=")[0].lstrip("-").removeprefix("no") not in names]

@@ -132,16 +132,18 @@ def bag_data(tmp_path_factory):
     return tmp, data
 
 
-def _knn(tmp, data, name, *extra):
-    return ["--arch=resnet18", f"--ckpt_name={tmp / 'teacher.pth.tar'}", f"--data_dir={data}", "--image_size=32",
-            "--clus_pos_num=3", f"--corr_name={tmp / name}", "--num_workers=0", *extra]
+def _knn(tmp, data, name, *extra, teacher=True):
+    """run_knn.py's flags; ``teacher=False`` for label and random bags, which refuse the teacher's flags."""
+    embedding = ["--arch=resnet18", f"--ckpt_name={tmp / 'teacher.pth.tar'}", "--image_size=32", "--num_workers=0"]
+    return [*(embedding if teacher else []), f"--data_dir={data}", "--clus_pos_num=3", f"--corr_name={tmp / name}",
+            *extra]
 
 
 def test_run_knn_writes_each_kind_of_bag_with_its_purity_and_main_distill_trains_on_it(bag_data):
     tmp, data = bag_data
     kinds = {"knn": [], "kmeans": ["--kmeans_clusters=2"], "label": [], "random": ["--bag_seed=3"]}
-    results = run_cases("run_knn", [_knn(tmp, data, f"{kind}.npy", f"--bagging={kind}", *extra)
-                                    for kind, extra in kinds.items()], tmp)
+    results = run_cases("run_knn", [_knn(tmp, data, f"{kind}.npy", f"--bagging={kind}", *extra,
+                                         teacher=kind in ("knn", "kmeans")) for kind, extra in kinds.items()], tmp)
     labels = np.repeat(np.arange(3), 6)
     for kind, result in zip(kinds, results):
         assert result["status"] == 0, (kind, result)
@@ -160,7 +162,7 @@ def test_run_knn_writes_each_kind_of_bag_with_its_purity_and_main_distill_trains
     (trained,) = run_cases("main_distill", [[
         "--t_arch=resnet18", f"--pretrain_path={tmp / 'teacher.pth.tar'}", f"--data_dir={data}",
         f"--corr_npy={tmp / 'label.npy'}", "--clus_pos_num=3", "--image_size=32", "--batch_size=6", "--moco_k=12",
-        "--num_workers=0", "--end_epoch=1", "--bag_warmup_epochs=0", "--nomix_term", "--nocross_keys",
+        "--num_workers=0", "--end_epoch=1", "--nomix_term", "--nocross_keys",
         f"--output_dir={tmp / 'run'}"]], tmp)
     assert trained["status"] == 0, trained
     step = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()][0]
@@ -174,8 +176,15 @@ def test_bags_that_cannot_be_made_are_refused_before_any_work(bag_data, tmp_path
         "--kmeans_clusters is a --bagging=kmeans flag": ["--kmeans_clusters=3"],
         "class class_0 has 6 member(s), fewer than K + 1 = 7": ["--bagging=label", "--clus_pos_num=6"],
         "computes no similarities": ["--bagging=random", "--save_distances"],
+        "--kmeans_clusters=0: must be at least 1": ["--bagging=kmeans", "--kmeans_clusters=0"],
+        "--bag_seed=-1: must be at least 0": ["--bagging=random", "--bag_seed=-1"],
+        # 18 images in bags of K + 1 = 4 make at most 4 clusters: refused before the teacher embeds anything
+        "--kmeans_clusters=5: 18 images make at most 4 clusters": ["--bagging=kmeans", "--kmeans_clusters=5"],
+        "--arch sets the teacher's embedding, but --bagging=random loads no teacher": ["--bagging=random"],
     }
-    results = run_cases("run_knn", [_knn(tmp, data, "x.npy", *extra) for extra in cases.values()], tmp_path)
+    teacherless = ("class class_0", "computes no", "--bag_seed")
+    results = run_cases("run_knn", [_knn(tmp, data, "x.npy", *extra, teacher=not text.startswith(teacherless))
+                                    for text, extra in cases.items()], tmp_path)
     for text, result in zip(cases, results):
         assert result["status"] == 2 and text in result["stderr"], (text, result)
     distill = ["--t_arch=resnet18", f"--pretrain_path={tmp / 'teacher.pth.tar'}", f"--data_dir={data}",
@@ -183,5 +192,6 @@ def test_bags_that_cannot_be_made_are_refused_before_any_work(bag_data, tmp_path
     refused = run_cases("main_distill", [distill + ["--method=seed", "--nomix_term", f"--output_dir={tmp_path / 'a'}"],
                                          distill + ["--noanchor_term", "--noneighbour_term", "--nomix_term",
                                                     f"--output_dir={tmp_path / 'b'}"]], tmp_path)
-    assert refused[0]["status"] == 2 and "switches a term of --method=bingo" in refused[0]["stderr"]
+    assert refused[0]["status"] == 2 and "--nomix_term acts only in --method=bingo --loss=official" in \
+        refused[0]["stderr"]
     assert refused[1]["status"] == 2 and "leave no loss term" in refused[1]["stderr"]

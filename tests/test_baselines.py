@@ -178,6 +178,7 @@ def test_a_compress_run_resumes_bit_for_bit_with_its_banks(baseline_data, tmp_pa
         _distill(tmp, data, tmp_path / "stopped", "compress", 2, "--resume=auto"),
         _distill(tmp, data, tmp_path / "other", "compress", 1, "--compress_one_bank"),
         _distill(tmp, data, tmp_path / "stopped", "disco", 3, "--resume=auto"),
+        _distill(tmp, data, tmp_path / "other", "compress", 2, "--resume=auto"),  # the other bank setting
     ], tmp_path)
     assert [r["status"] for r in results[:4]] == [0, 0, 0, 0], results
     straight, resumed = (torch.load(tmp_path / name / "final.pth", weights_only=True) for name in ("straight",
@@ -190,6 +191,8 @@ def test_a_compress_run_resumes_bit_for_bit_with_its_banks(baseline_data, tmp_pa
     assert "student_bank" not in one_bank and one_bank["state_dict"]["module.encoder_q.fc.weight"].shape == (512, 512)
     assert not any(k.startswith("module.encoder_k.") for k in one_bank["state_dict"])
     assert results[4]["status"] == 2 and "method='compress'" in results[4]["stderr"]
+    assert results[5]["status"] == 2 and "was trained with --compress_one_bank=true, but this run has " \
+        "--compress_one_bank=false: pass --compress_one_bank=true" in results[5]["stderr"], results[5]
 
 
 def test_baseline_flags_belong_to_their_method(baseline_data, tmp_path):
@@ -200,7 +203,7 @@ def test_baseline_flags_belong_to_their_method(baseline_data, tmp_path):
         _distill(tmp, data, tmp_path / "c", "compress", 1, "--augmentation=mocov1", "--aug_plus"),
         _distill(tmp, data, tmp_path / "d", "compress", 1, "--moco_k=4"),
     ], tmp_path)
-    expected = ["--compress_one_bank is a --method=compress flag", "--disco_mse_weight is a --method=disco flag",
+    expected = ["--compress_one_bank acts only in --method=compress", "--disco_mse_weight acts only in --method=disco",
                 "contradict each other", "must hold one global --batch_size=6"]
     for text, result in zip(expected, results):
         assert result["status"] == 2 and text in result["stderr"], (text, result)

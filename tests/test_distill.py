@@ -11,7 +11,17 @@ from models.methods import build_method
 from utils.logs import read_metrics
 
 from dist_workers import distiller_step, tiny_embedder
-from helpers import calibrated_teacher, distill_config, free_port, make_image_folder, run_cases, run_script
+from helpers import (
+    BAG_FLAGS,
+    TEACHER_FLAGS,
+    calibrated_teacher,
+    distill_config,
+    free_port,
+    make_image_folder,
+    run_cases,
+    run_script,
+    without,
+)
 
 
 def test_queue_holds_the_teacher_anchor_keys_after_a_step():
@@ -154,8 +164,9 @@ def test_baselines_and_the_paper_loss_run_in_the_same_loop(distill_data, tmp_pat
     tmp, data = distill_data
     runs = {"moco": ["--method=moco"], "seed": ["--method=seed"],
             "paper": ["--loss=paper", "--teacher_mode=eval", "--fuse_teacher"]}
-    results = run_cases("main_distill", [_args(tmp, data, tmp_path / name, 1, extra) for name, extra in runs.items()],
-                        tmp_path)
+    drop = {"moco": (*BAG_FLAGS, *TEACHER_FLAGS), "seed": BAG_FLAGS, "paper": ()}
+    results = run_cases("main_distill", [without(_args(tmp, data, tmp_path / name, 1, extra), *drop[name])
+                                         for name, extra in runs.items()], tmp_path)
     assert [r["status"] for r in results] == [0, 0, 0], results
     for method in ("moco", "seed"):
         payload = torch.load(tmp_path / method / "final.pth", weights_only=True)
@@ -192,7 +203,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(distill_data, 
     out = tmp_path / "run"
     run_script("main_distill.py", _args(tmp, data, out, 1), tmp_path)
     good = (out / "checkpoint.pth").read_bytes()
-    result = run_script("main_distill.py", _args(tmp, data, out, 2, ["--resume=auto", "--init_lr=1e30"]), tmp_path,
+    result = run_script("main_distill.py", _args(tmp, data, out, 2, ["--resume=auto", "--init_lr=1e30",
+                                                                     "--resume_change=init_lr"]), tmp_path,
                         check=False)
     assert result.returncode == 2 and "the loss became" in result.stderr, result.stderr
     assert (out / "checkpoint.pth").read_bytes() == good
@@ -240,7 +252,9 @@ def test_every_method_starts_from_the_same_student_under_one_seed(distill_data):
     finals = {}
     for method in ("bingo", "moco"):
         out = tmp / f"init-{method}"
-        run_script("main_distill.py", _args(tmp, data, out, 1, [f"--method={method}", "--init_lr=0"]), tmp)
+        drop = () if method == "bingo" else (*BAG_FLAGS, *TEACHER_FLAGS)
+        run_script("main_distill.py", without(_args(tmp, data, out, 1, [f"--method={method}", "--init_lr=0"]),
+                                              *drop), tmp)
         finals[method] = torch.load(out / "final.pth", weights_only=True)["state_dict"]
     # at lr 0 the weights stay as initialised (BN statistics still follow the batches, so they are left out)
     weights = [k for k in finals["bingo"] if k.startswith("module.encoder_q.") and "running" not in k

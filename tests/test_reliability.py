@@ -17,7 +17,17 @@ from PIL import Image
 from utils.io import RunFolderLock, atomic_torch_save
 from utils.logs import prune_metrics, read_metrics
 
-from helpers import REPO, calibrated_teacher, make_image_folder, run_cases, run_script, subprocess_env
+from helpers import (
+    BAG_FLAGS,
+    REPO,
+    TEACHER_FLAGS,
+    calibrated_teacher,
+    make_image_folder,
+    run_cases,
+    run_script,
+    subprocess_env,
+    without,
+)
 
 USER_ERROR = 2
 
@@ -98,7 +108,7 @@ def test_a_kill_after_the_last_checkpoint_loses_nothing_and_resumes_are_checked(
         distill_args(tmp, data, killed, 1, "--resume=auto"),
         distill_args(tmp, data, done, 2),
         distill_args(tmp, data, done, 3, "--resume=auto", "--s_arch=resnet34"),
-        distill_args(tmp, data, done, 3, "--resume=auto", "--method=seed"),
+        without(distill_args(tmp, data, done, 3, "--resume=auto", "--method=seed"), *BAG_FLAGS),
         distill_args(tmp, other_data, done, 3, "--resume=auto"),
         distill_args(tmp, data, tmp_path / "a", 3, f"--resume={not_ours}"),
         distill_args(tmp, data, tmp_path / "b", 3, f"--resume={truncated}"),
@@ -214,10 +224,11 @@ def test_seed_runs_its_teacher_in_eval_mode_unless_told_and_the_head_width_is_a_
     tmp, data = rig
     runs = {name: tmp_path / name for name in ("default", "eval", "train", "moco512")}
     results = run_cases("main_distill", [
-        distill_args(tmp, data, runs["default"], 1, "--method=seed"),
-        distill_args(tmp, data, runs["eval"], 1, "--method=seed", "--teacher_mode=eval"),
-        distill_args(tmp, data, runs["train"], 1, "--method=seed", "--teacher_mode=train"),
-        distill_args(tmp, data, runs["moco512"], 1, "--method=moco", "--head_hidden=512"),
+        without(distill_args(tmp, data, runs["default"], 1, "--method=seed"), *BAG_FLAGS),
+        without(distill_args(tmp, data, runs["eval"], 1, "--method=seed", "--teacher_mode=eval"), *BAG_FLAGS),
+        without(distill_args(tmp, data, runs["train"], 1, "--method=seed", "--teacher_mode=train"), *BAG_FLAGS),
+        without(distill_args(tmp, data, runs["moco512"], 1, "--method=moco", "--head_hidden=512"), *BAG_FLAGS,
+                *TEACHER_FLAGS),
     ], tmp_path)
     assert [r["status"] for r in results] == [0] * 4, results
     modes = {name: json.loads((run / "flags.json").read_text())["teacher_mode"] for name, run in runs.items()}
@@ -240,11 +251,11 @@ def test_knn_protocol_refuses_unmatched_classes_and_evaluate_scores_what_it_repo
     truncated = truncated_copy(done / "student_backbone.pth", tmp_path / "cut.pth")
     nan_key = with_nan(done / "final.pth", tmp_path / "nan.pth", "layer3.0.conv2")
     results = run_cases("main_lincls", [
-        ["--protocol=knn", f"--pretrained={done / 'final.pth'}", f"--output_dir={tmp_path / 'k'}", *common,
-         f"--data_dir={missing}"],
+        ["--protocol=knn", f"--pretrained={done / 'final.pth'}", f"--output_dir={tmp_path / 'k'}",
+         *without(common, "end_epoch"), f"--data_dir={missing}"],
         [f"--pretrained={done / 'final.pth'}", f"--output_dir={probe}", *common],
-        ["--evaluate", f"--pretrained={done / 'final.pth'}", f"--output_dir={probe}", *common],
-        ["--evaluate", "--untrained", f"--output_dir={probe}", *common],
+        ["--evaluate", f"--pretrained={done / 'final.pth'}", f"--output_dir={probe}", *without(common, "end_epoch")],
+        ["--evaluate", "--untrained", f"--output_dir={probe}", *without(common, "end_epoch")],
         [f"--pretrained={truncated}", f"--output_dir={tmp_path / 'c'}", *common],
         [f"--pretrained={tmp_path / 'nan.pth'}", f"--output_dir={tmp_path / 'n'}", *common],
     ], tmp_path)

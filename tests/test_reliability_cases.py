@@ -174,7 +174,7 @@ def test_a_failed_write_on_a_full_disk_says_so_and_keeps_the_previous_file(tmp_p
 
     monkeypatch.setattr(io, "free_bytes", lambda folder: 4096)
     with pytest.raises(DiskFullError, match=r"is full \(0 MB free\) while writing checkpoint.pth; the previous "
-                                            r"checkpoint.pth is intact"):
+                                            r"checkpoint.pth is intact.* with --resume=auto"):
         io.atomic_write(target, torch_save_on_a_full_disk)
     assert torch.load(target, weights_only=True) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
@@ -253,3 +253,121 @@ def test_16_bit_images_keep_their_range_on_the_device_views_path_too(tmp_path):
     assert encoded.data.dtype == torch.uint8 and encoded.data.shape == (3, 8, 8)
     np.testing.assert_array_equal(encoded.data.permute(1, 2, 0).numpy(), expected)
     assert 0 < expected.max() < 255  # scaled, not clipped to white
+
+
+def test_a_resumed_run_keeps_its_objective_unless_a_change_is_named_and_then_records_it(cases_rig, tmp_path):
+    tmp, data = cases_rig
+    (made,) = run_cases("run_knn", [[f"--data_dir={data}", "--clus_pos_num=2", f"--corr_name={tmp_path / 'random'}",
+                                     "--bagging=random"]], tmp_path)
+    assert made["status"] == 0, made
+    runs = {name: tmp_path / name for name in ("refused", "changed")}
+    for run in runs.values():
+        shutil.copytree(tmp / "done", run)
+    before = (runs["refused"] / "checkpoint.pth").read_bytes()
+    refused = {
+        "--loss=paper": "was trained with --loss=official, but this run has --loss=paper",
+        "--lam=0.3,0.7": "pass --lam=0.5,0.5 to resume it, --resume_change=lam to change it",
+        "--nomix_term": "was trained with --mix_term=true",
+        "--teacher_mode=eval": "was trained with --teacher_mode=train",
+        "--init_lr=0.5": "was trained with --init_lr=0.03",
+        f"--corr_npy={tmp_path / 'random.npy'}": "another neighbour file (knn bags, sha256",
+        "--resume_change=method": "--resume_change=method: not a setting a resume can change",
+    }
+    results = run_cases("main_distill", [
+        *(distill_args(tmp, data, runs["refused"], 2, "--resume=auto", flag) for flag in refused),
+        distill_args(tmp, data, runs["changed"], 2, "--resume=auto", "--lam=0.3,0.7",
+                     f"--corr_npy={tmp_path / 'random.npy'}", "--resume_change=lam,neighbours")], tmp_path)
+    for (flag, text), result in zip(refused.items(), results):
+        one_line_error(result, text)
+    assert (runs["refused"] / "checkpoint.pth").read_bytes() == before  # the refused resumes wrote nothing
+    changed = results[-1]
+    assert changed["status"] == 0, changed
+    assert "resumed with lam changed from epoch 1: ['0.5', '0.5'] -> ['0.3', '0.7']" in changed["stdout"]
+    assert "resumed with neighbours changed from epoch 1" in changed["stdout"]
+    recorded = json.loads((runs["changed"] / "flags.json").read_text())["resume_changes"]
+    # --end_epoch may change without being named, and is recorded all the same
+    assert [(c["epoch"], c["setting"]) for c in recorded] == [(1, "lam"), (1, "end_epoch"), (1, "neighbours")]
+    assert recorded[2]["to"]["bagging"] == "random" and recorded[2]["from"]["bagging"] == "knn"
+    final = torch.load(runs["changed"] / "final.pth", weights_only=True)
+    assert final["bingo"]["changes"] == recorded and final["bingo"]["flags"]["lam"] == ["0.3", "0.7"]
+
+
+def test_flags_that_would_do_nothing_and_values_that_make_no_sense_are_refused_before_anything_loads(
+        cases_rig, tmp_path):
+    tmp, data = cases_rig
+    teacher = tmp / "teacher.pth.tar"
+    base = [f"--data_dir={data}", "--image_size=32", "--batch_size=4", "--moco_k=8", "--num_workers=0",
+            "--end_epoch=1", f"--output_dir={tmp_path / 'out'}"]
+    bingo = [f"--pretrain_path={teacher}", "--t_arch=resnet18", f"--corr_npy={tmp / 'nn.npy'}", "--clus_pos_num=2"]
+    cases = {
+        "--loss acts only in --method=bingo": ["--method=disco", "--loss=paper"],
+        "--teacher_mode acts only in a run with a teacher": ["--method=moco", "--teacher_mode=eval"],
+        "--pretrain_path acts only in a run with a teacher": ["--method=moco", f"--pretrain_path={teacher}"],
+        "--fuse_teacher acts only in --method=bingo, seed or disco": ["--method=compress", "--fuse_teacher",
+                                                                      "--teacher_mode=eval"],
+        "--head_hidden acts only in an MLP head": ["--method=compress", "--head_hidden=512"],
+        "--lam acts only in --method=bingo --loss=official with the cross-bag keys": ["--method=seed", "--lam=1,0"],
+        "--seed_teacher_t acts only in --method=seed": [*bingo, "--seed_teacher_t=0.01"],
+        "--moco_m acts only in a run with a momentum copy": [*bingo, "--moco_m=0.99"],
+        "--bag_warmup_epochs acts only in --method=bingo --loss=official with the cross-bag keys":
+            [*bingo, "--nocross_keys", "--bag_warmup_epochs=3"],
+        "--resume_change acts only in a resumed run": [*bingo, "--resume_change=lam"],
+        "--disco_mse_weight=-1.0: must be a finite number at least 0": ["--method=disco", "--disco_mse_weight=-1"],
+        "--disco_mse_weight=nan: must be a finite number": ["--method=disco", "--disco_mse_weight=nan"],
+        "--lam=2,-1: give two weights of 0 or more": [*bingo, "--lam=2,-1"],
+        "--bag_warmup_epochs=-5: epochs 0..N are the warm-up": [*bingo, "--bag_warmup_epochs=-5"],
+        "--seed=-1: give a seed of 0 or more": [*bingo, "--seed=-1"],
+    }
+    results = run_cases("main_distill", [base + extra for extra in cases.values()], tmp_path)
+    for text, result in zip(cases, results):
+        one_line_error(result, text)
+        assert "teacher" not in result["stdout"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_finished_evaluation_is_never_replaced_and_the_evaluation_refuses_what_it_would_ignore(cases_rig,
+                                                                                                 tmp_path):
+    tmp, data = cases_rig
+    one_class = make_image_folder(tmp_path / "one", classes=1, per_class=4, size=40, splits=("train", "val"))
+    frozen = ["--arch=resnet18", "--image_size=32", "--batch_size=8", "--num_workers=0", f"--data_dir={data}",
+              f"--pretrained={tmp / 'done' / 'final.pth'}"]
+    linear, logreg = tmp_path / "linear", tmp_path / "logreg"
+    results = run_cases("main_lincls", [
+        LINCLS + frozen[4:] + ["--end_epoch=1", f"--output_dir={linear}"],
+        frozen + ["--protocol=logreg", f"--output_dir={logreg}"],
+        frozen + ["--protocol=logreg", "--resume=auto", f"--output_dir={linear}"],
+        LINCLS + frozen[4:] + ["--end_epoch=1", "--resume=auto", f"--output_dir={logreg}"],
+        frozen + ["--protocol=knn", "--init_lr=0.1", f"--output_dir={tmp_path / 'k'}"],
+        frozen + ["--protocol=logreg", "--seed=-1", f"--output_dir={tmp_path / 's'}"],
+        [*frozen[:4], f"--data_dir={one_class}", "--untrained", "--protocol=logreg", f"--output_dir={tmp_path / 'o'}"],
+    ], tmp_path)
+    assert results[0]["status"] == 0 and results[1]["status"] == 0, results[:2]
+    kept = {folder: (folder / "results.json").read_bytes() for folder in (linear, logreg)}
+    one_line_error(results[2], "--resume acts only with a trained probe")
+    one_line_error(results[3], f"{logreg} already holds a finished evaluation (results.json) and no probe")
+    one_line_error(results[4], "--init_lr acts only with a trained probe")
+    one_line_error(results[5], "--seed=-1: must be at least 0")
+    one_line_error(results[6], "has 1 class folder (class_0): a classifier needs two classes or more")
+    assert {folder: (folder / "results.json").read_bytes() for folder in (linear, logreg)} == kept
+
+
+def test_a_neighbour_json_that_is_not_an_object_is_named(cases_rig, tmp_path):
+    tmp, data = cases_rig
+    shutil.copy(tmp / "nn.npy", tmp_path / "nn.npy")
+    (tmp_path / "nn.json").write_text("[1, 2]")
+    dataset = IndexedImageFolder(data / "train")
+    with pytest.raises(DatasetError, match=r"nn.json holds a JSON list, not the object run_knn.py writes"):
+        read_neighbours(tmp_path / "nn.npy", dataset, 2, check_meta=True)
+
+
+def test_the_demo_refuses_quick_with_a_config_and_a_missing_fashion_mnist_folder(tmp_path):
+    import sys
+
+    from helpers import REPO, subprocess_env
+
+    for args, text in ((["--quick", "--config", "cpu"], "--quick is a configuration of its own"),
+                       (["--quick", "--fmnist_dir", str(tmp_path / "none")], "is not a folder")):
+        done = subprocess.run([sys.executable, "-m", "scripts.demo", *args, "--run_dir", str(tmp_path / "run")],
+                              cwd=REPO, env=subprocess_env(tmp_path), capture_output=True, text=True)
+        assert done.returncode == 2 and text in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert not (tmp_path / "run").exists()

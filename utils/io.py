@@ -97,8 +97,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         if full:
             kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
             raise DiskFullError(f"the disk holding {path.parent} is full ({free_bytes(path.parent) >> 20}"
-                                f" MB free) while writing {path.name}; {kept}. Free some space and run the same "
-                                "command again") from error
+                                f" MB free) while writing {path.name}; {kept}. Free some space and run the command "
+                                "again (a training run or probe: with --resume=auto, to continue from its kept "
+                                "checkpoint)") from error
         raise
     except BaseException:
         if os.path.exists(tmp):

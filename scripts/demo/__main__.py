@@ -8,6 +8,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from datasets.folders import DatasetError
 from scripts.demo import __doc__ as DESCRIPTION
 from scripts.demo.configs import CONFIGS, data_folder, eval_folder
 from scripts.demo.report import report
@@ -29,6 +30,11 @@ def main() -> None:
     parser.add_argument("--fmnist_dir", type=Path,
                         help="folder with the four Fashion-MNIST .gz files (default: Debian's package folder)")
     args = parser.parse_args()
+    if args.quick and args.config:
+        parser.error(f"--quick is a configuration of its own: drop --quick or --config={args.config}")
+    if args.fmnist_dir is not None and not args.fmnist_dir.is_dir():
+        parser.error(f"--fmnist_dir={args.fmnist_dir} is not a folder: give the folder holding the four "
+                     "Fashion-MNIST .gz files (train-images-idx3-ubyte.gz and the three others)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM); run the same command again to resume"))
     import torch
 
@@ -42,8 +48,12 @@ def main() -> None:
     run_dir = (args.run_dir or REPO / "runs" / default_run).resolve()
     started, load_before = time.perf_counter(), load_average()
     if not args.report_only:
-        run_stages(cfg, run_dir, (args.data_dir or REPO / "demo_data" / data_folder(cfg)).resolve(),
-                   (args.eval_dir or REPO / "demo_data" / eval_folder(cfg)).resolve(), args.device, args.fmnist_dir)
+        try:
+            run_stages(cfg, run_dir, (args.data_dir or REPO / "demo_data" / data_folder(cfg)).resolve(),
+                       (args.eval_dir or REPO / "demo_data" / eval_folder(cfg)).resolve(), args.device,
+                       args.fmnist_dir)
+        except DatasetError as error:  # the data could not be prepared: one line, no traceback
+            raise SystemExit(f"error: {error}") from None
     seconds = None if args.report_only else time.perf_counter() - started
     report(collect(cfg, run_dir, seconds, load_before), run_dir)
 

@@ -51,13 +51,18 @@ class Runner:
         atomic_json(self.times, self.times_path)
 
 
+# The recipe flags that act for some methods only (main_distill.py refuses a flag where it would do nothing).
+ONLY_FOR = {"--moco_m": ("moco", "disco", "compress"), "--bag_warmup_epochs": ("bingo",)}
+
+
 def train_args(cfg: Config, stage: Training, data: Path, out: Path, method: str, seed: int,
                extra: tuple[str, ...] = ()) -> list[str]:
+    flags = [f for f in stage.flags if method in ONLY_FOR.get(f.split("=")[0], (method,))]
     return [f"--method={method}", f"--s_arch={stage.arch}", f"--data_dir={data}", f"--output_dir={out}",
             f"--image_size={cfg.image_size}", f"--batch_size={stage.batch_size}", f"--moco_k={stage.queue}",
             f"--init_lr={stage.lr}", f"--end_epoch={stage.epochs}", f"--num_workers={cfg.workers}", f"--seed={seed}",
             f"--knn_monitor_freq={stage.knn_every}", "--report_freq=50", "--save_freq=0", "--resume=auto",
-            f"--stem={cfg.stem}", *cfg.input_flags, *stage.flags, *extra]
+            f"--stem={cfg.stem}", *cfg.input_flags, *flags, *extra]
 
 
 def evaluate(runner: Runner, cfg: Config, eval_data: Path, folder: str, arch: str, weights: list[str]) -> None:
@@ -117,9 +122,9 @@ def run_stages(cfg: Config, run_dir: Path, data_dir: Path, eval_dir: Path, devic
         neighbours = neighbours_file(run_dir, bagging)
         uses_teacher = bagging in ("knn", "kmeans")
         runner.stage(f"kNN step ({bagging} bags)", neighbours.with_suffix(".json"), "run_knn.py",  # .json: last
-                     [f"--data_dir={data}", "--clus_pos_num=5", f"--image_size={cfg.image_size}",
-                      f"--corr_name={neighbours}", f"--bagging={bagging}", f"--num_workers={cfg.workers}",
+                     [f"--data_dir={data}", "--clus_pos_num=5", f"--corr_name={neighbours}", f"--bagging={bagging}",
                       *([f"--arch={cfg.teacher.arch}", f"--ckpt_name={teacher}", f"--stem={cfg.stem}",
+                         f"--image_size={cfg.image_size}", f"--num_workers={cfg.workers}",
                          f"--batch_size={cfg.teacher.batch_size}", *cfg.knn_step_flags] if uses_teacher else []),
                       *([f"--kmeans_clusters={cfg.kmeans_clusters}"] if bagging == "kmeans" else [])])
     for seed in range(cfg.seeds):
