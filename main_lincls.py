@@ -1,4 +1,5 @@
-"""Evaluation of a distilled student: linear probe (default), k-NN classifier, or semi-supervised fine-tuning.
+"""Evaluation of a distilled student: linear probe (default), k-NN classifier, logistic regression, or
+semi-supervised: fine-tuning on a label subset, or a linear layer on the frozen backbone trained on it.
 
     torchrun --nproc_per_node=8 main_lincls.py --arch=resnet18 --pretrained=runs/SR18-TR50/final.pth \
         --data_dir=/data/imagenet --output_dir=runs/SR18-TR50/lincls
@@ -79,17 +80,21 @@ flags.DEFINE_bool("recompute_bn", False,
 flags.DEFINE_bool("untrained", False, "Score --arch as initialised (random weights drawn with --seed), with no "
                   "checkpoint: the floor a trained network must beat. --arch=pixels never takes a checkpoint.")
 flags.DEFINE_float("logreg_holdout", 0.2, "--protocol=logreg: share of train/ held out to choose the regularisation.")
-flags.DEFINE_enum("protocol", "linear", ["linear", "knn", "semi", "logreg"],
+flags.DEFINE_enum("protocol", "linear", ["linear", "knn", "semi", "semi_linear", "logreg"],
                   "linear probe (SGD, the official protocol), k-NN classifier, semi-supervised fine-tuning of the "
-                  "whole network, or logreg: a converged L-BFGS logistic regression on the frozen features (small "
-                  "data; the regularisation chosen on --logreg_holdout of train/).")
+                  "whole network, semi_linear: a linear layer on the frozen backbone trained on the label subset "
+                  "(DisCo's main_lincls_semi.py, the protocol of its semi-supervised numbers), or logreg: a "
+                  "converged L-BFGS logistic regression on the frozen features (small data; the regularisation "
+                  "chosen on --logreg_holdout of train/).")
 flags.DEFINE_list("knn_k", ["10", "200"], "k values for --protocol=knn.")
-flags.DEFINE_bool("with_knn", False, "With --protocol=linear, semi or logreg: score the backbone with the k-NN "
-                  "classifier too, in the same start-up, into results.json's 'knn' (for semi: the fine-tuned "
+flags.DEFINE_bool("with_knn", False, "With --protocol=linear, semi, semi_linear or logreg: score the backbone with "
+                  "the k-NN classifier too, in the same start-up, into results.json's 'knn' (for semi: the fine-tuned "
                   "backbone; for logreg: on the same embedded features).")
 flags.DEFINE_float("knn_t", 0.07, "Temperature of the weighted k-NN vote (the plain majority vote is also reported).")
-flags.DEFINE_float("label_fraction", None, "--protocol=semi: fraction of each class's labels (e.g. 0.01, 0.1).")
-flags.DEFINE_string("label_file", None, "--protocol=semi: file listing the labelled images (SimCLR split format).")
+flags.DEFINE_float("label_fraction", None, "--protocol=semi or semi_linear: fraction of each class's labels (e.g. "
+                   "0.01, 0.1).")
+flags.DEFINE_string("label_file", None, "--protocol=semi or semi_linear: file listing the labelled images (SimCLR "
+                    "split format).")
 flags.DEFINE_integer("image_size", 224, "Crop size.")
 flags.DEFINE_enum("stem", "imagenet", list(STEMS), "The ResNet's stem: imagenet (the paper's) or small (3x3 stride-1 "
                   "convolution, no max-pool); a checkpoint of the other stem is refused, naming the flag.")
@@ -112,24 +117,27 @@ def resolve_defaults(opts: LinclsOptions) -> LinclsOptions:
     return dataclasses.replace(opts, **changes)
 
 
-_TRAINED = ("linear", "semi")
+_TRAINED = ("linear", "semi", "semi_linear")
+_SUBSET = ("semi", "semi_linear")  # trained on a label subset
+_FROZEN = ("linear", "semi_linear")  # the backbone never changes
 # Where each flag that does not act in every evaluation acts; given on the command line anywhere else it is refused:
 # flag -> (where it acts, the test).
 FLAG_SCOPE: dict[str, tuple[str, Callable[[LinclsOptions], bool]]] = {
-    **{name: ("a trained probe (--protocol=linear or semi, without --evaluate)",
+    **{name: ("a trained probe (--protocol=linear, semi or semi_linear, without --evaluate)",
               lambda o: o.protocol in _TRAINED and not o.evaluate)
        for name in ("init_lr", "momentum", "wd", "end_epoch", "decay_method", "min_lr", "save_freq", "report_freq")},
     **{name: ("--decay_method=step", lambda o: o.protocol in _TRAINED and o.decay_method == "step")
        for name in ("schedule", "lr_decay")},
-    "resume": ("a trained probe (--protocol=linear or semi): the frozen protocols train nothing to resume",
+    "resume": ("a trained probe (--protocol=linear, semi or semi_linear): knn and logreg train nothing to resume",
                lambda o: o.protocol in _TRAINED),
-    "evaluate": ("--protocol=linear or semi (a saved probe)", lambda o: o.protocol in _TRAINED),
+    "evaluate": ("--protocol=linear, semi or semi_linear (a saved probe)", lambda o: o.protocol in _TRAINED),
     "logreg_holdout": ("--protocol=logreg", lambda o: o.protocol == "logreg"),
     "with_knn": ("--protocol=linear, semi or logreg (--protocol=knn is the k-NN classifier already)",
                  lambda o: o.protocol != "knn"),
     **{name: ("--protocol=knn or --with_knn", lambda o: o.protocol == "knn" or o.with_knn)
        for name in ("knn_k", "knn_t")},
-    **{name: ("--protocol=semi", lambda o: o.protocol == "semi") for name in ("label_fraction", "label_file")},
+    **{name: ("--protocol=semi or semi_linear", lambda o: o.protocol in _SUBSET)
+       for name in ("label_fraction", "label_file")},
 }
 
 
@@ -137,7 +145,7 @@ def check_options(opts: LinclsOptions) -> None:
     """Flag values and combinations that cannot work, and flags given where they would do nothing (``FLAG_SCOPE``),
     refused before the network loads or a folder is made."""
     at_least = {"batch_size": 1, "image_size": 16, "num_workers": 0, "report_freq": 1, "save_freq": 0, "seed": 0}
-    if opts.protocol in ("linear", "semi") and not opts.evaluate:
+    if opts.protocol in _TRAINED and not opts.evaluate:
         at_least["end_epoch"] = 1
     check_minimums(opts, at_least)
     for name, (where, acts) in FLAG_SCOPE.items():
@@ -152,9 +160,9 @@ def check_options(opts: LinclsOptions) -> None:
         raise app.UsageError(f"--evaluate scores a saved probe; --protocol={opts.protocol} trains none: drop one")
     if opts.protocol == "knn" and any(not k.isdigit() or int(k) < 1 for k in opts.knn_k):
         raise app.UsageError(f"--knn_k={','.join(opts.knn_k)}: give positive integers, e.g. --knn_k=10,200")
-    if opts.protocol == "semi" and not opts.evaluate:
+    if opts.protocol in _SUBSET and not opts.evaluate:
         if not opts.label_file and opts.label_fraction is None:
-            raise app.UsageError("--protocol=semi needs --label_fraction (e.g. 0.01) or --label_file")
+            raise app.UsageError(f"--protocol={opts.protocol} needs --label_fraction (e.g. 0.01) or --label_file")
         if opts.label_fraction is not None and not 0 < opts.label_fraction <= 1:
             raise app.UsageError(f"--label_fraction={opts.label_fraction}: must be in (0, 1]")
 
@@ -239,9 +247,9 @@ def frozen_scores(opts: LinclsOptions, backbone, ctx, logreg: bool, knn: bool) -
 
 
 def make_loader(opts: LinclsOptions, train_set: IndexedImageFolder, ctx, per_process: int) -> DataLoader:
-    """The training loader: every image of train/, or the labelled subset for --protocol=semi."""
+    """The training loader: every image of train/, or the labelled subset for --protocol=semi and semi_linear."""
     train_items = train_set
-    if opts.protocol == "semi":
+    if opts.protocol in _SUBSET:
         chosen = label_subset(train_set.samples, train_set.root, opts.label_fraction, opts.label_file, opts.seed)
         log(f"semi-supervised: {len(chosen)} of {len(train_set)} training images labelled", ctx.is_main)
         train_items = Subset(train_set, chosen)
@@ -298,13 +306,13 @@ def evaluate_backbone(opts: LinclsOptions) -> None:
 
 
 def probe(opts: LinclsOptions, ctx, backbone, provenance: dict, output_dir: Path, per_process: int) -> None:
-    """--protocol=linear or semi: a linear layer on the backbone (frozen, or fine-tuned with it), resumed from
-    ``probe.pth`` when asked; with --evaluate the saved probe is only scored."""
+    """--protocol=linear, semi_linear or semi: a linear layer on the backbone (frozen, or fine-tuned with it),
+    resumed from ``probe.pth`` when asked; with --evaluate the saved probe is only scored."""
     train_set, val_set = labelled_splits(opts.data_dir, linear_train_transform(opts.image_size),
                                          eval_transform(opts.image_size))
     check_classes(train_set)
     log(f"train/: {train_set.describe()}; val/: {val_set.describe()}", ctx.is_main)
-    model = Classifier(backbone, len(train_set.classes), frozen=opts.protocol == "linear").to(ctx.device)
+    model = Classifier(backbone, len(train_set.classes), frozen=opts.protocol in _FROZEN).to(ctx.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(trainable, lr=opts.init_lr, momentum=opts.momentum, weight_decay=opts.wd)
     network = model
@@ -314,7 +322,7 @@ def probe(opts: LinclsOptions, ctx, backbone, provenance: dict, output_dir: Path
     start_epoch, best, history = 0, None, []
     resume = resolve_resume(opts.resume or ("auto" if opts.evaluate else ""), output_dir, "probe.pth")
     if resume is not None:
-        frozen_from = (opts.pretrained or f"--untrained --seed={opts.seed}") if opts.protocol == "linear" else None
+        frozen_from = (opts.pretrained or f"--untrained --seed={opts.seed}") if opts.protocol in _FROZEN else None
         saved = read_probe(resume, model, opts.protocol, frozen_from)
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, best, history = saved["epoch"], saved["best"], saved["history"]
@@ -340,7 +348,7 @@ def train_probe(opts: LinclsOptions, ctx, model, network, optimizer, splits, pro
     """The probe's epochs from ``progress`` = (start epoch, best row, history), each saved; then --with_knn."""
     train_set, val_set = splits
     start_epoch, best, history = progress
-    reference = backbone_fingerprint(model.backbone) if opts.protocol == "linear" else None
+    reference = backbone_fingerprint(model.backbone) if opts.protocol in _FROZEN else None
     loader = make_loader(opts, train_set, ctx, per_process)
     for epoch in range(start_epoch, opts.end_epoch):
         torch.manual_seed(epoch_seed(opts.seed, epoch, ctx.rank))

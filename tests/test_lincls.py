@@ -229,3 +229,24 @@ def test_the_logistic_regression_protocol_scores_a_floor_and_a_network_with_inte
     scored = json.loads((tmp_path / "net" / "results.json").read_text())
     assert "knn" not in scored and 0 <= scored["logreg"]["top1"] <= scored["logreg"]["top5"] <= 100
     assert set(scored["logreg"]["holdout_top1"]) == {"0.0001", "0.001", "0.01", "0.1"}
+
+
+def test_the_frozen_subset_probe_trains_only_the_linear_layer_on_the_label_subset(probe_data, tmp_path):
+    """DisCo's semi-supervised protocol (--protocol=semi_linear): the same label subset as fine-tuning, every
+    backbone tensor (BN statistics included) unchanged, results.json naming the protocol."""
+    tmp, data = probe_data
+    out = tmp_path / "semi_linear"
+    common = BASE + [f"--data_dir={data}", f"--pretrained={tmp / 'tv.pth'}", f"--output_dir={out}",
+                     "--label_fraction=0.5", "--init_lr=0.5", "--end_epoch=3"]
+    trained, as_semi = run_cases("main_lincls", [common + ["--protocol=semi_linear"],
+                                                  common + ["--protocol=semi", "--resume=auto", "--end_epoch=4"]],
+                                 tmp_path)
+    assert trained["status"] == 0, trained
+    assert "12 of 24 training images labelled" in trained["stdout"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["protocol"] == "semi_linear" and results["epochs_done"] == 3
+    probe = torch.load(out / "probe.pth", weights_only=True)["model"]
+    for key, value in torch.load(tmp / "tv.pth", weights_only=True).items():
+        assert torch.equal(probe[f"backbone.{key}"], value), key
+    assert probe["fc.weight"].abs().sum() > 0
+    assert as_semi["status"] == 2 and "was trained with --protocol=semi_linear" in as_semi["stderr"], as_semi
