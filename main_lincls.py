@@ -22,7 +22,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from datasets.folders import DatasetError, IndexedImageFolder, labelled_splits, open_split
-from datasets.transforms import eval_transform, linear_train_transform
+from datasets.transforms import (
+    eval_transform,
+    linear_train_transform,
+    transfer_eval_transform,
+    transfer_train_transform,
+)
 from engine.checkpoints import read_probe, save_probe
 from engine.cli import check_minimums, check_stem, run
 from engine.evaluation import (
@@ -80,10 +85,12 @@ flags.DEFINE_bool("recompute_bn", False,
 flags.DEFINE_bool("untrained", False, "Score --arch as initialised (random weights drawn with --seed), with no "
                   "checkpoint: the floor a trained network must beat. --arch=pixels never takes a checkpoint.")
 flags.DEFINE_float("logreg_holdout", 0.2, "--protocol=logreg: share of train/ held out to choose the regularisation.")
-flags.DEFINE_enum("protocol", "linear", ["linear", "knn", "semi", "semi_linear", "logreg"],
+flags.DEFINE_enum("protocol", "linear", ["linear", "knn", "semi", "semi_linear", "transfer", "logreg"],
                   "linear probe (SGD, the official protocol), k-NN classifier, semi-supervised fine-tuning of the "
                   "whole network, semi_linear: a linear layer on the frozen backbone trained on the label subset "
-                  "(DisCo's main_lincls_semi.py, the protocol of its semi-supervised numbers), or logreg: a "
+                  "(DisCo's main_lincls_semi.py, the protocol of its semi-supervised numbers), transfer: SEED's and "
+                  "DisCo's linear transfer to CIFAR (a linear layer on the frozen backbone, the images upsampled to "
+                  "224 px with bicubic interpolation; its release's optimiser and epochs unless given), or logreg: a "
                   "converged L-BFGS logistic regression on the frozen features (small data; the regularisation "
                   "chosen on --logreg_holdout of train/).")
 flags.DEFINE_list("knn_k", ["10", "200"], "k values for --protocol=knn.")
@@ -105,21 +112,29 @@ CSV_FIELDS = ["epoch", "lr", "train_loss", "train_top1", "val_loss", "val_top1",
 
 
 def resolve_defaults(opts: LinclsOptions) -> LinclsOptions:
-    """EfficientNet's official learning rates, and MoCo's 100 epochs for step decay, unless given explicitly."""
+    """EfficientNet's official learning rates, MoCo's 100 epochs for step decay, and the CIFAR transfer protocol's
+    settings (``TRANSFER_DEFAULTS``), unless given explicitly."""
     changes = {}
     if "efficientnet" in opts.arch:
         if "init_lr" not in opts.explicit:
             changes["init_lr"] = 3.0
         if "min_lr" not in opts.explicit:
             changes["min_lr"] = 0.001
-    if opts.decay_method == "step" and "end_epoch" not in opts.explicit:
+    if opts.protocol == "transfer":
+        changes.update({name: value for name, value in TRANSFER_DEFAULTS.items() if name not in opts.explicit})
+    elif opts.decay_method == "step" and "end_epoch" not in opts.explicit:
         changes["end_epoch"] = 100
     return dataclasses.replace(opts, **changes)
 
 
-_TRAINED = ("linear", "semi", "semi_linear")
+_TRAINED = ("linear", "semi", "semi_linear", "transfer")
 _SUBSET = ("semi", "semi_linear")  # trained on a label subset
-_FROZEN = ("linear", "semi_linear")  # the backbone never changes
+_FROZEN = ("linear", "semi_linear", "transfer")  # the backbone never changes
+# --protocol=transfer: DisCo-pytorch @1d732c8, DisCo/cifar_main_lincls.py (SEED's protocol, which DisCo follows): only
+# fc trains (L181-184, L259-260) with BatchNorm in eval mode (L417), SGD momentum 0.9 (L68), weight decay 0 (L70), batch
+# 256 (L59), a constant rate (no milestones: L66, L584-590); lr 3 and 200 epochs from Reproduction.md L141, L143.
+TRANSFER_DEFAULTS = {"image_size": 224, "init_lr": 3.0, "end_epoch": 200, "decay_method": "step", "schedule": [],
+                     "momentum": 0.9, "wd": 0.0, "batch_size": 256}
 # Where each flag that does not act in every evaluation acts; given on the command line anywhere else it is refused:
 # flag -> (where it acts, the test).
 FLAG_SCOPE: dict[str, tuple[str, Callable[[LinclsOptions], bool]]] = {
@@ -207,6 +222,12 @@ def build_evaluated(opts: LinclsOptions, announce: bool) -> tuple[torch.nn.Modul
                       "checkpoint_sha256": sha256}
 
 
+def evaluation_crop(opts: LinclsOptions):
+    """The evaluation images' transform: the transfer protocol's bicubic resize to S, else Resize(S*256/224) and
+    CenterCrop(S)."""
+    return (transfer_eval_transform if opts.protocol == "transfer" else eval_transform)(opts.image_size)
+
+
 def check_classes(train_set: IndexedImageFolder) -> None:
     """Refuse a train/ of one class: any classifier scores 100 % on it, which says nothing."""
     if len(train_set.classes) < 2:
@@ -219,8 +240,8 @@ def frozen_scores(opts: LinclsOptions, backbone, ctx, logreg: bool, knn: bool) -
     """The protocols on frozen features, embedded once with the evaluation crop: the logistic-regression probe and
     the k-NN classifier (k = 10 majority vote, and each --knn_k weighted). Rank 0 gets ``{"num_train", "num_val",
     "logreg"?, "knn"?}``, the other processes None."""
-    train_set, val_set = labelled_splits(opts.data_dir, eval_transform(opts.image_size),
-                                         eval_transform(opts.image_size))
+    crop = evaluation_crop(opts)
+    train_set, val_set = labelled_splits(opts.data_dir, crop, crop)
     check_classes(train_set)
     per_process = opts.batch_size // ctx.world_size
     train_features, val_features = embed_splits(backbone.to(ctx.device), train_set, val_set, ctx, per_process,
@@ -308,8 +329,8 @@ def evaluate_backbone(opts: LinclsOptions) -> None:
 def probe(opts: LinclsOptions, ctx, backbone, provenance: dict, output_dir: Path, per_process: int) -> None:
     """--protocol=linear, semi_linear or semi: a linear layer on the backbone (frozen, or fine-tuned with it),
     resumed from ``probe.pth`` when asked; with --evaluate the saved probe is only scored."""
-    train_set, val_set = labelled_splits(opts.data_dir, linear_train_transform(opts.image_size),
-                                         eval_transform(opts.image_size))
+    train = (transfer_train_transform if opts.protocol == "transfer" else linear_train_transform)(opts.image_size)
+    train_set, val_set = labelled_splits(opts.data_dir, train, evaluation_crop(opts))
     check_classes(train_set)
     log(f"train/: {train_set.describe()}; val/: {val_set.describe()}", ctx.is_main)
     model = Classifier(backbone, len(train_set.classes), frozen=opts.protocol in _FROZEN).to(ctx.device)

@@ -28,6 +28,8 @@ __all__ = [
     "pretrain_augmentation",
     "linear_train_transform",
     "eval_transform",
+    "transfer_train_transform",
+    "transfer_eval_transform",
     "resize_size",
 ]
 
@@ -109,6 +111,18 @@ def pretrain_augmentation(size: int = 224, name: str = "mocov2") -> T.Compose:
 def linear_train_transform(size: int = 224) -> T.Compose:
     """Linear-probe training: RandomResizedCrop (default scale 0.08-1) and flip."""
     return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *_normalise()])
+
+
+def transfer_train_transform(size: int = 224) -> T.Compose:
+    """SEED's and DisCo's CIFAR linear transfer, training: the small image upsampled by RandomResizedCrop(S) with
+    bicubic interpolation, and flip (DisCo-pytorch @1d732c8, DisCo/cifar_main_lincls.py L298-306)."""
+    return T.Compose([T.RandomResizedCrop(size, interpolation=T.InterpolationMode.BICUBIC), T.RandomHorizontalFlip(),
+                      *_normalise()])
+
+
+def transfer_eval_transform(size: int = 224) -> T.Compose:
+    """Its evaluation: Resize(S) + CenterCrop(S), bicubic (the same file, L307-315)."""
+    return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), *_normalise()])
 
 
 def resize_size(size: int) -> int:

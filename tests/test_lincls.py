@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+import torchvision
 
 from engine.evaluation import Classifier, knn_predict, label_subset
 from models.backbones import build_backbone
@@ -250,3 +251,31 @@ def test_the_frozen_subset_probe_trains_only_the_linear_layer_on_the_label_subse
         assert torch.equal(probe[f"backbone.{key}"], value), key
     assert probe["fc.weight"].abs().sum() > 0
     assert as_semi["status"] == 2 and "was trained with --protocol=semi_linear" in as_semi["stderr"], as_semi
+
+
+def test_the_cifar_transfer_protocol_takes_its_release_settings_and_keeps_the_backbone(probe_data, tmp_path):
+    """--protocol=transfer: DisCo's cifar_main_lincls.py settings unless given (here the epochs and size are, to stay
+    small), bicubic upsampling, a frozen backbone, results.json naming the protocol."""
+    from datasets.transforms import transfer_eval_transform, transfer_train_transform
+
+    bicubic = torchvision.transforms.InterpolationMode.BICUBIC
+    train, evaluation = transfer_train_transform(224).transforms, transfer_eval_transform(224).transforms
+    assert isinstance(train[0], torchvision.transforms.RandomResizedCrop) and train[0].interpolation == bicubic
+    assert train[0].size == (224, 224) and isinstance(train[1], torchvision.transforms.RandomHorizontalFlip)
+    assert isinstance(evaluation[0], torchvision.transforms.Resize) and evaluation[0].interpolation == bicubic
+    assert evaluation[0].size == 224 and isinstance(evaluation[1], torchvision.transforms.CenterCrop)
+    tmp, data = probe_data
+    out = tmp_path / "transfer"
+    (result,) = run_cases("main_lincls", [["--arch=resnet18", "--protocol=transfer", f"--data_dir={data}",
+                                           f"--pretrained={tmp / 'tv.pth'}", f"--output_dir={out}", "--num_workers=0",
+                                           "--image_size=32", "--end_epoch=2"]], tmp_path)
+    assert result["status"] == 0, result
+    results = json.loads((out / "results.json").read_text())
+    assert results["protocol"] == "transfer" and results["epochs_done"] == 2
+    used = results["flags"]
+    assert (used["init_lr"], used["decay_method"], used["schedule"], used["wd"], used["momentum"],
+            used["batch_size"], used["image_size"]) == (3.0, "step", [], 0.0, 0.9, 256, 32)
+    assert [row["lr"] for row in csv.DictReader(open(out / "epochs.csv"))] == ["3.0", "3.0"]
+    probe = torch.load(out / "probe.pth", weights_only=True)["model"]
+    for key, value in torch.load(tmp / "tv.pth", weights_only=True).items():
+        assert torch.equal(probe[f"backbone.{key}"], value), key
