@@ -21,7 +21,9 @@ FLAGS = flags.FLAGS
 # Official flags (names and defaults of haohang96/bingo main_moco.py).
 flags.DEFINE_string("output_dir", None, "Run folder for checkpoints, metrics and flags (required).")
 flags.DEFINE_string("train_url", None, "Official name of --output_dir (accepted as an alias).")
-flags.DEFINE_string("data_dir", None, "Dataset root; <data_dir>/train is used.")
+flags.DEFINE_string("data_dir", None, "Dataset root; <data_dir>/train is used. Or a release folder read in place: "
+                    "cifar-10-batches-py, cifar-100-python, stl10_binary (its .../unlabeled or "
+                    ".../train+unlabeled for the unlabelled images).")
 flags.DEFINE_integer("moco_dim", 128, "Embedding (and queue) dimension.")
 flags.DEFINE_integer("moco_k", 65536, "Queue length; a multiple of the global batch.")
 flags.DEFINE_float("moco_m", 0.999, "Momentum of the student's momentum copy (--method=moco, disco, compress); the "

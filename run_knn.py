@@ -35,7 +35,8 @@ from utils.logs import log
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("arch", "resnet50", sorted(BACKBONES), "Teacher network.")
 flags.DEFINE_string("ckpt_name", "", "Teacher checkpoint (MoCo-v2, SwAV, torchvision or this project's).")
-flags.DEFINE_string("data_dir", None, "Dataset root; <data_dir>/train is embedded.")
+flags.DEFINE_string("data_dir", None, "Dataset root; <data_dir>/train is embedded. Or a CIFAR or STL-10 release "
+                    "folder, as main_distill.py reads it.")
 flags.DEFINE_string("corr_name", "imgs_corr_moco_epoch800.npy",
                     "Output .npy: a bare name is written under ./imgs_corr/, a path is used as given.")
 flags.DEFINE_integer("clus_pos_num", 5, "K: neighbours kept per image (itself excluded).")
@@ -176,6 +177,8 @@ def make_neighbour_file(opts: KnnStepOptions) -> None:
     if opts.bagging == "kmeans" and opts.kmeans_clusters > n // (k + 1):  # before the embedding
         raise app.UsageError(f"--kmeans_clusters={opts.kmeans_clusters}: {n} images make at most {n // (k + 1)} "
                              f"clusters of K + 1 = {k + 1} (every image needs K others in its cluster)")
+    if opts.bagging == "label" and not dataset.labelled:
+        raise app.UsageError(f"--bagging=label: {dataset.describe()}; label bags need labels")
     log(f"{dataset.describe()}; K={k}; bags: {opts.bagging}; {ctx.world_size} process(es)", ctx.is_main)
     labels = np.asarray(dataset.targets)
     try:

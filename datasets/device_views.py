@@ -22,7 +22,7 @@ import io
 import itertools
 import math
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -86,6 +86,19 @@ def read_decoded(path: str) -> EncodedImage:
     return EncodedImage(pixels, pixels.shape[2], pixels.shape[1], str(path))
 
 
+def encoded_loader(dataset: IndexedImageFolder) -> Callable[[str], EncodedImage]:
+    """``read_encoded`` for a folder's files; an array release's images come as their pixels."""
+    if dataset.arrays is None:
+        return read_encoded
+    arrays = dataset.arrays
+
+    def pixels(path: str) -> EncodedImage:
+        data = torch.from_numpy(np.ascontiguousarray(arrays.pixels(path))).permute(2, 0, 1).contiguous()
+        return EncodedImage(data, data.shape[2], data.shape[1], path)
+
+    return pixels
+
+
 class EncodedBagDataset(BagDataset):
     """``BagDataset`` for ``--device_views`` read from files: items are ``(images, epoch, index)`` where ``images``
     holds the anchor (and its bag's other member) once each as ``EncodedImage``; the views are drawn and made on the
@@ -93,7 +106,7 @@ class EncodedBagDataset(BagDataset):
 
     def __init__(self, root, neighbours, clus_pos_num: int = 5, seed: int = 0, views: str | None = None) -> None:
         super().__init__(root, None, neighbours, clus_pos_num, seed, views)
-        self.loader = read_encoded
+        self.loader = encoded_loader(self)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple:  # type: ignore[override]
         epoch, index = self.epoch_and_index(key)
@@ -111,7 +124,7 @@ class EncodedImageFolder(IndexedImageFolder):
 
     def __init__(self, root) -> None:
         super().__init__(root)
-        self.loader = read_encoded
+        self.loader = encoded_loader(self)
 
     def __getitem__(self, index: int) -> tuple:  # type: ignore[override]
         image, target, index = super().__getitem__(index)
@@ -160,11 +173,12 @@ class HeldBagDataset(BagDataset):
         self.pixels = self._decode_all().to(device)
 
     def _decode_all(self) -> torch.Tensor:
-        first = read_decoded(self.samples[0][0])
+        read = encoded_loader(self) if self.arrays is not None else read_decoded  # arrays: already pixels
+        first = read(self.samples[0][0])
         pixels = torch.empty(len(self.samples), *first.data.shape, dtype=torch.uint8)
         progress = Progress(len(self.samples), "decode into memory")
         for i, (path, _) in enumerate(self.samples):
-            image = read_decoded(path)
+            image = read(path)
             if image.data.shape != first.data.shape:
                 raise DatasetError(f"--in_memory holds images of one size, but {path} is {image.width}x{image.height} "
                                    f"and {first.path} is {first.width}x{first.height}: resize the images to one size, "

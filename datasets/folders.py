@@ -18,6 +18,8 @@ from torch.utils.data import DistributedSampler
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
+from datasets.arrays import ArrayError, ArraySplit, open_array_split
+
 __all__ = [
     "DatasetError",
     "IndexedImageFolder",
@@ -58,8 +60,15 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def open_split(data_dir: str | os.PathLike, split: str, flag: str = "--data_dir") -> Path:
-    """``<data_dir>/<split>``, or a clear error naming ``flag`` when it is missing."""
+def open_split(data_dir: str | os.PathLike, split: str, flag: str = "--data_dir") -> Path | ArraySplit:
+    """``<data_dir>/<split>``, or the split of the array release (CIFAR, STL-10) ``data_dir`` is
+    (``datasets.arrays``), or a clear error naming ``flag`` when it is missing."""
+    try:
+        arrays = open_array_split(data_dir, split, flag)
+    except ArrayError as error:
+        raise DatasetError(str(error)) from None
+    if arrays is not None:
+        return arrays
     root = Path(data_dir) / split
     if not root.is_dir():
         raise DatasetError(
@@ -86,10 +95,19 @@ class IndexedImageFolder(ImageFolder):
     """``torchvision.datasets.ImageFolder`` whose items are ``(image, target, index)``. Hidden class folders and
     files (names starting with '.', such as ``.ipynb_checkpoints``) are skipped; ``skipped_hidden`` counts them."""
 
-    def __init__(self, root: str | os.PathLike, transform: Callable | None = None) -> None:
+    def __init__(self, root: str | os.PathLike | ArraySplit, transform: Callable | None = None) -> None:
+        self.skipped_hidden = 0
+        self.arrays = root if isinstance(root, ArraySplit) else None
+        if self.arrays is not None:  # an array release's split: its images by index, no folder to scan
+            self.root, self.transform, self.target_transform = str(self.arrays.folder), transform, None
+            self.loader, self.extensions = self.arrays.pil, None
+            self.classes = list(self.arrays.classes) if self.arrays.labelled else ["unlabeled"]
+            self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+            self.samples = self.imgs = self.arrays.samples()
+            self.targets = [target for _, target in self.samples]
+            return
         if not Path(root).is_dir():
             raise DatasetError(f"{root} is not a folder")
-        self.skipped_hidden = 0
         try:
             super().__init__(str(root), transform=transform, loader=load_rgb, is_valid_file=self._is_image)
         except FileNotFoundError as error:
@@ -128,8 +146,19 @@ class IndexedImageFolder(ImageFolder):
     def relative_paths(self) -> list[str]:
         return [os.path.relpath(path, self.root) for path, _ in self.samples]
 
+    @property
+    def labelled(self) -> bool:
+        """Whether the images have labels (every class folder does; STL-10's unlabelled split does not)."""
+        return self.arrays is None or self.arrays.labelled
+
+    def raw_bytes(self, path: str) -> bytes:
+        """The stored bytes of the image named ``path`` (a file's, or an array release's pixels)."""
+        return self.arrays.raw(path) if self.arrays is not None else Path(path).read_bytes()
+
     def describe(self) -> str:
         """``N images in <root>, C classes`` and how many hidden entries were skipped."""
+        if self.arrays is not None:
+            return self.arrays.describe()
         text = f"{len(self.samples)} images in {self.root}, {len(self.classes)} classes"
         if self.skipped_hidden:
             text += f" ({self.skipped_hidden} hidden files or folders skipped)"

@@ -54,7 +54,7 @@ def dataset_fingerprint(dataset: IndexedImageFolder) -> dict[str, Any]:
     digest = hashlib.sha256()
     for i in picks:
         digest.update(f"{i}\t".encode())
-        digest.update(Path(dataset.samples[i][0]).read_bytes())
+        digest.update(dataset.raw_bytes(dataset.samples[i][0]))
     return {"num_images": n, "file_list_sha256": file_list_sha256(dataset), "content_sample_sha256":
             digest.hexdigest(), "content_sample_size": len(picks)}
 
