@@ -111,7 +111,10 @@ flags.DEFINE_bool("in_memory", False,
                   "With --device_views: decode every training image once at start-up and hold them as one tensor on "
                   "the training device, indexed there (images of one size, e.g. Fashion-MNIST, CIFAR, STL-10; 3 KB an "
                   "image at 32 px); no loader workers.")
-flags.DEFINE_bool("fuse_teacher", False, "One teacher forward for anchor and neighbour keys (needs teacher_mode=eval).")
+flags.DEFINE_bool("fuse_teacher", False,
+                  "One teacher forward for the anchor and neighbour keys (--method=bingo --loss=official); with a "
+                  "train-mode teacher each view keeps its own BatchNorm statistics and shuffle, so the keys are the "
+                  "two forwards' (speed switch).")
 flags.DEFINE_bool("check_corr_json", True,
                   "Require the .npy's JSON from run_knn.py and check it against this dataset (turn off only for "
                   ".npy files made by the official code).")

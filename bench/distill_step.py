@@ -3,13 +3,13 @@
     python bench/distill_step.py                         # GPU: R18<-R50, R18<-R50w2, EffB0<-R50w2 at 224 px
     python bench/distill_step.py --pairs resnet18:resnet50 --batches 4 --size 64 --steps 2   # CPU smoke size
 
-Per pair and per-GPU batch it runs, in one process and in alternation, the official-style configuration (fp32,
-NCHW, separate teacher forwards with train-mode BN) and the fast one (bf16 autocast, channels_last; the teacher
-keeps train-mode BN, so its forwards stay separate), then a fast row with an eval-mode teacher and one fused
-teacher forward. It reports anchors/s, peak memory, fast/official, and the model FLOP rate: FLOPs per anchor are
-2 teacher forwards + 3 student forward-and-backward passes (backward counted as twice the forward). Two ceilings
-are measured in the same run: a plain supervised ResNet-50 training step in bf16 + channels_last, and a large
-bf16 matmul.
+Per pair and per-GPU batch it runs, in one process and in alternation, the official-style configuration (fp32, NCHW,
+separate teacher forwards with train-mode BN) and the fast one (bf16 autocast, channels_last, the teacher's two
+forwards), then fast rows with one fused teacher forward: in train mode with BatchNorm statistics per view (the
+released recipe's keys), and with an eval-mode teacher. It reports anchors/s, peak memory, fast/official, and the
+model FLOP rate: FLOPs per anchor are 2 teacher forwards + 3 student forward-and-backward passes (backward counted
+as twice the forward). Two ceilings are measured in the same run: a plain supervised ResNet-50 training step in bf16
++ channels_last, and a large bf16 matmul.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from models.methods import build_method
 CONFIGS = {
     "official": dict(amp=False, channels_last=False, teacher_mode="train", fuse=False, compile=False),
     "fast": dict(amp=True, channels_last=True, teacher_mode="train", fuse=False, compile=False),
+    "fast+fused": dict(amp=True, channels_last=True, teacher_mode="train", fuse=True, compile=False),
     "fast+eval-teacher-fused": dict(amp=True, channels_last=True, teacher_mode="eval", fuse=True, compile=False),
     "fast+compile": dict(amp=True, channels_last=True, teacher_mode="train", fuse=False, compile=True),
 }
@@ -179,11 +180,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--configs", default="official,fast,fast+eval-teacher-fused",
+    parser.add_argument("--configs", default="official,fast,fast+fused,fast+eval-teacher-fused",
                         help=f"comma-separated, from {list(CONFIGS)} (fast+compile compiles for minutes)")
     parser.add_argument("--json")
     args = parser.parse_args()
     args.configs = args.configs.split(",")
+    if "official" not in args.configs or not set(args.configs) <= set(CONFIGS):
+        parser.error(f"--configs: give official and any of {list(CONFIGS)} (each row is compared with official)")
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
     rows = []

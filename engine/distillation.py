@@ -70,8 +70,9 @@ def _official_bags(o: DistillOptions) -> bool:
 FLAG_SCOPE: dict[str, tuple[str, Callable[[DistillOptions], bool]]] = {
     **{name: ("a run with a teacher (not --method=moco, whose keys come from its own momentum copy)",
               lambda o: o.uses_teacher) for name in ("t_arch", "pretrain_path", "pretrain_alg", "teacher_mode")},
-    "fuse_teacher": ("--method=bingo, seed or disco (CompRess's teacher embeds one view a step)",
-                     lambda o: o.method in ("bingo", "seed", "disco")),
+    "fuse_teacher": ("--method=bingo --loss=official (the one step whose teacher embeds two views through the same "
+                     "path: SEED's and CompRess's embed one, DisCo's release calls its teacher per view)",
+                     _official_bags),
     "moco_m": ("a run with a momentum copy of the student (--method=moco, disco, or compress with two banks; "
                "BINGO's and SEED's teacher is frozen, and the official BINGO flag was unused)",
                lambda o: o.method in ("moco", "disco") or (o.method == "compress" and not o.compress_one_bank)),
@@ -156,7 +157,7 @@ def check_options(opts: DistillOptions, world_size: int) -> int:
     if opts.in_memory and not opts.device_views:
         raise app.UsageError("--in_memory needs --device_views (the batched views take the decoded pixels)")
     try:
-        distill_config(opts)  # the step's own rules (--fuse_teacher needs an eval-mode teacher)
+        distill_config(opts)  # the step's own rules
     except ValueError as error:
         raise app.UsageError(str(error)) from None
     if opts.knn_monitor_freq < 0:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import losses
+from models.batchnorm import statistics_per_chunk
 from models.queue import KeyQueue
 from utils import dist as edist
 from utils.metrics import topk_accuracy
@@ -76,14 +77,9 @@ class DistillConfig:
     disco_mse_weight: float  # DisCo: weight of each MSE term on the batch mean (release: per-process sum)
     compress_one_bank: bool  # CompRess-1q: the teacher's bank only, a linear map to the teacher's width
     teacher_mode: str  # train (official: batch statistics, shuffle-BN) | eval
-    fuse_teacher: bool
+    fuse_teacher: bool  # one teacher forward for several views (train mode: BatchNorm statistics per view)
     subgroup: int
     amp: bool
-
-    def __post_init__(self) -> None:
-        if self.fuse_teacher and self.teacher_mode != "eval":
-            raise ValueError("--fuse_teacher needs --teacher_mode=eval: in train mode BN statistics of one forward "
-                             "over anchor and neighbour keys together differ from the official two forwards")
 
 
 class Distiller(nn.Module):
@@ -133,14 +129,22 @@ class Distiller(nn.Module):
 
     @torch.no_grad()
     def teacher_keys(self, *views: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Teacher embeddings ``[B, dim]`` of each view: one fused forward in eval mode when asked, otherwise a
-        forward per view (through group shuffle-BN when the teacher uses batch statistics)."""
+        """Teacher embeddings ``[B, dim]`` of each view, a forward per view (through group shuffle-BN when the
+        teacher uses batch statistics) or, with ``fuse_teacher``, one forward of the views together: in train mode
+        each view's images are shuffled as before and each view keeps its own BatchNorm statistics
+        (``statistics_per_chunk``), so the keys are those of the forwards per view."""
+        def embed(x: torch.Tensor) -> torch.Tensor:
+            return self.teacher(x)[0]
+
         with self.autocast(views[0].device):
-            if self.config.fuse_teacher and len(views) > 1:
-                return tuple(self.teacher(torch.cat(views))[0].split([v.shape[0] for v in views]))
             if not self.teacher.training:
-                return tuple(self.teacher(v)[0] for v in views)
-            return tuple(self.shuffle(lambda x: self.teacher(x)[0], v, self.generator) for v in views)
+                if self.config.fuse_teacher and len(views) > 1:
+                    return tuple(embed(torch.cat(views)).split([v.shape[0] for v in views]))
+                return tuple(embed(v) for v in views)
+            if self.config.fuse_teacher and len(views) > 1:
+                with statistics_per_chunk(self.teacher, len(views)):
+                    return self.shuffle.many(embed, views, self.generator)
+            return tuple(self.shuffle(embed, v, self.generator) for v in views)
 
     @torch.no_grad()
     def instance_accuracy(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -92,3 +92,28 @@ def method_step(rank: int, world: int, port: int, method: str, batch: list[torch
     if rank == 0:
         torch.save(saved, out_path)
     dist.destroy_process_group()
+
+
+def teacher_keys_worker(rank: int, world: int, port: int, views: list[torch.Tensor], out_path: str,
+                        fuse: bool) -> None:
+    """The train-mode teacher's keys of this rank's slice of each view through group shuffle-BN, with one forward
+    per view or one for both (``fuse``); each rank saves its keys to ``out_path`` + its rank."""
+    from models.methods import build_method
+
+    from helpers import distill_config
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    per = views[0].shape[0] // world
+    mine = [v[rank * per:(rank + 1) * per] for v in views]
+    config = distill_config(dim=16, queue_size=4 * views[0].shape[0], teacher_mode="train", fuse_teacher=fuse,
+                            subgroup=8)
+    distiller = build_method(tiny_embedder(seed=1), tiny_embedder(seed=2), config)
+    distiller.set_epoch(0, 0, rank)
+    keys = distiller.teacher_keys(*mine)
+    gathered = [[torch.empty_like(k) for _ in range(world)] for k in keys]
+    for slot, k in zip(gathered, keys):
+        dist.all_gather(slot, k)
+    if rank == 0:
+        torch.save([torch.cat(slot) for slot in gathered], out_path)
+    dist.destroy_process_group()

@@ -75,8 +75,6 @@ def test_fused_teacher_forward_equals_two_forwards_in_eval_mode():
         distiller = build_method(tiny_embedder(seed=1), tiny_embedder(seed=2), config)
         keys.append(distiller.teacher_keys(views[1], views[3]))
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*keys))
-    with pytest.raises(ValueError, match="teacher_mode=eval"):
-        build_method(tiny_embedder(), tiny_embedder(), distill_config(dim=16, queue_size=8, fuse_teacher=True))
 
 
 def test_moco_baseline_momentum_encoder_follows_k_equals_m_k_plus_1_minus_m_q():
@@ -163,7 +161,7 @@ def test_end_to_end_two_processes_learns_keeps_teacher_and_resumes_exactly(disti
 def test_baselines_and_the_paper_loss_run_in_the_same_loop(distill_data, tmp_path):
     tmp, data = distill_data
     runs = {"moco": ["--method=moco"], "seed": ["--method=seed"],
-            "paper": ["--loss=paper", "--teacher_mode=eval", "--fuse_teacher"]}
+            "paper": ["--loss=paper", "--teacher_mode=eval"]}
     drop = {"moco": (*BAG_FLAGS, *TEACHER_FLAGS), "seed": BAG_FLAGS, "paper": ()}
     results = run_cases("main_distill", [without(_args(tmp, data, tmp_path / name, 1, extra), *drop[name])
                                          for name, extra in runs.items()], tmp_path)

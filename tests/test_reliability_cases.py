@@ -303,7 +303,7 @@ def test_flags_that_would_do_nothing_and_values_that_make_no_sense_are_refused_b
         "--loss acts only in --method=bingo": ["--method=disco", "--loss=paper"],
         "--teacher_mode acts only in a run with a teacher": ["--method=moco", "--teacher_mode=eval"],
         "--pretrain_path acts only in a run with a teacher": ["--method=moco", f"--pretrain_path={teacher}"],
-        "--fuse_teacher acts only in --method=bingo, seed or disco": ["--method=compress", "--fuse_teacher",
+        "--fuse_teacher acts only in --method=bingo --loss=official": ["--method=compress", "--fuse_teacher",
                                                                       "--teacher_mode=eval"],
         "--head_hidden acts only in an MLP head": ["--method=compress", "--head_hidden=512"],
         "--lam acts only in --method=bingo --loss=official with the cross-bag keys": ["--method=seed", "--lam=1,0"],

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -137,14 +137,29 @@ class ShuffleGroup:
     def __call__(
         self, network: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor:
+        return self.many(network, (images,), generator)[0]
+
+    @torch.no_grad()
+    def many(self, network: Callable[[torch.Tensor], torch.Tensor], views: Sequence[torch.Tensor],
+             generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """``self(network, view, generator)`` for each of ``views`` (equal batches) in one call of ``network``:
+        each view gathered and permuted as alone, with the permutations drawn in the same order, this rank's slices
+        concatenated for ``network``, its output split and put back per view."""
+        batch = views[0].shape[0]
         if self.size == 1:
-            return network(images)
-        batch = images.shape[0]
-        gathered = all_gather(images, self.group)
-        perm = torch.randperm(gathered.shape[0], generator=generator).to(images.device)
-        dist.broadcast(perm, src=self.first_rank, group=self.group)
-        mine = perm[self.group_rank * batch:(self.group_rank + 1) * batch]
-        outputs = all_gather(network(gathered[mine]), self.group)
-        restore = torch.empty_like(perm)
-        restore[perm] = torch.arange(perm.numel(), device=perm.device)
-        return outputs[restore][self.group_rank * batch:(self.group_rank + 1) * batch]
+            return tuple(network(torch.cat(views)).split(batch)) if len(views) > 1 else (network(views[0]),)
+        slices, perms = [], []
+        for images in views:
+            gathered = all_gather(images, self.group)
+            perm = torch.randperm(gathered.shape[0], generator=generator).to(images.device)
+            dist.broadcast(perm, src=self.first_rank, group=self.group)
+            slices.append(gathered[perm[self.group_rank * batch:(self.group_rank + 1) * batch]])
+            perms.append(perm)
+        outputs = network(torch.cat(slices)).split(batch)
+        restored = []
+        for output, perm in zip(outputs, perms):
+            gathered = all_gather(output, self.group)
+            restore = torch.empty_like(perm)
+            restore[perm] = torch.arange(perm.numel(), device=perm.device)
+            restored.append(gathered[restore][self.group_rank * batch:(self.group_rank + 1) * batch])
+        return tuple(restored)
