@@ -102,6 +102,9 @@ flags.DEFINE_enum("stem", "imagenet", list(STEMS),
                   "checkpoints; a teacher or --resume of the other stem is refused.")
 flags.DEFINE_bool("amp", False, "bf16 autocast on CUDA.")
 flags.DEFINE_bool("channels_last", False, "channels_last memory format on CUDA.")
+flags.DEFINE_bool("fused_optimizer", False,
+                  "SGD's fused implementation (one kernel for every parameter's update; speed switch, equal up to "
+                  "rounding). A resume uses this run's choice, whatever the checkpoint's was.")
 flags.DEFINE_bool("compile", False, "torch.compile the student and the teacher (CUDA speed switch; compiles first).")
 flags.DEFINE_bool("device_views", False,
                   "Decode JPEGs (nvJPEG on CUDA) and make each batch's views on the training device in a fixed number "

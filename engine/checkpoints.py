@@ -159,7 +159,10 @@ def load_checkpoint(payload: dict[str, Any], where: str, distiller: Distiller, o
                                   f"{tuple(memory.keys.shape)}")
         memory.keys.copy_(payload[name].to(memory.keys.device))
         memory.ptr = int(payload[f"{name}_ptr"])
+    implementation = {key: optimizer.defaults.get(key) for key in ("fused", "foreach")}
     optimizer.load_state_dict(payload["optimizer"])
+    for group in optimizer.param_groups:  # how the update runs is this run's choice, not the checkpoint's
+        group.update(implementation)
     set_rng_state(payload["rng"])
     return int(payload["epoch"])
 

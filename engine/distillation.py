@@ -271,7 +271,7 @@ def build_distiller(opts: DistillOptions, teacher: Embedder | None, ctx: edist.C
         distiller.student = DistributedDataParallel(
             distiller.student, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
     optimizer = torch.optim.SGD(unwrap(distiller.student).parameters(), lr=opts.init_lr, momentum=opts.momentum,
-                                weight_decay=opts.wd)
+                                weight_decay=opts.wd, fused=opts.fused_optimizer or None)
     return distiller, optimizer
 
 

@@ -90,6 +90,7 @@ class DistillOptions(_Options):
     stem: str
     amp: bool
     channels_last: bool
+    fused_optimizer: bool
     compile: bool
     device_views: bool
     in_memory: bool

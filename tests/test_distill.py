@@ -289,3 +289,22 @@ def test_a_checkpoint_in_the_layout_written_since_the_first_release_loads_and_is
     for key, value in state.items():
         assert torch.equal(written["state_dict"][key], value), key
     assert torch.equal(written["queue"], queue) and written["queue_ptr"] == 4
+
+
+def test_the_fused_optimizer_trains_the_same_student_and_a_resume_takes_this_runs_choice(distill_data, tmp_path):
+    tmp, data = distill_data
+    runs = {name: tmp_path / name for name in ("loop", "fused", "resumed")}
+    results = run_cases("main_distill", [
+        _args(tmp, data, runs["loop"], 2),
+        _args(tmp, data, runs["fused"], 2, ["--fused_optimizer"]),
+        _args(tmp, data, runs["resumed"], 1, ["--fused_optimizer"]),
+        _args(tmp, data, runs["resumed"], 2, ["--resume=auto"]),
+    ], tmp_path)
+    assert [r["status"] for r in results] == [0, 0, 0, 0], results
+    loop, fused, resumed = (torch.load(runs[n] / "final.pth", weights_only=True) for n in ("loop", "fused", "resumed"))
+    for key, value in loop["state_dict"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(fused["state_dict"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+            torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert fused["optimizer"]["param_groups"][0]["fused"] is True
+    assert not resumed["optimizer"]["param_groups"][0]["fused"]  # the resume ran without the flag
