@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything measured on a GPU: correctness checks, then the benchmarks; logs go to $OUT.
-# Usage (from the repository root): bash bench/gpu_suite.sh [checks|knn|embed|pipeline|distill|rates|demo|bags ...]
+# Usage (from the repository root): bash bench/gpu_suite.sh [checks|knn|embed|pipeline|distill|loop|rates|demo|bags ...]
 # Packages the machine lacks (kornia, efficientnet_pytorch) come as wheels in .whl/ (`make gpu-wheels`; carry .whl).
 # `demo` runs the demo's GPU configuration (resumable: run it again until it prints its table), `bags` the GPU bagging
 # ablation (it shares demo's floors and teacher); FMNIST_DIR names a folder with the four Fashion-MNIST .gz files where
@@ -38,6 +38,7 @@ for part in "${@:-checks knn embed pipeline distill}"; do
               2>/dev/null ;;
       rates) python3 -m bench.demo_rates --config gpu --device cuda --inputs memory --epochs 2 --steps 10 \
                ${FMNIST_DIR:+--fmnist_dir "$FMNIST_DIR"} --json "$OUT/demo_rates.json" 2>&1 | tee "$OUT/rates.log" ;;
+      loop) python3 -m bench.loop_rates --json "$OUT/loop.json" 2>&1 | tee "$OUT/loop.log" ;;
       distill) python3 -m bench.distill_step --rounds 2 --steps 8 --warmup 2 --json "$OUT/distill.json" 2>&1 | tee "$OUT/distill.log" ;;
     esac
   done

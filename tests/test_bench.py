@@ -15,6 +15,8 @@ CASES = {
     "knn.py": ["--sizes", "300", "--dims", "16", "--device", "cpu"],
     "distill_step.py": ["--pairs", "resnet18:resnet50", "--batches", "2", "--size", "32", "--queue", "8",
                         "--steps", "1", "--rounds", "1", "--warmup", "1", "--device", "cpu"],
+    "loop_rates.py": ["--images", "24", "--size", "32", "--batch", "4", "--workers", "0", "--epochs", "2",
+                      "--steps", "1", "--flags=", "--device", "cpu"],
     "data_pipeline.py": ["--workers", "0,1", "--images", "16", "--batch", "4", "--batches", "2", "--size", "32",
                          "--profile_steps", "2", "--queue", "8", "--device", "cpu", "--pair", "resnet18:resnet18"],
 }
@@ -32,6 +34,10 @@ def test_bench_script_runs_on_the_cpu(tmp_path, script):
         assert {r["path"] for r in rows["pipeline"]} == {"cpu", "device", "device-workers"}
         assert [r["path"] for r in rows["profile"]] == ["resident batch", "cpu", "device"]
         assert all(r["anchors_per_s"] > 0 for r in rows["pipeline"] + rows["profile"])
+    if script == "loop_rates.py":  # main_distill.py itself on both input paths, against the same step's compute
+        rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+        assert [r["inputs"] for r in rows] == ["files", "device"]
+        assert all(r["data_fed"] > 0 and r["compute_only"] > 0 for r in rows)
 
 
 @pytest.mark.skipif(not (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST is not installed")
