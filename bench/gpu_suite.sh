@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Everything measured on a GPU: correctness checks, then the benchmarks; logs go to $OUT.
-# Usage (from the repository root): bash bench/gpu_suite.sh [checks|knn|embed|pipeline|distill|loop|rates|demo|bags ...]
+# Usage (from the repository root):
+#   bash bench/gpu_suite.sh [checks|knn|embed|pipeline|distill|loop|rates|teacher|demo|bags ...]
+# `teacher` trains the gpu configuration's teacher alone for TEACHER_EPOCHS (50), its k-NN monitor every 5 epochs, and
+# scores it (no floors: docs/demo.md has them from 2026-12-04), within DEMO_SECONDS.
 # Packages the machine lacks (kornia, efficientnet_pytorch) come as wheels in .whl/ (`make gpu-wheels`; carry .whl).
 # `demo` runs the demo's GPU configuration (resumable: run it again until it prints its table), `bags` the GPU bagging
 # ablation (it shares demo's floors and teacher); FMNIST_DIR names a folder with the four Fashion-MNIST .gz files where
@@ -36,6 +39,14 @@ for part in "${@:-checks knn embed pipeline distill}"; do
             mkdir -p "$OUT/$config"
             cp runs/demo-$config/results.* runs/demo-$config/*.png runs/demo-$config/stage_times.json "$OUT/$config/" \
               2>/dev/null ;;
+      teacher) epochs=${TEACHER_EPOCHS:-50}
+            timeout -k 150 "${DEMO_SECONDS:-540}" python3 -m scripts.demo --config gpu --device cuda \
+              --teacher_epochs "$epochs" --skip_floors --stop_after teacher \
+              ${FMNIST_DIR:+--fmnist_dir "$FMNIST_DIR"} 2>&1 | tee -a "$OUT/teacher.log" \
+              || python3 -m scripts.demo --config gpu --teacher_epochs "$epochs" --report_only 2>&1 \
+                   | tee -a "$OUT/teacher.log"
+            cp "runs/demo-gpu-teacher$epochs/teacher/metrics.jsonl" "$OUT/teacher-metrics.jsonl" 2>/dev/null
+            cp "runs/demo-gpu-teacher$epochs/results.json" "$OUT/teacher-results.json" 2>/dev/null ;;
       rates) python3 -m bench.demo_rates --config gpu --device cuda --inputs memory --epochs 2 --steps 10 \
                ${FMNIST_DIR:+--fmnist_dir "$FMNIST_DIR"} --json "$OUT/demo_rates.json" 2>&1 | tee "$OUT/rates.log" ;;
       loop) python3 -m bench.loop_rates --json "$OUT/loop.json" 2>&1 | tee "$OUT/loop.log" ;;

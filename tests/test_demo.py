@@ -90,3 +90,17 @@ def test_a_stopped_demo_stops_its_running_stage_which_ends_cleanly(tmp_path):
     child = int((tmp_path / "pid").read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
+
+
+def test_the_teacher_alone_for_longer_reports_its_curve_and_names_what_it_did_not_run(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "scripts.demo", "--quick", "--teacher_epochs=2", "--skip_floors",
+                           "--stop_after=teacher", f"--run_dir={tmp_path / 'run'}", f"--data_dir={tmp_path / 'data'}",
+                           f"--eval_dir={tmp_path / 'eval'}"], cwd=tmp_path, env=subprocess_env(tmp_path),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    (teacher,) = results["rows"]
+    assert teacher["model"] == "teacher" and teacher["epochs"] == 2 and len(teacher["loss_curve"]) == 2
+    assert not results["complete"] and "floors/pixels" in results["missing"]
+    assert not (tmp_path / "run" / "floors").exists() and not (tmp_path / "run" / "students").exists()
+    assert "stages not run or not finished" in (tmp_path / "run" / "results.md").read_text()

@@ -153,7 +153,7 @@ def test_a_stopped_run_reports_what_finished_and_names_what_did_not(tmp_path):
     assert rows["seed"]["above_untrained"] == {"knn10_top1": True, "linear_top1": False}
     assert results["bag_purity"] == {"random": 10.0}  # the k-NN bags' step did not run
     assert "| 1 of 2 |" in table(results)
-    assert partial_line(results).startswith("**Partial run**: 5 stages not finished (students/seed/seed1,")
+    assert partial_line(results).startswith("**Partial run**: 5 stages not run or not finished (students/seed/seed1,")
     for folder in results["missing"]:
         _evaluated(tmp_path, folder, 71.0, 74.0)
     (tmp_path / "neighbours.json").write_text(json.dumps({"bag_purity": 70.0}))

@@ -21,6 +21,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the smoke configuration the tests run")
     parser.add_argument("--config", choices=sorted(CONFIGS), help="default: gpu when CUDA is available, else cpu")
     parser.add_argument("--seeds", type=int, help="student runs per method (default: the configuration's)")
+    parser.add_argument("--teacher_epochs", type=int, help="the teacher's epochs (default: the configuration's)")
+    parser.add_argument("--skip_floors", action="store_true",
+                        help="train without scoring the floors first (the report then compares with none)")
+    parser.add_argument("--stop_after", choices=["teacher"],
+                        help="stop once the teacher is trained and scored (its k-NN curve is the question)")
     parser.add_argument("--run_dir", type=Path, help="default: runs/demo-<config>[-<seeds>seeds]")
     parser.add_argument("--data_dir", type=Path, help="training images (default: demo_data/fmnist-<split>)")
     parser.add_argument("--eval_dir", type=Path, help="evaluation images (default: demo_data/fmnist-<split>)")
@@ -44,14 +49,19 @@ def main() -> None:
         if args.seeds < 1:
             parser.error("--seeds must be at least 1")
         cfg = replace(cfg, seeds=args.seeds)
-    default_run = f"demo-{name}" + (f"-{cfg.seeds}seeds" if cfg.seeds != CONFIGS[name].seeds else "")
+    if args.teacher_epochs is not None:
+        if args.teacher_epochs < 1:
+            parser.error("--teacher_epochs must be at least 1")
+        cfg = replace(cfg, teacher=replace(cfg.teacher, epochs=args.teacher_epochs))
+    default_run = (f"demo-{name}" + (f"-{cfg.seeds}seeds" if cfg.seeds != CONFIGS[name].seeds else "")
+                   + (f"-teacher{cfg.teacher.epochs}" if cfg.teacher.epochs != CONFIGS[name].teacher.epochs else ""))
     run_dir = (args.run_dir or REPO / "runs" / default_run).resolve()
     started, load_before = time.perf_counter(), load_average()
     if not args.report_only:
         try:
             run_stages(cfg, run_dir, (args.data_dir or REPO / "demo_data" / data_folder(cfg)).resolve(),
                        (args.eval_dir or REPO / "demo_data" / eval_folder(cfg)).resolve(), args.device,
-                       args.fmnist_dir)
+                       args.fmnist_dir, floors_first=not args.skip_floors, stop_after=args.stop_after)
         except DatasetError as error:  # the data could not be prepared: one line, no traceback
             raise SystemExit(f"error: {error}") from None
     seconds = None if args.report_only else time.perf_counter() - started

@@ -93,7 +93,7 @@ def summary(results: dict) -> list[str]:
             gaps = ", ".join(f"{label} {r[key] - pixels[key]:+.1f}"
                              for key, label in (("knn10_top1", "10-NN"), ("linear_top1", "linear")))
             parts.append(f"against raw pixels {gaps}")
-        lines.append(f"{r['label']}: " + "; ".join(parts))
+        lines.append(f"{r['label']}: " + ("; ".join(parts) or "no floor scored to compare with"))
     labels = {r["model"]: r["label"] for r in results["rows"]}
     lines += [_difference_line(d, labels) for d in differences(results["rows"], comparisons(results))]
     return lines
@@ -101,6 +101,8 @@ def summary(results: dict) -> list[str]:
 
 def purity_line(results: dict) -> str:
     parts = [f"{BAG_LABELS[b]} {p:.1f} %" for b, p in results["bag_purity"].items() if p is not None]
+    if not parts:  # no bags made yet
+        return ""
     return "Bag purity (bag members in their image's class; labels read for this figure only): " + ", ".join(parts)
 
 
@@ -108,8 +110,9 @@ def partial_line(results: dict) -> str:
     """What a stopped run lacks ('' when complete)."""
     if results.get("complete", True):
         return ""
-    return (f"**Partial run**: {len(results['missing'])} stages not finished ({', '.join(results['missing'])}); "
-            "run the same command again to resume.")
+    return (f"**Partial run**: {len(results['missing'])} stages not run or not finished "
+            f"({', '.join(results['missing'])}); the same command again resumes (without --stop_after or "
+            "--skip_floors, where given, to run them all).")
 
 
 def report(results: dict, run_dir: Path) -> None:
@@ -117,7 +120,7 @@ def report(results: dict, run_dir: Path) -> None:
     if not results["rows"]:
         raise SystemExit(f"nothing in {run_dir} has been evaluated yet: run the demo first")
     queries, memory = results["rows"][0]["num_queries"], results["rows"][0]["num_memory"]
-    partial = partial_line(results)
+    partial, purity = partial_line(results), purity_line(results)
     text = (f"# BINGO demo on Fashion-MNIST ({cfg['name']} configuration)\n\n"
             + (f"{partial}\n\n" if partial else "") + f"{table(results)}\n\n"
             "† not above the same network untrained; ‡ not above it untrained with BatchNorm statistics of the "
@@ -127,7 +130,7 @@ def report(results: dict, run_dir: Path) -> None:
             + f"\n\nTraining images: {cfg['train_per_class'] or 6000} per class at {cfg['image_size']} px. Scored on "
             f"{queries:,} test images against {memory:,} labelled training images: k-NN with 10 neighbours "
             "(majority vote), and the linear probe as an L-BFGS logistic regression on the frozen features "
-            f"(`main_lincls.py --protocol=logreg`). {purity_line(results)}. All stages together: "
+            f"(`main_lincls.py --protocol=logreg`). {purity + '. ' if purity else ''}All stages together: "
             f"{results['total_stage_seconds'] / 60:.1f} min.\n\n"
             "![learning curves](learning_curves.png)\n![accuracy](accuracy.png)\n![loss curves](loss_curves.png)\n"
             + ("![accuracy against bag purity](purity.png)\n" if len(results["bag_purity"]) > 1 else ""))
@@ -135,5 +138,5 @@ def report(results: dict, run_dir: Path) -> None:
     atomic_json(results, run_dir / "results.json")
     written = plot(results, run_dir)
     print("\n" + (f"{partial}\n" if partial else "") + table(results) + "\n\n" + "\n".join(summary(results))
-          + f"\n{purity_line(results)}"
+          + f"\n{purity}"
           + f"\n\nwritten: {run_dir / 'results.md'}, results.json, {', '.join(p.name for p in written)}", flush=True)

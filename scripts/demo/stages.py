@@ -102,22 +102,26 @@ def student_folder(model: str, seed: int) -> str:
 
 
 def run_stages(cfg: Config, run_dir: Path, data_dir: Path, eval_dir: Path, device: str,
-               source: Path | None = None) -> tuple[Path, Path]:
-    """Every stage of ``cfg`` in order: data, floors, teacher, kNN step(s), students, each evaluated. Returns the
-    training and evaluation data folders."""
+               source: Path | None = None, floors_first: bool = True, stop_after: str | None = None
+               ) -> tuple[Path, Path]:
+    """Every stage of ``cfg`` in order: data, floors (unless not ``floors_first``), teacher, kNN step(s), students,
+    each evaluated; ``stop_after="teacher"`` stops once the teacher is scored. Returns the training and evaluation
+    data folders."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.shares:
         share(run_dir, run_dir.parent / f"demo-{cfg.shares}")
     data = prepare(data_dir, cfg.train_per_class, cfg.val_per_class, source=source).resolve()
     eval_data = prepare(eval_dir, cfg.eval_train_per_class, cfg.eval_val_per_class, source=source).resolve()
     runner = Runner(run_dir, device)
-    for folder, (arch, weights, _) in floors(cfg).items():
+    for folder, (arch, weights, _) in floors(cfg).items() if floors_first else ():
         evaluate(runner, cfg, eval_data, folder, arch, weights)
 
     teacher = run_dir / "teacher" / "final.pth"
     runner.stage("teacher", teacher, "main_distill.py",
                  train_args(cfg, cfg.teacher, data, run_dir / "teacher", "moco", seed=0))
     evaluate(runner, cfg, eval_data, "teacher", cfg.teacher.arch, [f"--pretrained={teacher}"])
+    if stop_after == "teacher":
+        return data, eval_data
     for bagging in cfg.bags:
         neighbours = neighbours_file(run_dir, bagging)
         uses_teacher = bagging in ("knn", "kmeans")
