@@ -29,7 +29,7 @@ from datasets.transforms import (
     transfer_train_transform,
 )
 from engine.checkpoints import read_probe, save_probe
-from engine.cli import check_minimums, check_stem, run
+from engine.cli import check_minimums, check_stem, refuse_inert_flags, run
 from engine.evaluation import (
     Classifier,
     assert_unchanged,
@@ -164,11 +164,7 @@ def check_options(opts: LinclsOptions) -> None:
     if opts.protocol in _TRAINED and not opts.evaluate:
         at_least["end_epoch"] = 1
     check_minimums(opts, at_least)
-    for name, (where, acts) in FLAG_SCOPE.items():
-        if name in opts.explicit and not acts(opts):
-            given = f"--no{name}" if getattr(opts, name) is False else f"--{name}"  # as typed
-            raise app.UsageError(f"{given} acts only with {where}; this evaluation (--protocol={opts.protocol}) "
-                                 "would ignore it: drop it")
+    refuse_inert_flags(opts, FLAG_SCOPE, f"this evaluation (--protocol={opts.protocol})")
     check_stem(opts.stem, {"arch": opts.arch})
     if opts.protocol == "logreg" and not 0 < opts.logreg_holdout < 1:
         raise app.UsageError(f"--logreg_holdout={opts.logreg_holdout}: must be in (0, 1)")

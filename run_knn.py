@@ -23,7 +23,7 @@ from datasets.folders import IndexedImageFolder, open_split
 from datasets.neighbours import dataset_fingerprint, neighbour_path, write_neighbours
 from datasets.transforms import MOCO_V2, eval_transform
 from engine.bags import BAGGINGS, BagError, bag_purity, group_bags, kmeans_assignments, random_bags
-from engine.cli import check_minimums, check_stem, run
+from engine.cli import check_minimums, check_stem, refuse_inert_flags, run
 from engine.features import SEARCH_BACKENDS, embed, exact_knn
 from engine.options import KnnStepOptions, from_flags
 from models.backbones import BACKBONES, STEMS
@@ -66,6 +66,8 @@ flags.mark_flag_as_required("data_dir")
 # The flags of the teacher's embedding and search, which label and random bags (no teacher) would ignore.
 TEACHER_FLAGS = ("arch", "ckpt_name", "stem", "feature", "search", "batch_size", "image_size", "num_workers",
                  "device_views", "channels_last")
+FLAG_SCOPE = {name: ("--bagging=knn or kmeans (label and random bags load no teacher)",
+                     lambda o: o.bagging in ("knn", "kmeans")) for name in TEACHER_FLAGS}
 
 
 def check_options(opts: KnnStepOptions) -> None:
@@ -81,10 +83,7 @@ def check_options(opts: KnnStepOptions) -> None:
         raise app.UsageError(f"--kmeans_clusters={opts.kmeans_clusters}: must be at least 1")
     if opts.bagging in ("label", "random") and opts.save_distances:
         raise app.UsageError(f"--save_distances: --bagging={opts.bagging} computes no similarities")
-    given = [name for name in TEACHER_FLAGS if name in opts.explicit]
-    if opts.bagging in ("label", "random") and given:
-        raise app.UsageError(f"--{given[0]} sets the teacher's embedding, but --bagging={opts.bagging} loads no "
-                             "teacher: drop it")
+    refuse_inert_flags(opts, FLAG_SCOPE, f"this run (--bagging={opts.bagging})")
 
 
 def build_network(arch: str, ckpt: str, feature: str, stem: str) -> tuple[nn.Module, str]:

@@ -21,7 +21,8 @@ from utils.io import OutputFolderError
 from utils.logs import MetricsFileError
 from utils.signals import EXIT_PREEMPTED, Preempted
 
-__all__ = ["run", "guarded", "user_message", "check_minimums", "check_stem", "USER_ERRORS", "EXIT_USER_ERROR"]
+__all__ = ["run", "guarded", "user_message", "check_minimums", "check_stem", "refuse_inert_flags", "USER_ERRORS",
+           "EXIT_USER_ERROR"]
 
 USER_ERRORS = (DatasetError, CheckpointError, OutputFolderError, MetricsFileError, FloatingPointError,
                FileNotFoundError, NotADirectoryError, PermissionError)
@@ -44,6 +45,15 @@ def check_minimums(options: object, minimums: dict[str, int]) -> None:
     for name, low in minimums.items():
         if getattr(options, name) < low:
             raise app.UsageError(f"--{name}={getattr(options, name)}: must be at least {low}")
+
+
+def refuse_inert_flags(options: object, scope: dict[str, tuple[str, Callable[[object], bool]]], run: str) -> None:
+    """A one-line usage error for the first flag given on the command line (``options.explicit``) where it would do
+    nothing: ``scope`` maps a flag to (where it acts, the test of ``options``); ``run`` describes this run."""
+    for name, (where, acts) in scope.items():
+        if name in options.explicit and not acts(options):
+            given = f"--no{name}" if getattr(options, name) is False else f"--{name}"  # as typed
+            raise app.UsageError(f"{given} acts only in {where}; {run} would ignore it: drop it")
 
 
 def check_stem(stem: str, networks: dict[str, str]) -> None:

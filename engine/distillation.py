@@ -32,7 +32,7 @@ from engine.checkpoints import (
     save_checkpoint,
     save_final,
 )
-from engine.cli import check_minimums, check_stem
+from engine.cli import check_minimums, check_stem, refuse_inert_flags
 from engine.evaluation import KnnMonitor
 from engine.options import DistillOptions
 from engine.training import RunState, check_teacher_unchanged, make_train_loader, train_epoch
@@ -94,15 +94,6 @@ FLAG_SCOPE: dict[str, tuple[str, Callable[[DistillOptions], bool]]] = {
 }
 
 
-def check_flag_scope(opts: DistillOptions) -> None:
-    """A one-line usage error for the first flag given where it does nothing (``FLAG_SCOPE``)."""
-    for name, (where, acts) in FLAG_SCOPE.items():
-        if name in opts.explicit and not acts(opts):
-            given = f"--no{name}" if getattr(opts, name) is False else f"--{name}"  # as typed
-            raise app.UsageError(f"{given} acts only in {where}; this run (--method={opts.method}) would ignore "
-                                 "it: drop it")
-
-
 def resolve_method_defaults(opts: DistillOptions) -> DistillOptions:
     """``opts`` with every option the user did not give set to its method's release value (``METHOD_DEFAULTS``);
     ``--aug_plus``, given explicitly, chooses the views as in the official code."""
@@ -151,7 +142,7 @@ def check_options(opts: DistillOptions, world_size: int) -> int:
     if opts.method == "bingo":
         at_least["clus_pos_num"] = 1
     check_minimums(opts, at_least)
-    check_flag_scope(opts)
+    refuse_inert_flags(opts, FLAG_SCOPE, f"this run (--method={opts.method})")
     check_values(opts)
     check_stem(opts.stem, {"s_arch": opts.s_arch, **({"t_arch": opts.t_arch} if opts.uses_teacher else {})})
     if opts.in_memory and not opts.device_views:

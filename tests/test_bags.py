@@ -180,9 +180,9 @@ def test_bags_that_cannot_be_made_are_refused_before_any_work(bag_data, tmp_path
         "--bag_seed=-1: must be at least 0": ["--bagging=random", "--bag_seed=-1"],
         # 18 images in bags of K + 1 = 4 make at most 4 clusters: refused before the teacher embeds anything
         "--kmeans_clusters=5: 18 images make at most 4 clusters": ["--bagging=kmeans", "--kmeans_clusters=5"],
-        "--arch sets the teacher's embedding, but --bagging=random loads no teacher": ["--bagging=random"],
+        "--arch acts only in --bagging=knn or kmeans (label and random bags load no teacher)": ["--bagging=random"],
     }
-    teacherless = ("class class_0", "computes no", "--bag_seed")
+    teacherless = ("class class_0", "computes no", "--bag_seed")  # cases given no teacher flags
     results = run_cases("run_knn", [_knn(tmp, data, "x.npy", *extra, teacher=not text.startswith(teacherless))
                                     for text, extra in cases.items()], tmp_path)
     for text, result in zip(cases, results):

@@ -343,9 +343,9 @@ def test_a_finished_evaluation_is_never_replaced_and_the_evaluation_refuses_what
     ], tmp_path)
     assert results[0]["status"] == 0 and results[1]["status"] == 0, results[:2]
     kept = {folder: (folder / "results.json").read_bytes() for folder in (linear, logreg)}
-    one_line_error(results[2], "--resume acts only with a trained probe")
+    one_line_error(results[2], "--resume acts only in a trained probe")
     one_line_error(results[3], f"{logreg} already holds a finished evaluation (results.json) and no probe")
-    one_line_error(results[4], "--init_lr acts only with a trained probe")
+    one_line_error(results[4], "--init_lr acts only in a trained probe")
     one_line_error(results[5], "--seed=-1: must be at least 0")
     one_line_error(results[6], "has 1 class folder (class_0): a classifier needs two classes or more")
     assert {folder: (folder / "results.json").read_bytes() for folder in (linear, logreg)} == kept
