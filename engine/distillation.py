@@ -147,10 +147,6 @@ def check_options(opts: DistillOptions, world_size: int) -> int:
     check_stem(opts.stem, {"s_arch": opts.s_arch, **({"t_arch": opts.t_arch} if opts.uses_teacher else {})})
     if opts.in_memory and not opts.device_views:
         raise app.UsageError("--in_memory needs --device_views (the batched views take the decoded pixels)")
-    try:
-        distill_config(opts)  # the step's own rules
-    except ValueError as error:
-        raise app.UsageError(str(error)) from None
     if opts.knn_monitor_freq < 0:
         raise app.UsageError(f"--knn_monitor_freq={opts.knn_monitor_freq}: give a number of epochs, or 0 for off")
     if opts.batch_size % world_size:
