@@ -16,7 +16,7 @@ Formats recognised (``detect_format``):
 - ``torchvision``: a plain backbone state_dict (a torchvision classifier, or this project's exported backbone).
 
 Loading never runs code: ``torch.load(weights_only=True)``, with the few plain Python types released checkpoints
-pickle besides tensors allowed by name (``PLAIN_GLOBALS``: CompRess's ``argparse.Namespace`` of options, numpy scalars
+pickle besides tensors allowed by name (``plain_globals``: CompRess's ``argparse.Namespace`` of options, numpy scalars
 and their dtypes); a file that needs anything else is refused with one line naming what it holds and how to convert a
 file the user trusts (``python -m scripts.trust_checkpoint``).
 
