@@ -16,6 +16,7 @@ from engine import cli
 from engine.distillation import Distillation
 from engine.options import DistillOptions, from_flags
 from models.backbones import BACKBONES, STEMS, STUDENTS
+from models.distiller import COMPILE_MODES
 
 FLAGS = flags.FLAGS
 # Official flags (names and defaults of haohang96/bingo main_moco.py).
@@ -106,14 +107,17 @@ flags.DEFINE_bool("fused_optimizer", False,
                   "SGD's fused implementation (one kernel for every parameter's update; speed switch, equal up to "
                   "rounding). A resume uses this run's choice, whatever the checkpoint's was.")
 flags.DEFINE_bool("compile", False, "torch.compile the student and the teacher (CUDA speed switch; compiles first).")
+flags.DEFINE_enum("compile_mode", "default", list(COMPILE_MODES),
+                  "--compile: torch.compile's mode; reduce-overhead and max-autotune replay each compiled network "
+                  "as CUDA graphs (one launch instead of one per kernel), the steps marked for them.")
 flags.DEFINE_bool("device_views", False,
                   "Decode JPEGs (nvJPEG on CUDA) and make each batch's views on the training device in a fixed number "
                   "of operations; loader workers only read files. The views' parameters are drawn from seed, epoch "
                   "and image (the CPU path's distributions, not its draws).")
 flags.DEFINE_bool("in_memory", False,
-                  "With --device_views: decode every training image once at start-up and hold them as one tensor on "
-                  "the training device, indexed there (images of one size, e.g. Fashion-MNIST, CIFAR, STL-10; 3 KB an "
-                  "image at 32 px); no loader workers.")
+                  "With --device_views: decode every training image once at start-up (in --num_workers processes) "
+                  "and hold them as one tensor on the training device, indexed there (images of one size, e.g. "
+                  "Fashion-MNIST, CIFAR, STL-10; 3 KB an image at 32 px); no loader workers while training.")
 flags.DEFINE_bool("fuse_teacher", False,
                   "One teacher forward for the anchor and neighbour keys (--method=bingo --loss=official); with a "
                   "train-mode teacher each view keeps its own BatchNorm statistics and shuffle, so the keys are the "

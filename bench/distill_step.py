@@ -5,11 +5,14 @@
 
 Per pair and per-GPU batch it runs, in one process and in alternation, the official-style configuration (fp32, NCHW,
 separate teacher forwards with train-mode BN) and the fast one (bf16 autocast, channels_last, the teacher's two
-forwards), then fast rows with one fused teacher forward: in train mode with BatchNorm statistics per view (the
-released recipe's keys), and with an eval-mode teacher. It reports anchors/s, peak memory, fast/official, and the
-model FLOP rate: FLOPs per anchor are 2 teacher forwards + 3 student forward-and-backward passes (backward counted
-as twice the forward). Two ceilings are measured in the same run: a plain supervised ResNet-50 training step in bf16
-+ channels_last, and a large bf16 matmul.
+forwards), then fast rows with one fused teacher forward in train mode with BatchNorm statistics per view (the
+released recipe's keys) and SGD's fused update (``fast+fused``), that compiled (``+compile``) and compiled into CUDA
+graphs (``+graphs``, torch.compile's reduce-overhead mode), and, for reference, an eval-mode fused teacher. It
+reports anchors/s, peak memory, fast/official, the model FLOP rate (FLOPs per anchor are 2 teacher forwards + 3
+student forward-and-backward passes, backward counted as twice the forward) and what one step launches:
+``torch.profiler``'s kernel launches on a GPU (a CUDA graph's replay counts once), its dispatched operators on the
+CPU. Two ceilings are measured in the same run: a plain supervised ResNet-50 training step in bf16 + channels_last,
+and a large bf16 matmul.
 """
 from __future__ import annotations
 
@@ -28,12 +31,17 @@ from models.distiller import DistillConfig, Embedder
 from models.heads import mlp_head, student_head, swav_head
 from models.methods import build_method
 
-CONFIGS = {
-    "official": dict(amp=False, channels_last=False, teacher_mode="train", fuse=False, compile=False),
-    "fast": dict(amp=True, channels_last=True, teacher_mode="train", fuse=False, compile=False),
-    "fast+fused": dict(amp=True, channels_last=True, teacher_mode="train", fuse=True, compile=False),
-    "fast+eval-teacher-fused": dict(amp=True, channels_last=True, teacher_mode="eval", fuse=True, compile=False),
-    "fast+compile": dict(amp=True, channels_last=True, teacher_mode="train", fuse=False, compile=True),
+OFFICIAL = dict(amp=False, channels_last=False, teacher_mode="train", fuse=False, fused_optimizer=False, compile=None)
+FAST = dict(OFFICIAL, amp=True, channels_last=True)
+FUSED = dict(FAST, fuse=True, fused_optimizer=True)  # main_distill.py --fuse_teacher --fused_optimizer
+CONFIGS = {  # compile: None, or main_distill.py's --compile_mode
+    "official": OFFICIAL,
+    "fast": FAST,
+    "fast+fused": FUSED,
+    "fast+fused+compile": dict(FUSED, compile="default"),
+    "fast+fused+graphs": dict(FUSED, compile="reduce-overhead"),
+    "fast+eval-teacher-fused": dict(FAST, teacher_mode="eval", fuse=True),
+    "fast+compile": dict(FAST, compile="default"),
 }
 
 
@@ -76,12 +84,14 @@ def build(student_arch: str, teacher_arch: str, config: dict, device: torch.devi
     if config["channels_last"]:
         distiller = distiller.to(memory_format=torch.channels_last)
     if config["compile"]:
-        distiller.compile_networks()
-    optimizer = torch.optim.SGD(distiller.student.parameters(), lr=0.03, momentum=0.9, weight_decay=1e-4)
+        distiller.compile_networks(config["compile"])
+    optimizer = torch.optim.SGD(distiller.student.parameters(), lr=0.03, momentum=0.9, weight_decay=1e-4,
+                                fused=config["fused_optimizer"] or None)
     return distiller, optimizer
 
 
 def step(distiller, optimizer, views) -> None:
+    distiller.begin_step()
     loss, _ = distiller(views, epoch=20)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -104,6 +114,21 @@ def time_steps(fn, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def launches(fn, device: torch.device) -> int:
+    """Kernel launches (CUDA; a graph replay is one) or dispatched operators (CPU) ``torch.profiler`` records in one
+    call of ``fn``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    if device.type != "cuda":
+        return len(prof.events())
+    return sum(1 for e in prof.events() if e.name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC",
+                                                        "cudaGraphLaunch", "cuLaunchKernelEx"))
+
+
 def bench_pair(student: str, teacher: str, batch: int, args, device) -> list[dict]:
     runs = {}
     for name, config in CONFIGS.items():
@@ -114,6 +139,7 @@ def bench_pair(student: str, teacher: str, batch: int, args, device) -> list[dic
         runs[name] = (distiller, optimizer, views)
         for _ in range(args.warmup):
             step(distiller, optimizer, views)
+    counts = {name: launches(lambda: step(*run), device) for name, run in runs.items()}
     times = {name: [] for name in runs}
     peaks = {}
     for _ in range(args.rounds):  # alternate the configurations so drift affects all alike
@@ -130,7 +156,7 @@ def bench_pair(student: str, teacher: str, batch: int, args, device) -> list[dic
         t = statistics.median(times[name])
         rows.append({"pair": f"{student}<-{teacher}", "batch": batch, "config": name, "anchors_per_s": batch / t,
                      "peak_gib": peaks[name], "speedup": base / t, "tflops": batch / t * flops / 1e12,
-                     "gflop_per_anchor": flops / 1e9})
+                     "gflop_per_anchor": flops / 1e9, "launches_per_step": counts[name]})
     del runs
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -180,8 +206,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--configs", default="official,fast,fast+fused,fast+eval-teacher-fused",
-                        help=f"comma-separated, from {list(CONFIGS)} (fast+compile compiles for minutes)")
+    parser.add_argument("--configs", default="official,fast,fast+fused,fast+fused+compile,fast+fused+graphs,"
+                        "fast+eval-teacher-fused",
+                        help=f"comma-separated, from {list(CONFIGS)} (the compiled ones compile for minutes)")
     parser.add_argument("--json")
     args = parser.parse_args()
     args.configs = args.configs.split(",")
@@ -200,11 +227,14 @@ def main() -> None:
     matmul = matmul_ceiling(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\ndevice: {name}; size {args.size} px; queue {args.queue}")
-    print("| pair | batch/GPU | config | anchors/s | peak GiB | x official | model TFLOP/s | % of R50 step |")
-    print("|---|---|---|---|---|---|---|---|")
+    launched = "kernel launches" if device.type == "cuda" else "operators"
+    print(f"| pair | batch/GPU | config | anchors/s | peak GiB | x official | model TFLOP/s | % of R50 step | "
+          f"{launched}/step |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['pair']} | {r['batch']} | {r['config']} | {r['anchors_per_s']:.1f} | {r['peak_gib']:.2f} | "
-              f"{r['speedup']:.2f} | {r['tflops']:.1f} | {100 * r['tflops'] / ceiling['tflops']:.0f} |")
+              f"{r['speedup']:.2f} | {r['tflops']:.1f} | {100 * r['tflops'] / ceiling['tflops']:.0f} | "
+              f"{r['launches_per_step']} |")
     print(f"\nceilings: supervised ResNet-50 step (bf16, channels_last, batch {ceiling['batch']}): "
           f"{ceiling['images_per_s']:.0f} img/s = {ceiling['tflops']:.1f} TFLOP/s; bf16 matmul 8192^3: "
           f"{matmul:.0f} TFLOP/s")

@@ -50,7 +50,9 @@ for part in "${@:-checks knn embed pipeline distill}"; do
       rates) python3 -m bench.demo_rates --config gpu --device cuda --inputs memory --epochs 2 --steps 10 \
                ${FMNIST_DIR:+--fmnist_dir "$FMNIST_DIR"} --json "$OUT/demo_rates.json" 2>&1 | tee "$OUT/rates.log" ;;
       loop) python3 -m bench.loop_rates --json "$OUT/loop.json" 2>&1 | tee "$OUT/loop.log" ;;
-      distill) python3 -m bench.distill_step --rounds 2 --steps 8 --warmup 2 --json "$OUT/distill.json" 2>&1 | tee "$OUT/distill.log" ;;
+      # the goal's pair and batch (R18 <- R50, 128 per GPU); the compiled rows compile for a minute or two each
+      distill) python3 -m bench.distill_step --pairs resnet18:resnet50 --batches 128 --rounds 2 --steps 8 --warmup 3 \
+                 --json "$OUT/distill.json" 2>&1 | tee "$OUT/distill.log" ;;
     esac
   done
 done

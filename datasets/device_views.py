@@ -162,29 +162,54 @@ def collate_encoded(items: Sequence[tuple]) -> tuple:
     return (slots, *default_collate([item[1:] for item in items]))
 
 
+class _Decoded(torch.utils.data.Dataset):
+    """Item ``i``: the decoded image of ``samples[i]`` (for decoding in loader processes)."""
+
+    def __init__(self, samples: list[tuple[str, int]], read: Callable[[str], EncodedImage]) -> None:
+        self.samples, self.read = samples, read
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> EncodedImage:
+        return self.read(self.samples[index][0])
+
+    @staticmethod
+    def stack(images: list[EncodedImage]) -> torch.Tensor | list[EncodedImage]:
+        """A batch as one tensor (one transfer from a loader process), or its images when their sizes differ."""
+        if len({image.data.shape for image in images}) > 1:
+            return images
+        return torch.stack([image.data for image in images])
+
+
 class HeldBagDataset(BagDataset):
-    """``--in_memory``: every training image decoded once (any format PIL reads) and held as one ``uint8 [N, 3, H,
-    W]`` tensor on ``device``, so a step reads nothing and runs no per-image Python: ``views(epoch, indices)`` makes
-    the batch's views on the device. The images must share one size (Fashion-MNIST, CIFAR, STL-10)."""
+    """``--in_memory``: every training image decoded once (any format PIL reads; in ``workers`` processes) and held
+    as one ``uint8 [N, 3, H, W]`` tensor on ``device``, so a step reads nothing and runs no per-image Python:
+    ``views(epoch, indices)`` makes the batch's views on the device. The images must share one size (Fashion-MNIST,
+    CIFAR, STL-10)."""
 
     def __init__(self, root, neighbours, device: torch.device, clus_pos_num: int = 5, seed: int = 0,
-                 views: str | None = None) -> None:
+                 views: str | None = None, workers: int = 0) -> None:
         super().__init__(root, None, neighbours, clus_pos_num, seed, views)
-        self.pixels = self._decode_all().to(device)
+        self.pixels = self._decode_all(workers).to(device)
 
-    def _decode_all(self) -> torch.Tensor:
+    def _decode_all(self, workers: int) -> torch.Tensor:
         read = encoded_loader(self) if self.arrays is not None else read_decoded  # arrays: already pixels
         first = read(self.samples[0][0])
         pixels = torch.empty(len(self.samples), *first.data.shape, dtype=torch.uint8)
         progress = Progress(len(self.samples), "decode into memory")
-        for i, (path, _) in enumerate(self.samples):
-            image = read(path)
-            if image.data.shape != first.data.shape:
-                raise DatasetError(f"--in_memory holds images of one size, but {path} is {image.width}x{image.height} "
+        batches = torch.utils.data.DataLoader(_Decoded(self.samples, read), batch_size=256, num_workers=workers,
+                                              collate_fn=_Decoded.stack)  # in order
+        for batch in batches:
+            odd = (next((image for image in batch if image.data.shape != first.data.shape), None)
+                   if isinstance(batch, list) else None if batch.shape[1:] == first.data.shape else
+                   EncodedImage(batch[0], batch.shape[3], batch.shape[2], self.samples[progress.done][0]))
+            if odd is not None:
+                raise DatasetError(f"--in_memory holds images of one size, but {odd.path} is {odd.width}x{odd.height} "
                                    f"and {first.path} is {first.width}x{first.height}: resize the images to one size, "
                                    "or drop --in_memory")
-            pixels[i] = image.data
-            progress.update(1)
+            pixels[progress.done:progress.done + len(batch)] = batch
+            progress.update(len(batch))
         log(progress.line())
         return pixels
 

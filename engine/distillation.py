@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import math
 import secrets
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -43,7 +44,7 @@ from models.heads import compress_head, student_head
 from models.methods import build_method
 from utils import dist as edist
 from utils.io import OutputFolderError, RunFolderLock, atomic_json, check_writable, file_sha256, resolve_resume
-from utils.logs import MetricsLog, log, prune_metrics
+from utils.logs import MetricsLog, log, process_seconds, prune_metrics
 from utils.schedule import learning_rate, set_lr
 from utils.signals import Preempted, StopRequests
 
@@ -89,6 +90,7 @@ FLAG_SCOPE: dict[str, tuple[str, Callable[[DistillOptions], bool]]] = {
     "disco_mse_weight": ("--method=disco", lambda o: o.method == "disco"),
     "compress_one_bank": ("--method=compress", lambda o: o.method == "compress"),
     **{name: ("--decay_method=step", lambda o: o.decay_method == "step") for name in ("schedule", "lr_decay")},
+    "compile_mode": ("--compile", lambda o: o.compile),
     "knn_monitor_data": ("--knn_monitor_freq above 0", lambda o: o.knn_monitor_freq > 0),
     "resume_change": ("a resumed run (--resume)", lambda o: bool(o.resume)),
 }
@@ -226,7 +228,7 @@ def build_dataset(opts: DistillOptions, seed: int, device: torch.device, check_i
     spec = pretrain_spec(opts.augmentation)
     views = DeviceViews(opts.image_size, spec, device, opts.channels_last, seed)
     if opts.in_memory:
-        dataset = HeldBagDataset(root, neighbours, device, seed=seed)
+        dataset = HeldBagDataset(root, neighbours, device, seed=seed, workers=opts.num_workers)
         return dataset, functools.partial(views.held_views, dataset), None
     return EncodedBagDataset(root, neighbours, seed=seed), views.train_views, collate_encoded
 
@@ -253,7 +255,7 @@ def build_distiller(opts: DistillOptions, teacher: Embedder | None, ctx: edist.C
     distiller = build_method(Embedder(backbone, head), teacher, distill_config(opts)).to(ctx.device)
     distiller = distiller.to(memory_format=torch.channels_last if opts.channels_last else torch.contiguous_format)
     if opts.compile:
-        distiller.compile_networks()
+        distiller.compile_networks(opts.compile_mode)
     if ctx.distributed:
         distiller.student = DistributedDataParallel(
             distiller.student, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
@@ -383,6 +385,9 @@ class Distillation:
         steps = len(self.loader) * (opts.end_epoch - start_epoch)
         self.state = state = RunState(epoch=start_epoch, end_epoch=opts.end_epoch, report_freq=opts.report_freq,
                                       metrics=self.metrics, total_steps=steps, epochs_saved=start_epoch)
+        # where a run's time goes: start-up (imports, teacher, decoding, building) here, then each epoch's steps
+        # (train_s) and each k-NN monitor point (seconds)
+        self.metrics.write({"kind": "setup", "epoch": start_epoch, "seconds": process_seconds()})
         try:
             with StopRequests() as state.stop:
                 if start_epoch == 0:
@@ -424,11 +429,14 @@ class Distillation:
             return
         if epochs_done not in (0, opts.end_epoch) and epochs_done % opts.knn_monitor_freq:
             return
+        started = time.perf_counter()
         scores = self.monitor(unwrap(self.distiller.student).backbone)
         if self.ctx.is_main:
+            seconds = time.perf_counter() - started
             log(f"k-NN monitor after {epochs_done} epochs: top-1 {scores['knn10_top1']:.2f} "
-                f"top-5 {scores['knn10_top5']:.2f} (k = 10)")
-            self.metrics.write({"kind": "knn", "epoch": epochs_done, **scores}, step=epochs_done)
+                f"top-5 {scores['knn10_top5']:.2f} (k = 10; {seconds:.1f} s)")
+            self.metrics.write({"kind": "knn", "epoch": epochs_done, **scores, "seconds": seconds},
+                               step=epochs_done)
 
     def finish(self) -> None:
         """``final.pth`` and ``student_backbone.pth``, then the folder is released."""

@@ -92,6 +92,7 @@ class DistillOptions(_Options):
     channels_last: bool
     fused_optimizer: bool
     compile: bool
+    compile_mode: str
     device_views: bool
     in_memory: bool
     fuse_teacher: bool

@@ -70,7 +70,8 @@ def views_to_device(views, device: torch.device, channels_last: bool) -> tuple[t
 def train_epoch(distiller: Distiller, loader: DataLoader, optimizer: torch.optim.Optimizer, ctx: edist.Context,
                 state: RunState, channels_last: bool = False,
                 prepare: Callable[[Any], tuple[torch.Tensor, ...]] | None = None) -> dict[str, float]:
-    """One epoch; returns the epoch's mean loss terms and its images/s (all processes together). Raises
+    """One epoch; returns the epoch's mean loss terms, its images/s (all processes together) and the seconds its
+    steps took (``train_s``). Raises
     ``NonFiniteLoss`` before anything is saved.
     ``prepare`` turns a batch into the views on the device (``--device_views``); by default batches hold them."""
     distiller.train()
@@ -78,9 +79,11 @@ def train_epoch(distiller: Distiller, loader: DataLoader, optimizer: torch.optim
     sums: dict[str, torch.Tensor] = {}
     window: dict[str, torch.Tensor] = {}
     progress = Progress(steps * loader.batch_size * ctx.world_size, f"epoch {state.epoch}")
+    started = time.perf_counter()
     lr = optimizer.param_groups[0]["lr"]
     for step, batch in enumerate(loader):
         views = prepare(batch) if prepare is not None else views_to_device(batch[:-1], ctx.device, channels_last)
+        distiller.begin_step()
         loss, terms = distiller(views, state.epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -107,7 +110,8 @@ def train_epoch(distiller: Distiller, loader: DataLoader, optimizer: torch.optim
             state.stop.check(f"in epoch {state.epoch} after step {step + 1}/{steps}")
     if steps == 0:
         raise RuntimeError("the loader gave no batch: the dataset is smaller than one global batch")
-    return {**_check_finite({k: v / steps for k, v in sums.items()}, state, steps - 1), "images_per_s": progress.rate}
+    return {**_check_finite({k: v / steps for k, v in sums.items()}, state, steps - 1), "images_per_s": progress.rate,
+            "train_s": time.perf_counter() - started}
 
 
 def _check_finite(means: dict[str, torch.Tensor], state: RunState, step: int) -> dict[str, float]:

@@ -22,7 +22,10 @@ from models.queue import KeyQueue
 from utils import dist as edist
 from utils.metrics import topk_accuracy
 
-__all__ = ["Embedder", "Distiller", "DistillConfig", "unwrap", "momentum_copy", "momentum_update"]
+__all__ = ["Embedder", "Distiller", "DistillConfig", "unwrap", "momentum_copy", "momentum_update", "COMPILE_MODES"]
+
+# torch.compile's modes, and whether each replays the compiled networks as CUDA graphs.
+COMPILE_MODES = {"default": False, "reduce-overhead": True, "max-autotune": True, "max-autotune-no-cudagraphs": False}
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -39,10 +42,12 @@ def momentum_copy(student: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def momentum_update(key: nn.Module, query: nn.Module, m: float) -> None:
-    """``key <- m key + (1 - m) query``, parameter by parameter (buffers stay the key network's own), as MoCo,
-    DisCo and CompRess update their momentum encoders."""
-    for k, q in zip(key.parameters(), unwrap(query).parameters()):
-        k.mul_(m).add_(q.detach(), alpha=1.0 - m)
+    """``key <- m key + (1 - m) query`` for every parameter (buffers stay the key network's own), as MoCo, DisCo and
+    CompRess update their momentum encoders: their ``k.mul_(m).add_(q, alpha=1 - m)``, as two multi-tensor
+    operations over all parameters (two kernel launches on a GPU instead of two per parameter)."""
+    keys = list(key.parameters())
+    torch._foreach_mul_(keys, m)
+    torch._foreach_add_(keys, list(unwrap(query).parameters()), alpha=1.0 - m)  # under no_grad: nothing recorded
 
 
 class Embedder(nn.Module):
@@ -99,6 +104,7 @@ class Distiller(nn.Module):
         self.shuffle = edist.ShuffleGroup(config.subgroup)
         self.generator = torch.Generator().manual_seed(0)
         self.rng = np.random.default_rng(0)
+        self.cuda_graphs = False  # compile_networks with a CUDA-graph mode
 
     def memories(self) -> dict[str, KeyQueue]:
         """The ring buffers a checkpoint holds, by the names it stores them under (``queue`` / ``queue_ptr``)."""
@@ -114,10 +120,18 @@ class Distiller(nn.Module):
         self.student.train(mode)
         return self
 
-    def compile_networks(self) -> None:
-        """``torch.compile`` the student and the teacher in place (parameter names do not change)."""
-        unwrap(self.student).compile()
-        self.teacher.compile()
+    def compile_networks(self, mode: str = "default") -> None:
+        """``torch.compile`` the student and the teacher in place (parameter names do not change); with a CUDA-graph
+        ``mode`` (``COMPILE_MODES``) the loop calls ``begin_step`` before every step."""
+        unwrap(self.student).compile(mode=mode)
+        self.teacher.compile(mode=mode)
+        self.cuda_graphs = COMPILE_MODES[mode]
+
+    def begin_step(self) -> None:
+        """Tell the CUDA-graph replays that a new step starts, so that the last step's outputs may be overwritten
+        (without it they are kept, or the replays fall back to launching kernels)."""
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
 
     def set_epoch(self, seed: int, epoch: int, rank: int) -> None:
         """Reseed the shuffle permutation and the CutMix draws from (run seed, epoch, rank): exact resumes."""

@@ -14,7 +14,8 @@ CASES = {
                  "--device", "cpu"],
     "knn.py": ["--sizes", "300", "--dims", "16", "--device", "cpu"],
     "distill_step.py": ["--pairs", "resnet18:resnet50", "--batches", "2", "--size", "32", "--queue", "8",
-                        "--steps", "1", "--rounds", "1", "--warmup", "1", "--device", "cpu"],
+                        "--steps", "1", "--rounds", "1", "--warmup", "1", "--device", "cpu",
+                        "--configs", "official,fast,fast+fused,fast+eval-teacher-fused"],  # compiling takes minutes
     "loop_rates.py": ["--images", "24", "--size", "32", "--batch", "4", "--workers", "0", "--epochs", "2",
                       "--steps", "1", "--flags=", "--device", "cpu"],
     "data_pipeline.py": ["--workers", "0,1", "--images", "16", "--batch", "4", "--batches", "2", "--size", "32",

@@ -53,6 +53,16 @@ def test_quick_demo_runs_the_whole_chain_with_floors_and_resumes(tmp_path):
     # the k-NN monitor ran in every training stage: before training and after its epoch
     assert [e for e, _ in rows["teacher"]["knn_curve"]] == [0, 1]
     assert all([e for e, _ in run_["knn_curve"]] == [0, 1] for run_ in rows["bingo"]["runs"])
+    # where each training stage's time went: start-up, its epochs' steps, its monitor points, the rest
+    stages = {r["stage"]: r for r in results["time_breakdown"]}
+    assert set(stages) == set(results["stage_seconds"])
+    for name in ("teacher", "students/bingo/seed0"):
+        part = stages[name]
+        assert part["epochs"] == 1 and part["monitor_points"] == 2
+        assert part["setup_s"] > 0 and part["train_s"] > 0 and part["monitor_s"] > 0
+        assert part["setup_s"] + part["train_s"] + part["monitor_s"] < part["total_s"]
+    assert "train_s" not in stages["teacher: evaluation"]
+    assert "## Where the time went" in (run / "results.md").read_text()
     assert (tmp_path / "data" / "train").is_dir() and len(list((tmp_path / "data" / "train").iterdir())) == 10
     assert len(list((tmp_path / "eval" / "val").rglob("*.png"))) == 100
     again = _demo(tmp_path)  # everything is done: every stage is skipped, the report is rebuilt

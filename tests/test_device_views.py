@@ -199,8 +199,19 @@ def test_in_memory_views_equal_the_file_paths_views_on_the_same_seed(tmp_path):
 
 def test_in_memory_needs_images_of_one_size(tmp_path):
     root = make_photo_folder(tmp_path, ext="png")
-    with pytest.raises(DatasetError, match="--in_memory holds images of one size.*img_1.png"):
-        HeldBagDataset(root / "train", None, torch.device("cpu"))
+    for workers in (0, 2):
+        with pytest.raises(DatasetError, match="--in_memory holds images of one size.*img_1.png"):
+            HeldBagDataset(root / "train", None, torch.device("cpu"), workers=workers)
+
+
+def test_images_decoded_in_loader_processes_are_held_in_dataset_order(tmp_path):
+    root = make_image_folder(tmp_path / "data", classes=3, per_class=200, size=28)  # 600 images: three batches
+    alone = HeldBagDataset(root / "train", None, torch.device("cpu"))
+    assert alone.pixels.shape == (600, 3, 28, 28)
+    for i in (0, 255, 256, 599):
+        expected = torch.from_numpy(np.array(Image.open(alone.samples[i][0]).convert("RGB"))).permute(2, 0, 1)
+        assert torch.equal(alone.pixels[i], expected)
+    assert torch.equal(HeldBagDataset(root / "train", None, torch.device("cpu"), workers=2).pixels, alone.pixels)
 
 
 def test_index_batches_follow_distributed_samplers_order(tmp_path):

@@ -10,7 +10,28 @@ from typing import Any
 
 from utils.io import atomic_write
 
-__all__ = ["Progress", "MetricsLog", "MetricsFileError", "format_seconds", "log", "read_metrics", "prune_metrics"]
+__all__ = ["Progress", "MetricsLog", "MetricsFileError", "format_seconds", "log", "read_metrics", "prune_metrics",
+           "process_seconds"]
+
+_IMPORTED = time.time()
+
+
+def _process_start() -> float:
+    """When this process started (Unix time): from ``/proc`` on Linux, else when this module was imported."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED
+
+
+_STARTED = _process_start()
+
+
+def process_seconds() -> float:
+    """Seconds since this process started (interpreter start-up and imports included)."""
+    return time.time() - _STARTED
 
 
 def log(message: str, enabled: bool = True) -> None:

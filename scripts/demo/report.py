@@ -44,6 +44,20 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def time_table(results: dict) -> str:
+    """Each stage's wall time, and for a training stage where it went (``results.time_breakdown``)."""
+    lines = ["| stage | total s | start-up s | training steps s | k-NN monitor s (points) | rest s |",
+             "|---|---|---|---|---|---|"]
+    for r in results.get("time_breakdown", []):
+        if "train_s" not in r:
+            lines.append(f"| {r['stage']} | {r['total_s']:.1f} | | | | |")
+            continue
+        epochs = f"{r['epochs']} epoch" + ("s" if r["epochs"] != 1 else "")
+        lines.append(f"| {r['stage']} | {r['total_s']:.1f} | {r['setup_s']:.1f} | {r['train_s']:.1f} ({epochs}) | "
+                     f"{r['monitor_s']:.1f} ({r['monitor_points']}) | {r['rest_s']:.1f} |")
+    return "\n".join(lines)
+
+
 def _difference_line(d: dict, labels: dict) -> str:
     name = {"knn10_top1": "10-NN", "linear_top1": "linear"}[d["score"]]
     intervals = f"interval half-widths {d['half_widths']:.1f}"
@@ -133,7 +147,8 @@ def report(results: dict, run_dir: Path) -> None:
             f"(`main_lincls.py --protocol=logreg`). {purity + '. ' if purity else ''}All stages together: "
             f"{results['total_stage_seconds'] / 60:.1f} min.\n\n"
             "![learning curves](learning_curves.png)\n![accuracy](accuracy.png)\n![loss curves](loss_curves.png)\n"
-            + ("![accuracy against bag purity](purity.png)\n" if len(results["bag_purity"]) > 1 else ""))
+            + ("![accuracy against bag purity](purity.png)\n" if len(results["bag_purity"]) > 1 else "")
+            + f"\n## Where the time went\n\n{time_table(results)}\n")
     (run_dir / "results.md").write_text(text)
     atomic_json(results, run_dir / "results.json")
     written = plot(results, run_dir)

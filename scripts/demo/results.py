@@ -45,6 +45,27 @@ def training_record(run_dir: Path, folder: str, times: dict) -> dict:
             "knn_curve": [list(point) for point in knn]}
 
 
+def time_breakdown(run_dir: Path, times: dict) -> list[dict]:
+    """Where each stage's wall time went: for a training stage, its process start-up before the first step
+    (imports, teacher, decoding, building; one per start, resumes included), its epochs' steps and its k-NN monitor
+    points, from its metrics.jsonl; ``rest_s`` is what is left (checkpoints, final files, the teacher check, process
+    exit). Other stages (evaluations, kNN steps) give their total only."""
+    rows = []
+    for stage, total in times.items():
+        path = run_dir / stage / "metrics.jsonl"
+        if stage.endswith(": evaluation") or not path.is_file():
+            rows.append({"stage": stage, "total_s": total})
+            continue
+        metrics = read_metrics(path)
+        parts = {"setup_s": sum(m["seconds"] for m in metrics if m["kind"] == "setup"),
+                 "train_s": sum(m.get("train_s", 0.0) for m in metrics if m["kind"] == "epoch"),
+                 "monitor_s": sum(m.get("seconds", 0.0) for m in metrics if m["kind"] == "knn")}
+        rows.append({"stage": stage, "total_s": total, **parts, "rest_s": total - sum(parts.values()),
+                     "epochs": sum(1 for m in metrics if m["kind"] == "epoch"),
+                     "monitor_points": sum(1 for m in metrics if m["kind"] == "knn")})
+    return rows
+
+
 def half_width(interval: list[float]) -> float:
     return (interval[1] - interval[0]) / 2
 
@@ -120,6 +141,7 @@ def collect(cfg: Config, run_dir: Path, seconds: float | None, load_before: list
     return {"config": asdict(cfg), "rows": rows, "complete": not missing, "missing": missing,
             "bag_purity": purity,
             "wall_seconds": seconds, "total_stage_seconds": sum(times.values()), "stage_seconds": times,
+            "time_breakdown": time_breakdown(run_dir, times),
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                         "cpus": os.cpu_count(), "python": platform.python_version(),
                         "load_average_before": list(load_before), "load_average_after": list(os.getloadavg())},
