@@ -159,3 +159,25 @@ def test_a_stopped_run_reports_what_finished_and_names_what_did_not(tmp_path):
     (tmp_path / "neighbours.json").write_text(json.dumps({"bag_purity": 70.0}))
     done = collect(cfg, tmp_path, None, [0.0, 0.0, 0.0])
     assert done["complete"] and partial_line(done) == "" and "of 2" not in table(done)
+
+
+def test_each_stage_gets_the_recipe_flags_that_act_in_it_and_passes_main_distills_checks(tmp_path):
+    """A recipe is shared by several methods; main_distill.py's own FLAG_SCOPE says which of its flags act where."""
+    import main_distill
+    from engine.distillation import check_options, resolve_method_defaults
+    from engine.options import DistillOptions, from_argv
+
+    for name in ("cpu", "gpu"):
+        cfg = CONFIGS[name]
+        teacher = ("--t_arch=resnet34", f"--pretrain_path={tmp_path / 't.pth'}")
+        for method, stage, extra in (("moco", cfg.teacher, ()), ("moco", cfg.student, ()),
+                                     ("seed", cfg.student, teacher), ("disco", cfg.student, teacher),
+                                     ("compress", cfg.student, teacher),
+                                     ("bingo", cfg.student, (*teacher, f"--corr_npy={tmp_path / 'n.npy'}"))):
+            args = train_args(cfg, stage, tmp_path, tmp_path / "out", method, 0, extra)
+            opts = resolve_method_defaults(from_argv(DistillOptions, main_distill.FLAGS, ["main_distill.py", *args]))
+            check_options(opts, world_size=1)  # nothing refused
+            given = {a.split("=")[0] for a in args}
+            assert ("--moco_m" in given) == (method in ("moco", "disco", "compress")), (name, method)
+            assert ("--bag_warmup_epochs" in given) == (method == "bingo"), (name, method)
+            assert not extra or args[-len(extra):] == list(extra)  # the stage's own flags come last

@@ -51,18 +51,30 @@ class Runner:
         atomic_json(self.times, self.times_path)
 
 
-# The recipe flags that act for some methods only (main_distill.py refuses a flag where it would do nothing).
-ONLY_FOR = {"--moco_m": ("moco", "disco", "compress"), "--bag_warmup_epochs": ("bingo",)}
+def acting(args: list[str], recipe: tuple[str, ...]) -> list[str]:
+    """The flags of ``recipe`` that act in the ``main_distill.py`` run ``args`` (+ ``recipe``) describe, judged by
+    its own ``FLAG_SCOPE`` (it refuses a flag where it would do nothing; a recipe is shared by several methods)."""
+    import main_distill
+    from engine.distillation import FLAG_SCOPE, resolve_method_defaults
+    from engine.options import DistillOptions, from_argv
+
+    opts = resolve_method_defaults(from_argv(DistillOptions, main_distill.FLAGS, ["main_distill.py", *args, *recipe]))
+
+    def name(flag: str) -> str:
+        bare = flag.split("=")[0].removeprefix("--")
+        return bare[2:] if bare.startswith("no") and bare[2:] in FLAG_SCOPE else bare
+
+    return [f for f in recipe if name(f) not in FLAG_SCOPE or FLAG_SCOPE[name(f)][1](opts)]
 
 
 def train_args(cfg: Config, stage: Training, data: Path, out: Path, method: str, seed: int,
                extra: tuple[str, ...] = ()) -> list[str]:
-    flags = [f for f in stage.flags if method in ONLY_FOR.get(f.split("=")[0], (method,))]
-    return [f"--method={method}", f"--s_arch={stage.arch}", f"--data_dir={data}", f"--output_dir={out}",
+    args = [f"--method={method}", f"--s_arch={stage.arch}", f"--data_dir={data}", f"--output_dir={out}",
             f"--image_size={cfg.image_size}", f"--batch_size={stage.batch_size}", f"--moco_k={stage.queue}",
             f"--init_lr={stage.lr}", f"--end_epoch={stage.epochs}", f"--num_workers={cfg.workers}", f"--seed={seed}",
             f"--knn_monitor_freq={stage.knn_every}", "--report_freq=50", "--save_freq=0", "--resume=auto",
-            f"--stem={cfg.stem}", *cfg.input_flags, *flags, *extra]
+            f"--stem={cfg.stem}", *cfg.input_flags]
+    return [*args, *acting([*args, *extra], stage.flags), *extra]
 
 
 def evaluate(runner: Runner, cfg: Config, eval_data: Path, folder: str, arch: str, weights: list[str]) -> None:
