@@ -48,7 +48,7 @@ from models.backbones import BACKBONES, FLOORS, STEMS, build_backbone
 from models.checkpoints import file_sha256, load_backbone, read_file
 from utils import dist as edist
 from utils.io import OutputFolderError, RunFolderLock, atomic_json, check_writable, resolve_resume
-from utils.logs import log
+from utils.logs import log, process_seconds
 from utils.metrics import with_intervals
 from utils.schedule import learning_rate, set_lr
 
@@ -236,7 +236,10 @@ def check_classes(train_set: IndexedImageFolder) -> None:
 def frozen_scores(opts: LinclsOptions, backbone, ctx, logreg: bool, knn: bool) -> dict | None:
     """The protocols on frozen features, embedded once with the evaluation crop: the logistic-regression probe and
     the k-NN classifier (k = 10 majority vote, and each --knn_k weighted). Rank 0 gets ``{"num_train", "num_val",
-    "logreg"?, "knn"?}``, the other processes None."""
+    "logreg"?, "knn"?, "seconds"}``, the other processes None; ``seconds``: where the time went (``start-up``: from
+    the process's start to the embedding, the network and any BatchNorm re-estimation included)."""
+    seconds = {"start-up": process_seconds()}
+    started = time.perf_counter()
     crop = evaluation_crop(opts)
     train_set, val_set = labelled_splits(opts.data_dir, crop, crop)
     check_classes(train_set)
@@ -245,22 +248,27 @@ def frozen_scores(opts: LinclsOptions, backbone, ctx, logreg: bool, knn: bool) -
                                                 opts.num_workers)
     if not ctx.is_main:
         return None
-    out = {"num_train": len(train_set), "num_val": len(val_set)}
+    seconds["embed"] = time.perf_counter() - started
+    out = {"num_train": len(train_set), "num_val": len(val_set), "seconds": seconds}
     train_labels, val_labels = labels_of(train_set), labels_of(val_set)
     if logreg:
+        started = time.perf_counter()
         out["logreg"] = r = logistic_regression(train_features, train_labels, val_features, val_labels, opts.seed,
                                                 opts.logreg_holdout, device=ctx.device)
         log(f"logistic regression (C = {r['C']:g}, chosen on {100 * opts.logreg_holdout:.0f} % of train/): top-1 "
             f"{r['top1']:.2f} [{r['top1_ci95'][0]:.1f}, {r['top1_ci95'][1]:.1f}]  top-5 {r['top5']:.2f}"
             + ("" if r["converged"] else f"  (L-BFGS stopped after {r['iterations']} iterations with a gradient "
                "entry still above its tolerance: not converged)"))
+        seconds["logreg"] = time.perf_counter() - started
     if knn:
+        started = time.perf_counter()
         settings = [(10, None)] + [(int(k), opts.knn_t) for k in opts.knn_k]
         out["knn"] = knn_scores(train_features, train_labels, val_features, val_labels, len(train_set.classes),
                                 settings, ctx.device)
         for name, r in out["knn"].items():
             log(f"k-NN {name}: top-1 {r['top1']:.2f} [{r['top1_ci95'][0]:.1f}, {r['top1_ci95'][1]:.1f}]  "
                 f"top-5 {r['top5']:.2f}")
+        seconds["knn"] = time.perf_counter() - started
     return out
 
 

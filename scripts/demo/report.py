@@ -46,15 +46,19 @@ def table(results: dict) -> str:
 
 def time_table(results: dict) -> str:
     """Each stage's wall time, and for a training stage where it went (``results.time_breakdown``)."""
-    lines = ["| stage | total s | start-up s | training steps s | k-NN monitor s (points) | rest s |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| stage | total s | start-up s | work s | rest s |", "|---|---|---|---|---|"]
     for r in results.get("time_breakdown", []):
-        if "train_s" not in r:
-            lines.append(f"| {r['stage']} | {r['total_s']:.1f} | | | | |")
+        if "start-up_s" not in r:
+            lines.append(f"| {r['stage']} | {r['total_s']:.1f} | | | |")
             continue
-        epochs = f"{r['epochs']} epoch" + ("s" if r["epochs"] != 1 else "")
-        lines.append(f"| {r['stage']} | {r['total_s']:.1f} | {r['setup_s']:.1f} | {r['train_s']:.1f} ({epochs}) | "
-                     f"{r['monitor_s']:.1f} ({r['monitor_points']}) | {r['rest_s']:.1f} |")
+        if "train_s" in r:
+            epochs = f"{r['epochs']} epoch" + ("s" if r["epochs"] != 1 else "")
+            work = (f"training steps {r['train_s']:.1f} ({epochs}), k-NN monitor {r['monitor_s']:.1f} "
+                    f"({r['monitor_points']} points)")
+        else:
+            work = ", ".join(f"{label} {r[key]:.1f}" for key, label in
+                             (("embed_s", "embedding"), ("logreg_s", "probe"), ("knn_s", "k-NN")) if key in r)
+        lines.append(f"| {r['stage']} | {r['total_s']:.1f} | {r['start-up_s']:.1f} | {work} | {r['rest_s']:.1f} |")
     return "\n".join(lines)
 
 

@@ -48,16 +48,24 @@ def training_record(run_dir: Path, folder: str, times: dict) -> dict:
 def time_breakdown(run_dir: Path, times: dict) -> list[dict]:
     """Where each stage's wall time went: for a training stage, its process start-up before the first step
     (imports, teacher, decoding, building; one per start, resumes included), its epochs' steps and its k-NN monitor
-    points, from its metrics.jsonl; ``rest_s`` is what is left (checkpoints, final files, the teacher check, process
-    exit). Other stages (evaluations, kNN steps) give their total only."""
+    points, from its metrics.jsonl; for an evaluation, its start-up (to the embedding), embedding, probe and k-NN,
+    from its results.json; ``rest_s`` is what is left (checkpoints, writing, process exit). The kNN steps give their
+    total only."""
     rows = []
     for stage, total in times.items():
         path = run_dir / stage / "metrics.jsonl"
-        if stage.endswith(": evaluation") or not path.is_file():
+        if stage.endswith(": evaluation"):
+            results = run_dir / stage.removesuffix(": evaluation") / "evaluation" / "results.json"
+            seconds = json.loads(results.read_text()).get("seconds", {}) if results.is_file() else {}
+            parts = {f"{name}_s": value for name, value in seconds.items()}
+            rows.append({"stage": stage, "total_s": total, **parts,
+                         **({"rest_s": total - sum(parts.values())} if parts else {})})
+            continue
+        if not path.is_file():
             rows.append({"stage": stage, "total_s": total})
             continue
         metrics = read_metrics(path)
-        parts = {"setup_s": sum(m["seconds"] for m in metrics if m["kind"] == "setup"),
+        parts = {"start-up_s": sum(m["seconds"] for m in metrics if m["kind"] == "setup"),
                  "train_s": sum(m.get("train_s", 0.0) for m in metrics if m["kind"] == "epoch"),
                  "monitor_s": sum(m.get("seconds", 0.0) for m in metrics if m["kind"] == "knn")}
         rows.append({"stage": stage, "total_s": total, **parts, "rest_s": total - sum(parts.values()),
