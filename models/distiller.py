@@ -128,8 +128,8 @@ class Distiller(nn.Module):
         self.cuda_graphs = COMPILE_MODES[mode]
 
     def begin_step(self) -> None:
-        """Tell the CUDA-graph replays that a new step starts, so that the last step's outputs may be overwritten
-        (without it they are kept, or the replays fall back to launching kernels)."""
+        """Tell the CUDA-graph replays that a new step starts (``torch.compiler.cudagraph_mark_step_begin``): the
+        last step's outputs, which the replays overwrite, are no longer needed."""
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
 

@@ -45,7 +45,7 @@ def table(results: dict) -> str:
 
 
 def time_table(results: dict) -> str:
-    """Each stage's wall time, and for a training stage where it went (``results.time_breakdown``)."""
+    """Each stage's wall time and, for a training stage or an evaluation, where it went (``results.time_breakdown``)."""
     lines = ["| stage | total s | start-up s | work s | rest s |", "|---|---|---|---|---|"]
     for r in results.get("time_breakdown", []):
         if "start-up_s" not in r:
