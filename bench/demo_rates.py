@@ -14,11 +14,12 @@ very same networks, optimizer and distiller from the same flags (`engine.distill
 so machine load affects them alike. `--from_run` trains nothing: it takes each stage's data-fed rate from a demo
 run's own metrics (the teacher and the seed-0 students) and times only the compute-only steps. `--inputs` adds rows
 for other input paths: `files` is the default loader path (PIL in `--num_workers` loader processes), `memory` the
-demo's (decoded images held as one tensor on the device, views made per batch there).
+demo's (decoded images held as one tensor on the device, views made per batch there), `compiled` the demo's with
+the views step compiled (`--compile_views`; its compile time falls in the first epoch, which the rate leaves out).
 
-The operator count is `torch.profiler`'s events for one call of the `memory` path's views step (draws, crop and
-resize, colour, blur, flip) of each stage, on the CPU, at the stage's batch and at four times it: the views are made
-per batch when the two counts are equal.
+The operator count is `torch.profiler`'s events for one call of the `memory` (and `compiled`) path's views step
+(draws, crop and resize, colour, blur, flip) of each stage, on the CPU, at the stage's batch and at four times it:
+the views are made per batch when the two counts are equal.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from bench.distill_step import time_steps
 from scripts.demo import CONFIGS, CPU_INPUT, REPO, Training, data_folder, train_args
 from utils.logs import read_metrics
 
-INPUTS = {"memory": CPU_INPUT, "files": ()}
+INPUTS = {"memory": CPU_INPUT, "files": (), "compiled": (*CPU_INPUT, "--compile_views")}
 
 
 def data_fed(args: list[str], out: Path) -> dict:
@@ -204,7 +205,7 @@ def train_stages(cfg, data: Path, args) -> list[dict]:
                    "size": cfg.image_size, "device": args.device, "data_fed": fed["images_per_s"],
                    "compute_only": compute, "ratio": fed["images_per_s"] / compute,
                    "process_seconds": fed["process_seconds"]}
-            if name == "memory":
+            if name in ("memory", "compiled"):
                 batches = (stage.batch_size, 4 * stage.batch_size)
                 row["view_operators"] = dict(zip(map(str, batches), view_operators(run_args, batches)))
             rows.append(row)

@@ -10,7 +10,8 @@
 # Debian's package is not installed; DEMO_SECONDS (540) stops either after 9 minutes (the running stage stops too,
 # keeping its checkpoint); then the report of what finished is written, and each finished stage's logged rate is set
 # against its compute-only step (demo_rates --from_run). demo.log keeps every stage's output.
-# `rates` measures the GPU configuration's stages (2 epochs each) against their compute-only steps.
+# `rates` measures the GPU configuration's stages (2 epochs each) against their compute-only steps, with the views
+# step as written and compiled (--compile_views).
 set -uo pipefail
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -47,7 +48,7 @@ for part in "${@:-checks knn embed pipeline distill}"; do
                    | tee -a "$OUT/teacher.log"
             cp "runs/demo-gpu-teacher$epochs/teacher/metrics.jsonl" "$OUT/teacher-metrics.jsonl" 2>/dev/null
             cp "runs/demo-gpu-teacher$epochs/results.json" "$OUT/teacher-results.json" 2>/dev/null ;;
-      rates) python3 -m bench.demo_rates --config gpu --device cuda --inputs memory --epochs 2 --steps 10 \
+      rates) python3 -m bench.demo_rates --config gpu --device cuda --inputs memory,compiled --epochs 2 --steps 10 \
                ${FMNIST_DIR:+--fmnist_dir "$FMNIST_DIR"} --json "$OUT/demo_rates.json" 2>&1 | tee "$OUT/rates.log" ;;
       loop) python3 -m bench.loop_rates --json "$OUT/loop.json" 2>&1 | tee "$OUT/loop.log" ;;
       # the goal's pair and batch (R18 <- R50, 128 per GPU); the compiled rows compile for a minute or two each

@@ -91,6 +91,7 @@ FLAG_SCOPE: dict[str, tuple[str, Callable[[DistillOptions], bool]]] = {
     "compress_one_bank": ("--method=compress", lambda o: o.method == "compress"),
     **{name: ("--decay_method=step", lambda o: o.decay_method == "step") for name in ("schedule", "lr_decay")},
     "compile_mode": ("--compile", lambda o: o.compile),
+    "compile_views": ("--device_views (the views made on the training device)", lambda o: o.device_views),
     "knn_monitor_data": ("--knn_monitor_freq above 0", lambda o: o.knn_monitor_freq > 0),
     "resume_change": ("a resumed run (--resume)", lambda o: bool(o.resume)),
 }
@@ -226,7 +227,7 @@ def build_dataset(opts: DistillOptions, seed: int, device: torch.device, check_i
         transform = pretrain_augmentation(opts.image_size, opts.augmentation)
         return BagDataset(root, transform, neighbours, seed=seed), None, None
     spec = pretrain_spec(opts.augmentation)
-    views = DeviceViews(opts.image_size, spec, device, opts.channels_last, seed)
+    views = DeviceViews(opts.image_size, spec, device, opts.channels_last, seed, compile=opts.compile_views)
     if opts.in_memory:
         dataset = HeldBagDataset(root, neighbours, device, seed=seed, workers=opts.num_workers)
         return dataset, functools.partial(views.held_views, dataset), None

@@ -93,6 +93,7 @@ class DistillOptions(_Options):
     fused_optimizer: bool
     compile: bool
     compile_mode: str
+    compile_views: bool
     device_views: bool
     in_memory: bool
     fuse_teacher: bool

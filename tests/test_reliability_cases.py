@@ -313,6 +313,7 @@ def test_flags_that_would_do_nothing_and_values_that_make_no_sense_are_refused_b
             [*bingo, "--nocross_keys", "--bag_warmup_epochs=3"],
         "--resume_change acts only in a resumed run": [*bingo, "--resume_change=lam"],
         "--compile_mode acts only in --compile": [*bingo, "--compile_mode=reduce-overhead"],
+        "--compile_views acts only in --device_views": [*bingo, "--compile_views"],
         "--disco_mse_weight=-1.0: must be a finite number at least 0": ["--method=disco", "--disco_mse_weight=-1"],
         "--disco_mse_weight=nan: must be a finite number": ["--method=disco", "--disco_mse_weight=nan"],
         "--lam=2,-1: give two weights of 0 or more": [*bingo, "--lam=2,-1"],
