@@ -192,7 +192,8 @@ def train_stages(cfg, data: Path, args) -> list[dict]:
             continue
         stage = cfg.teacher if method == "teacher" else cfg.student
         extra = () if method in ("teacher", "moco") else (
-            f"--t_arch={cfg.teacher.arch}", f"--pretrain_path={teacher}", f"--corr_npy={neighbours}")
+            f"--t_arch={cfg.teacher.arch}", f"--pretrain_path={teacher}",
+            *((f"--corr_npy={neighbours}",) if method == "bingo" else ()))
         for name in inputs if measured else inputs[:1]:  # an unmeasured teacher still trains, for the students
             out = work / f"{method}-{name}"
             run_args = stage_args(cfg, stage, data, out, "moco" if method == "teacher" else method, args.epochs,
