@@ -197,24 +197,6 @@ def test_in_memory_views_equal_the_file_paths_views_on_the_same_seed(tmp_path):
     assert not torch.allclose(first[0], in_memory[0])  # a new epoch, new views
 
 
-def test_the_compiled_views_step_equals_the_views_as_written_with_a_handful_of_operators():
-    """``--compile_views``: the same views (float32 rounding apart) from a few fused kernels instead of ~2,000
-    operators over the whole batch."""
-    torch.manual_seed(0)
-    images = torch.randint(0, 256, (64, 3, 28, 28), dtype=torch.uint8)
-    plain, compiled = DeviceViews(32, MOCO_V2, "cpu", seed=1), DeviceViews(32, MOCO_V2, "cpu", seed=1, compile=True)
-    params = plain.draw(0, torch.arange(32), 2, torch.tensor([28, 28]).expand(64, 2))
-    expected = plain.augment(images, params)
-    torch.testing.assert_close(compiled.augment(images, params), expected, rtol=0, atol=1e-5)
-    assert "augment" not in vars(plain)  # the class's method stays as written
-    counts = {}
-    for name, views in (("plain", plain), ("compiled", compiled)):
-        with profile() as prof:
-            views.augment(images, params)
-        counts[name] = len(prof.events())
-    assert counts["compiled"] * 20 < counts["plain"], counts
-
-
 def test_in_memory_needs_images_of_one_size(tmp_path):
     root = make_photo_folder(tmp_path, ext="png")
     for workers in (0, 2):

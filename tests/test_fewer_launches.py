@@ -1,9 +1,13 @@
 """Fewer launches per step, each equal to the slow path on the CPU: the momentum update as two multi-tensor
-operations, and the networks compiled (with the fused train-mode teacher inside the compiled graph)."""
+operations, the networks compiled (with the fused train-mode teacher inside the compiled graph), and the views step
+compiled."""
 import copy
 
 import torch
+from torch.profiler import profile
 
+from datasets.device_views import DeviceViews
+from datasets.transforms import MOCO_V2
 from models.backbones import build_backbone
 from models.distiller import COMPILE_MODES, momentum_update
 from models.methods import build_method
@@ -66,3 +70,21 @@ def test_a_compiled_step_with_the_fused_train_mode_teacher_equals_the_plain_step
     torch.testing.assert_close(c_queue, queue, rtol=1e-5, atol=1e-6)
     for mine, theirs in zip(c_buffers, buffers):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_the_compiled_views_step_equals_the_views_as_written_with_a_handful_of_operators():
+    """``--compile_views``: the same views (float32 rounding apart) from a few fused kernels instead of ~2,000
+    operators over the whole batch."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 28, 28), dtype=torch.uint8)
+    plain, compiled = DeviceViews(32, MOCO_V2, "cpu", seed=1), DeviceViews(32, MOCO_V2, "cpu", seed=1, compile=True)
+    params = plain.draw(0, torch.arange(32), 2, torch.tensor([28, 28]).expand(64, 2))
+    expected = plain.augment(images, params)
+    torch.testing.assert_close(compiled.augment(images, params), expected, rtol=0, atol=1e-5)
+    assert "augment" not in vars(plain)  # the class's method stays as written
+    counts = {}
+    for name, views in (("plain", plain), ("compiled", compiled)):
+        with profile() as prof:
+            views.augment(images, params)
+        counts[name] = len(prof.events())
+    assert counts["compiled"] * 20 < counts["plain"], counts
