@@ -180,7 +180,11 @@ def main() -> None:
 
 def train_stages(cfg, data: Path, args) -> list[dict]:
     """Rows for the stages of ``--stages``, each trained ``--epochs`` epochs on each of ``--inputs``."""
-    work = Path(tempfile.mkdtemp(prefix="demo_rates."))
+    with tempfile.TemporaryDirectory(prefix="demo_rates.") as tmp:  # the runs: gone with the rows made
+        return _train_stages(cfg, data, args, Path(tmp))
+
+
+def _train_stages(cfg, data: Path, args, work: Path) -> list[dict]:
     inputs = args.inputs.split(",")
     teacher, neighbours = work / f"teacher-{inputs[0]}" / "final.pth", work / "neighbours.npy"
     rows = []

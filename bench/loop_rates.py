@@ -57,14 +57,30 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="loop_rates."))
+    load = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="loop_rates.") as tmp:  # JPEGs, bags, runs: removed once measured
+        rows = measure(args, Path(tmp))
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} CPUs"
+    print(f"\n{args.student} <- {args.teacher}, BINGO, {args.size} px, batch {args.batch}, {args.workers} workers, "
+          f"{args.images} JPEGs an epoch, flags {args.flags!r} on {device}; load average before {load[0]:.2f}, "
+          f"after {os.getloadavg()[0]:.2f}")
+    print("| input path | data-fed anchors/s | compute-only anchors/s | data-fed / compute | process s |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['inputs']} | {r['data_fed']:.1f} | {r['compute_only']:.1f} | {100 * r['ratio']:.0f} % | "
+              f"{r['process_seconds']:.0f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "device": device, "load_average": load}, indent=1))
+
+
+def measure(args, work: Path) -> list[dict]:
+    """Each input path's row, with the JPEGs, the teacher and the bags made in ``work``."""
     make_jpegs(work / "data", args.images)
     random_teacher(args.teacher, work / "teacher.pth")
     subprocess.run([sys.executable, str(REPO / "run_knn.py"), f"--data_dir={work / 'data'}", "--bagging=random",
                     f"--corr_name={work / 'bags.npy'}", "--clus_pos_num=5", f"--device={args.device}"],
                    check=True, capture_output=True)
     rows = []
-    load = os.getloadavg()
     for name in args.inputs.split(","):
         out = work / f"run-{name}"
         run_args = [f"--s_arch={args.student}", f"--t_arch={args.teacher}", f"--pretrain_path={work / 'teacher.pth'}",
@@ -79,17 +95,7 @@ def main() -> None:
                      "data_fed": fed["images_per_s"], "compute_only": compute, "ratio": fed["images_per_s"] / compute,
                      "process_seconds": fed["process_seconds"]})
         print(json.dumps(rows[-1]), flush=True)
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} CPUs"
-    print(f"\n{args.student} <- {args.teacher}, BINGO, {args.size} px, batch {args.batch}, {args.workers} workers, "
-          f"{args.images} JPEGs an epoch, flags {args.flags!r} on {device}; load average before {load[0]:.2f}, "
-          f"after {os.getloadavg()[0]:.2f}")
-    print("| input path | data-fed anchors/s | compute-only anchors/s | data-fed / compute | process s |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['inputs']} | {r['data_fed']:.1f} | {r['compute_only']:.1f} | {100 * r['ratio']:.0f} % | "
-              f"{r['process_seconds']:.0f} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "device": device, "load_average": load}, indent=1))
+    return rows
 
 
 if __name__ == "__main__":

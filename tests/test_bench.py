@@ -25,10 +25,13 @@ CASES = {
 
 @pytest.mark.parametrize("script", sorted(CASES))
 def test_bench_script_runs_on_the_cpu(tmp_path, script):
+    (tmp_path / "tmp").mkdir()
     result = subprocess.run([sys.executable, "-m", f"bench.{script.removesuffix('.py')}", *CASES[script],
-                             "--json", str(tmp_path / "rows.json")], cwd=tmp_path, env=subprocess_env(tmp_path),
+                             "--json", str(tmp_path / "rows.json")], cwd=tmp_path,
+                            env={**subprocess_env(tmp_path), "TMPDIR": str(tmp_path / "tmp")},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not [p.name for p in (tmp_path / "tmp").iterdir() if p.name.startswith(script.removesuffix(".py"))]
     assert "|---|" in result.stdout and (tmp_path / "rows.json").is_file()
     if script == "data_pipeline.py":  # both input paths measured, and the training profile ran on each
         rows = json.loads((tmp_path / "rows.json").read_text())
@@ -43,11 +46,14 @@ def test_bench_script_runs_on_the_cpu(tmp_path, script):
 
 @pytest.mark.skipif(not (DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST is not installed")
 def test_demo_rates_measures_a_stage_fed_and_compute_only(tmp_path):
+    (tmp_path / "tmp").mkdir()
     result = subprocess.run([sys.executable, "-m", "bench.demo_rates", "--config", "quick", "--stages", "seed",
                              "--inputs", "memory", "--epochs", "1", "--steps", "1", "--data_dir", str(tmp_path / "d"),
-                             "--json", str(tmp_path / "rows.json")], cwd=REPO, env=subprocess_env(tmp_path),
+                             "--json", str(tmp_path / "rows.json")], cwd=REPO,
+                            env={**subprocess_env(tmp_path), "TMPDIR": str(tmp_path / "tmp")},
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not list((tmp_path / "tmp").glob("demo_rates.*"))  # its runs are removed once measured
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     # a distilled stage: the teacher trains first (unmeasured) and gives the student its keys
     assert [(r["stage"], r["inputs"]) for r in rows] == [("seed", "memory")]
