@@ -6,6 +6,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("TORCH_HOME", "/tmp/bingo-tests-torch-home")
+# torch.compile's C++ cache does not tell kernels built under one ATEN_CPU_CAPABILITY from another's: a cache filled by
+# a run with AVX-512 kernels fails to build under ATEN_CPU_CAPABILITY=default ("'at::vec' has not been declared").
+# One cache per capability keeps both runs of the suite working (and warm).
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
+                      f"/tmp/bingo-tests-inductor-{os.environ.get('ATEN_CPU_CAPABILITY', 'native')}")
 
 # A test is slow when it starts a process (an entry point, torchrun, a bench script, the demo) or uses a fixture that
 # does; `make test-fast` runs the others (`pytest -m "not slow"`), `make test` runs all.
