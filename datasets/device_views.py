@@ -201,9 +201,11 @@ class HeldBagDataset(BagDataset):
         batches = torch.utils.data.DataLoader(_Decoded(self.samples, read), batch_size=256, num_workers=workers,
                                               collate_fn=_Decoded.stack)  # in order
         for batch in batches:
-            odd = (next((image for image in batch if image.data.shape != first.data.shape), None)
-                   if isinstance(batch, list) else None if batch.shape[1:] == first.data.shape else
-                   EncodedImage(batch[0], batch.shape[3], batch.shape[2], self.samples[progress.done][0]))
+            odd = None
+            if isinstance(batch, list):  # sizes differ inside the batch: one of them differs from the first image's
+                odd = next(image for image in batch if image.data.shape != first.data.shape)
+            elif batch.shape[1:] != first.data.shape:
+                odd = EncodedImage(batch[0], batch.shape[3], batch.shape[2], self.samples[progress.done][0])
             if odd is not None:
                 raise DatasetError(f"--in_memory holds images of one size, but {odd.path} is {odd.width}x{odd.height} "
                                    f"and {first.path} is {first.width}x{first.height}: resize the images to one size, "
