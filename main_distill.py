@@ -24,7 +24,8 @@ flags.DEFINE_string("output_dir", None, "Run folder for checkpoints, metrics and
 flags.DEFINE_string("train_url", None, "Official name of --output_dir (accepted as an alias).")
 flags.DEFINE_string("data_dir", None, "Dataset root; <data_dir>/train is used. Or a release folder read in place: "
                     "cifar-10-batches-py, cifar-100-python, stl10_binary (its .../unlabeled or "
-                    ".../train+unlabeled for the unlabelled images).")
+                    ".../train+unlabeled for the unlabelled images), a folder of the MNIST format's idx files "
+                    "(Fashion-MNIST).")
 flags.DEFINE_integer("moco_dim", 128, "Embedding (and queue) dimension.")
 flags.DEFINE_integer("moco_k", 65536, "Queue length; a multiple of the global batch.")
 flags.DEFINE_float("moco_m", 0.999, "Momentum of the student's momentum copy (--method=moco, disco, compress); the "

@@ -57,8 +57,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_bool("evaluate", False, "Only score the probe saved in --resume (or <output_dir>/probe.pth).")
 flags.DEFINE_string("output_dir", None, "Folder for results.json, epochs.csv and the probe checkpoint (required).")
 flags.DEFINE_string("train_url", None, "Official name of --output_dir (accepted as an alias).")
-flags.DEFINE_string("data_dir", None, "Dataset root with train/ and val/, or a CIFAR or STL-10 release folder "
-                    "(val: its test set).")
+flags.DEFINE_string("data_dir", None, "Dataset root with train/ and val/, or a CIFAR, STL-10 or MNIST-format "
+                    "(Fashion-MNIST) release folder (val: its test set).")
 flags.DEFINE_integer("seed", 0, "Seed for the probe initialisation, data order and label subsets.")
 flags.DEFINE_float("init_lr", 30.0, "Learning rate for the global batch (EfficientNet default: 3).")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum.")

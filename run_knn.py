@@ -35,8 +35,8 @@ from utils.logs import log
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("arch", "resnet50", sorted(BACKBONES), "Teacher network.")
 flags.DEFINE_string("ckpt_name", "", "Teacher checkpoint (MoCo-v2, SwAV, torchvision or this project's).")
-flags.DEFINE_string("data_dir", None, "Dataset root; <data_dir>/train is embedded. Or a CIFAR or STL-10 release "
-                    "folder, as main_distill.py reads it.")
+flags.DEFINE_string("data_dir", None, "Dataset root; <data_dir>/train is embedded. Or a CIFAR, STL-10 or MNIST-format "
+                    "(Fashion-MNIST) release folder, as main_distill.py reads it.")
 flags.DEFINE_string("corr_name", "imgs_corr_moco_epoch800.npy",
                     "Output .npy: a bare name is written under ./imgs_corr/, a path is used as given.")
 flags.DEFINE_integer("clus_pos_num", 5, "K: neighbours kept per image (itself excluded).")

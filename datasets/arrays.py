@@ -1,16 +1,20 @@
 """Datasets released as arrays, read in place: CIFAR-10 and CIFAR-100 (the python release, ``cifar-10-batches-py/``,
-``cifar-100-python/``) and STL-10 (the binary release, ``stl10_binary/``). ``--data_dir`` names the release folder as
-downloaded; ``open_array_split`` recognises it by its files and gives a split that ``IndexedImageFolder`` reads as it
-reads a class folder: the same order every time (the release's), each image named ``<split>/<index>`` so that the
-neighbour file's fingerprint holds, labels from the release.
+``cifar-100-python/``), STL-10 (the binary release, ``stl10_binary/``) and the MNIST format (``idx``: a folder with
+``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte`` and the ``t10k-`` pair, gzipped or not, as MNIST,
+Fashion-MNIST and KMNIST are released; Debian's ``dataset-fashion-mnist`` installs them in
+``/usr/share/datasets/fashion-mnist``; the gray images are given as RGB, each channel the same). ``--data_dir``
+names the release folder as downloaded; ``open_array_split`` recognises it by its files and gives a split that
+``IndexedImageFolder`` reads as it reads a class folder: the same order every time (the release's), each image named
+``<split>/<index>`` so that the neighbour file's fingerprint holds, labels from the release.
 
-Splits: ``train``; ``val`` is the release's test set. STL-10's 100,000 unlabelled images are for pre-training only:
-``--data_dir=<stl10_binary>/unlabeled`` (or ``.../train+unlabeled``, the labelled 5,000 first) gives them as ``train``,
-without labels, and refuses ``val``. CIFAR's pickles are read without running code: only numpy's array
-reconstruction is allowed to unpickle.
+Splits: ``train``; ``val`` is the release's test set (``t10k`` in the MNIST format). STL-10's 100,000 unlabelled
+images are for pre-training only: ``--data_dir=<stl10_binary>/unlabeled`` (or ``.../train+unlabeled``, the labelled
+5,000 first) gives them as ``train``, without labels, and refuses ``val``. CIFAR's pickles are read without running
+code: only numpy's array reconstruction is allowed to unpickle.
 """
 from __future__ import annotations
 
+import gzip
 import importlib
 import pickle
 from pathlib import Path
@@ -18,10 +22,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["ArraySplit", "open_array_split", "ArrayError", "UNLABELED_SPLITS"]
+__all__ = ["ArraySplit", "open_array_split", "ArrayError", "UNLABELED_SPLITS", "IDX_FILES", "idx_file", "read_idx"]
 
 UNLABELED_SPLITS = ("unlabeled", "train+unlabeled")  # STL-10's pre-training sets, named as --data_dir's last part
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+IDX_MAGIC = {3: 0x0803, 1: 0x0801}  # unsigned bytes, 3 dimensions (images) / 1 (labels)
 
 
 class ArrayError(RuntimeError):
@@ -175,9 +182,49 @@ class _Concatenated:
         return self.first[index] if index < len(self.first) else self.second[index - len(self.first)]
 
 
+def idx_file(folder: Path, name: str) -> Path | None:
+    """``name`` or ``name.gz`` in ``folder``, whichever exists."""
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_idx(folder: Path, name: str, dims: int) -> np.ndarray:
+    """The uint8 array of an idx file (``[N, H, W]`` images or ``[N]`` labels), its header checked."""
+    path = idx_file(folder, name)
+    if path is None:
+        raise ArrayError(f"{folder / name}(.gz) is missing")
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as handle:
+            data = handle.read()
+    except (OSError, EOFError) as error:
+        raise ArrayError(f"{path} cannot be read ({error})") from error
+    header = 4 + 4 * dims
+    magic = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+    if magic != IDX_MAGIC[dims] or len(data) < header:
+        raise ArrayError(f"{path} is not an idx file of {dims}-dimensional unsigned bytes (magic {magic!r})")
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
+    if len(data) - header != int(np.prod(shape)):
+        raise ArrayError(f"{path}: its header says {shape}, {int(np.prod(shape))} bytes, but it holds "
+                         f"{len(data) - header}")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _idx(release: Path, split: str) -> ArraySplit:
+    images_name, labels_name = IDX_FILES[split]
+    gray = read_idx(release, images_name, 3)
+    labels = read_idx(release, labels_name, 1).astype(np.int64)
+    classes = [str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0)]
+    # RGB as PIL's convert("RGB") makes it from gray: the same value in each channel
+    return ArraySplit("idx", release, split, np.repeat(gray[..., None], 3, axis=3), labels, classes)
+
+
 LAYOUTS = {"cifar10": "cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta)",
            "cifar100": "cifar-100-python/ (train, test, meta)",
-           "stl10": "stl10_binary/ (train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin)"}
+           "stl10": "stl10_binary/ (train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin)",
+           "idx": "the MNIST format (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                  "t10k-labels-idx1-ubyte, each gzipped or not)"}
 
 
 def release_kind(folder: Path) -> str | None:
@@ -188,6 +235,8 @@ def release_kind(folder: Path) -> str | None:
         return "cifar100"
     if (folder / "train_X.bin").is_file() or (folder / "unlabeled_X.bin").is_file():
         return "stl10"
+    if any(idx_file(folder, name) is not None for name in (*IDX_FILES["train"], *IDX_FILES["val"])):
+        return "idx"
     return None
 
 
@@ -209,6 +258,8 @@ def open_array_split(data_dir: str | Path, split: str, flag: str = "--data_dir")
     elif split not in ("train", "val"):
         raise ArrayError(f"{flag}={data_dir}: {kind} has the splits train and val (its test set), not {split}")
     try:
+        if kind == "idx":
+            return _idx(release, split)
         return _cifar(release, kind, split) if kind.startswith("cifar") else _stl(release, split)
     except ArrayError as error:
         raise ArrayError(f"{flag}={data_dir}: {error}. Expected the release as downloaded: {LAYOUTS[kind]}") from None

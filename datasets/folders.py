@@ -61,7 +61,7 @@ def _hidden(name: str) -> bool:
 
 
 def open_split(data_dir: str | os.PathLike, split: str, flag: str = "--data_dir") -> Path | ArraySplit:
-    """``<data_dir>/<split>``, or the split of the array release (CIFAR, STL-10) ``data_dir`` is
+    """``<data_dir>/<split>``, or the split of the array release (CIFAR, STL-10, MNIST format) ``data_dir`` is
     (``datasets.arrays``), or a clear error naming ``flag`` when it is missing."""
     try:
         arrays = open_array_split(data_dir, split, flag)

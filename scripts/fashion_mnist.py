@@ -9,7 +9,6 @@ one folder per class and 3-channel PNGs, once: a ``prepared.json`` records what 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from datasets.arrays import IDX_FILES, ArrayError, idx_file, read_idx
 from datasets.folders import DatasetError
 from utils.logs import Progress, log
 
@@ -24,25 +24,20 @@ __all__ = ["CLASSES", "DEBIAN_DIR", "load_split", "prepare"]
 
 CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-          "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
-
-
-def _read_idx(path: Path, offset: int) -> np.ndarray:
-    with gzip.open(path, "rb") as handle:
-        return np.frombuffer(handle.read(), dtype=np.uint8, offset=offset)
-
 
 def load_split(split: str, cache: Path, source: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(images [N, 28, 28] uint8, labels [N])`` of ``train`` or ``val`` (the test split), from the ``.gz`` files in
     ``source`` (default: Debian's package folder) or else torchvision's download."""
-    images_name, labels_name = _FILES[split]
+    images_name, labels_name = IDX_FILES[split]
     folder = Path(source) if source is not None else DEBIAN_DIR
-    if source is not None and not (folder / images_name).is_file():
-        raise DatasetError(f"{folder / images_name} does not exist: the folder must hold {', '.join(_FILES[split])}")
-    if (folder / images_name).is_file():
-        images = _read_idx(folder / images_name, 16).reshape(-1, 28, 28)
-        return images, _read_idx(folder / labels_name, 8)
+    if source is not None and idx_file(folder, images_name) is None:
+        raise DatasetError(f"{folder / images_name}.gz does not exist: the folder must hold "
+                           f"{', '.join(name + '.gz' for name in IDX_FILES[split])}")
+    if idx_file(folder, images_name) is not None:
+        try:
+            return read_idx(folder, images_name, 3), read_idx(folder, labels_name, 1)
+        except ArrayError as error:
+            raise DatasetError(str(error)) from None
     try:
         from torchvision.datasets import FashionMNIST
 

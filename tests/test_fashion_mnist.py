@@ -4,27 +4,34 @@ import json
 import numpy as np
 import pytest
 
-from datasets.folders import DatasetError, IndexedImageFolder
+from datasets.arrays import IDX_FILES
+from datasets.folders import DatasetError, IndexedImageFolder, labelled_splits, open_split
 from scripts import fashion_mnist
 
 
-def _write_idx(folder, split_files, n, seed):
+def write_idx_file(path, array: np.ndarray, gzipped: bool = True) -> None:
+    """``array`` (uint8) as an idx file: magic 0x08 0x<dims>, each dimension big-endian, the bytes."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with (gzip.open(path, "wb") if gzipped else open(path, "wb")) as handle:
+        handle.write(header + array.tobytes())
+
+
+def _write_idx(folder, split_files, n, seed, gzipped: bool = True):
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
     labels = np.arange(n, dtype=np.uint8) % 10
     image_name, label_name = split_files
-    with gzip.open(folder / image_name, "wb") as handle:
-        handle.write(b"\0" * 16 + images.tobytes())
-    with gzip.open(folder / label_name, "wb") as handle:
-        handle.write(b"\0" * 8 + labels.tobytes())
+    suffix = ".gz" if gzipped else ""
+    write_idx_file(folder / f"{image_name}{suffix}", images, gzipped)
+    write_idx_file(folder / f"{label_name}{suffix}", labels, gzipped)
     return images, labels
 
 
 def test_prepare_writes_a_class_balanced_imagenet_layout(tmp_path, monkeypatch):
     source = tmp_path / "debian"
     source.mkdir()
-    images, labels = _write_idx(source, fashion_mnist._FILES["train"], 60, 0)
-    _write_idx(source, fashion_mnist._FILES["val"], 30, 1)
+    images, labels = _write_idx(source, IDX_FILES["train"], 60, 0)
+    _write_idx(source, IDX_FILES["val"], 30, 1)
     monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", source)
     out = fashion_mnist.prepare(tmp_path / "fm", train_per_class=3, val_per_class=2)
     train = IndexedImageFolder(out / "train")
@@ -41,10 +48,38 @@ def test_prepare_writes_a_class_balanced_imagenet_layout(tmp_path, monkeypatch):
 def test_prepare_reads_a_given_folder_of_gz_files(tmp_path):
     source = tmp_path / "carried"
     source.mkdir()
-    _write_idx(source, fashion_mnist._FILES["train"], 20, 0)
-    _write_idx(source, fashion_mnist._FILES["val"], 10, 1)
+    _write_idx(source, IDX_FILES["train"], 20, 0)
+    _write_idx(source, IDX_FILES["val"], 10, 1)
     out = fashion_mnist.prepare(tmp_path / "fm", train_per_class=None, val_per_class=None, source=source)
     assert len(IndexedImageFolder(out / "train")) == 20 and len(IndexedImageFolder(out / "val")) == 10
-    (source / fashion_mnist._FILES["val"][0]).unlink()
+    (source / f"{IDX_FILES['val'][0]}.gz").unlink()
     with pytest.raises(DatasetError, match="t10k-images-idx3-ubyte.gz"):
         fashion_mnist.prepare(tmp_path / "other", train_per_class=1, val_per_class=1, source=source)
+
+
+def test_the_release_folder_reads_in_place_with_the_pixels_of_the_prepared_pngs(tmp_path):
+    """``--data_dir`` at the folder of idx files: the release's order and labels, each image the RGB of its gray
+    values, as the prepared PNG folders hold it; gzipped and plain files alike; a damaged file named."""
+    source = tmp_path / "fashion-mnist"
+    source.mkdir()
+    images, labels = _write_idx(source, IDX_FILES["train"], 20, 0)
+    _write_idx(source, IDX_FILES["val"], 10, 1, gzipped=False)
+    train, val = labelled_splits(source, None, None)
+    assert (len(train), len(val)) == (20, 10) and train.targets == labels.tolist()
+    assert train.classes == val.classes == [str(c) for c in range(10)]
+    assert "20 images of idx's train split" in train.describe()
+    pngs = IndexedImageFolder(fashion_mnist.prepare(tmp_path / "fm", None, None, source=source) / "train")
+    for path, target in pngs.samples:
+        index = int(path.rsplit("/", 1)[1].split(".")[0])
+        native, native_target, _ = train[index]
+        np.testing.assert_array_equal(np.asarray(native), np.asarray(pngs.loader(path)))
+        assert native_target == target
+    with open(source / "t10k-images-idx3-ubyte", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte: its header says \(10, 28, 28\), 7840 bytes, but "
+                                           r"it holds 7841\. Expected the release as downloaded: the MNIST format"):
+        open_split(source, "val")
+    _write_idx(source, IDX_FILES["val"], 10, 1, gzipped=False)
+    (source / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DatasetError, match=r"t10k-labels-idx1-ubyte\(\.gz\) is missing"):
+        open_split(source, "val")
