@@ -21,7 +21,8 @@ from absl import app, flags
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from datasets.folders import DatasetError, IndexedImageFolder, labelled_splits, open_split
+from datasets.device_views import HeldImages
+from datasets.folders import DatasetError, IndexedImageFolder, check_same_classes, labelled_splits, open_split
 from datasets.transforms import (
     eval_transform,
     linear_train_transform,
@@ -106,6 +107,9 @@ flags.DEFINE_string("label_file", None, "--protocol=semi or semi_linear: file li
 flags.DEFINE_integer("image_size", 224, "Crop size.")
 flags.DEFINE_enum("stem", "imagenet", list(STEMS), "The ResNet's stem: imagenet (the paper's) or small (3x3 stride-1 "
                   "convolution, no max-pool); a checkpoint of the other stem is refused, naming the flag.")
+flags.DEFINE_bool("in_memory", False, "--protocol=knn or logreg: hold train/ and val/ on the device as two tensors, "
+                  "decoded once (images of one size: Fashion-MNIST, CIFAR, STL-10), and make the evaluation crop "
+                  "there a batch at a time (float resize, no 8-bit rounding: within 1/255 of PIL's crop).")
 flags.DEFINE_enum("device", "auto", ["auto", "cuda", "cpu"], "Where to run (auto: CUDA when available).")
 flags.mark_flags_as_required(["data_dir"])
 
@@ -154,6 +158,8 @@ FLAG_SCOPE: dict[str, tuple[str, Callable[[LinclsOptions], bool]]] = {
        for name in ("knn_k", "knn_t")},
     **{name: ("--protocol=semi or semi_linear", lambda o: o.protocol in _SUBSET)
        for name in ("label_fraction", "label_file")},
+    "in_memory": ("--protocol=knn or logreg (the frozen features: a trained probe draws its augmentations per image)",
+                  lambda o: o.protocol in ("knn", "logreg")),
 }
 
 
@@ -225,6 +231,18 @@ def evaluation_crop(opts: LinclsOptions):
     return (transfer_eval_transform if opts.protocol == "transfer" else eval_transform)(opts.image_size)
 
 
+def evaluation_splits(opts: LinclsOptions, ctx) -> tuple[IndexedImageFolder, IndexedImageFolder]:
+    """train/ and val/ with the evaluation crop (``evaluation_crop``), or with --in_memory held on the device, the
+    crop made there."""
+    if not opts.in_memory:
+        crop = evaluation_crop(opts)
+        return labelled_splits(opts.data_dir, crop, crop)
+    train, val = (HeldImages(open_split(opts.data_dir, split), ctx.device, opts.image_size, opts.num_workers)
+                  for split in ("train", "val"))
+    check_same_classes(opts.data_dir, train, val)
+    return train, val
+
+
 def check_classes(train_set: IndexedImageFolder) -> None:
     """Refuse a train/ of one class: any classifier scores 100 % on it, which says nothing."""
     if len(train_set.classes) < 2:
@@ -233,16 +251,14 @@ def check_classes(train_set: IndexedImageFolder) -> None:
                            "needs two classes or more to mean anything; give a labelled dataset")
 
 
-def frozen_scores(opts: LinclsOptions, backbone, ctx, logreg: bool, knn: bool) -> dict | None:
-    """The protocols on frozen features, embedded once with the evaluation crop: the logistic-regression probe and
-    the k-NN classifier (k = 10 majority vote, and each --knn_k weighted). Rank 0 gets ``{"num_train", "num_val",
-    "logreg"?, "knn"?, "seconds"}``, the other processes None; ``seconds``: where the time went (``start-up``: from
-    the process's start to the embedding, the network and any BatchNorm re-estimation included)."""
-    seconds = {"start-up": process_seconds()}
+def frozen_scores(opts: LinclsOptions, backbone, ctx, splits: tuple[IndexedImageFolder, IndexedImageFolder],
+                  logreg: bool, knn: bool, seconds: dict[str, float]) -> dict | None:
+    """The protocols on frozen features of ``splits`` (train, val), embedded once: the logistic-regression probe
+    and the k-NN classifier (k = 10 majority vote, and each --knn_k weighted). Rank 0 gets ``{"num_train",
+    "num_val", "logreg"?, "knn"?, "seconds"}``, the other processes None; ``seconds``: where the time went, from
+    ``seconds`` (what ran before) on."""
     started = time.perf_counter()
-    crop = evaluation_crop(opts)
-    train_set, val_set = labelled_splits(opts.data_dir, crop, crop)
-    check_classes(train_set)
+    train_set, val_set = splits
     per_process = opts.batch_size // ctx.world_size
     train_features, val_features = embed_splits(backbone.to(ctx.device), train_set, val_set, ctx, per_process,
                                                 opts.num_workers)
@@ -313,15 +329,23 @@ def evaluate_backbone(opts: LinclsOptions) -> None:
     lock = claim_output_dir(opts, output_dir) if ctx.is_main else None  # released on exit
     torch.manual_seed(opts.seed)
     backbone, provenance = build_evaluated(opts, ctx.is_main)  # before any data is read
+    frozen = opts.protocol in ("knn", "logreg")
+    seconds = {"start-up": process_seconds()}  # to the data: the network built or loaded
+    started = time.perf_counter()
+    splits = evaluation_splits(opts, ctx) if frozen else None
+    if frozen:
+        check_classes(splits[0])
     if opts.recompute_bn:
         backbone.to(ctx.device)
-        train_crops = IndexedImageFolder(open_split(opts.data_dir, "train"), eval_transform(opts.image_size))
+        train_crops = splits[0] if frozen else IndexedImageFolder(open_split(opts.data_dir, "train"),
+                                                                  eval_transform(opts.image_size))
         count = recompute_bn_statistics(backbone, train_crops, ctx, per_process, opts.num_workers)
         log(f"BatchNorm running statistics of {count} layers re-estimated on {len(train_crops)} training images",
             ctx.is_main)
-    if opts.protocol in ("knn", "logreg"):
-        scores = frozen_scores(opts, backbone, ctx, logreg=opts.protocol == "logreg",
-                               knn=opts.protocol == "knn" or opts.with_knn)
+    seconds["data"] = time.perf_counter() - started  # the splits read (and held), BatchNorm re-estimated
+    if frozen:
+        scores = frozen_scores(opts, backbone, ctx, splits, logreg=opts.protocol == "logreg",
+                               knn=opts.protocol == "knn" or opts.with_knn, seconds=seconds)
         if ctx.is_main:
             atomic_json({"protocol": opts.protocol, **provenance, **scores}, output_dir / "results.json")
     else:
@@ -398,7 +422,7 @@ def train_probe(opts: LinclsOptions, ctx, model, network, optimizer, splits, pro
             save_outputs(opts, model, optimizer, epoch, best, history, provenance, output_dir, len(val_set))
         edist.barrier()
     if opts.with_knn:  # the backbone as trained (semi) or as given (linear: frozen, checked above)
-        knn = frozen_scores(opts, model.backbone, ctx, logreg=False, knn=True)
+        knn = frozen_scores(opts, model.backbone, ctx, evaluation_splits(opts, ctx), logreg=False, knn=True, seconds={})
         if ctx.is_main:
             results = json.loads((output_dir / "results.json").read_text())
             atomic_json({**results, "knn": knn["knn"]}, output_dir / "results.json")

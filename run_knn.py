@@ -18,10 +18,10 @@ import torch
 from absl import app, flags
 from torch import nn
 
-from datasets.device_views import DeviceViews, EncodedImageFolder, collate_encoded
+from datasets.device_views import DeviceViews, EncodedImageFolder, HeldImages, collate_encoded
 from datasets.folders import IndexedImageFolder, open_split
 from datasets.neighbours import dataset_fingerprint, neighbour_path, write_neighbours
-from datasets.transforms import MOCO_V2, eval_transform
+from datasets.transforms import eval_transform
 from engine.bags import BAGGINGS, BagError, bag_purity, group_bags, kmeans_assignments, random_bags
 from engine.cli import check_minimums, check_stem, refuse_inert_flags, run
 from engine.features import SEARCH_BACKENDS, embed, exact_knn
@@ -52,6 +52,9 @@ flags.DEFINE_bool("save_distances", False, "Also write the neighbours' cosine si
 flags.DEFINE_enum("device", "auto", ["auto", "cuda", "cpu"], "Where to run (auto: CUDA when available).")
 flags.DEFINE_bool("device_views", False,
                   "Decode JPEGs (nvJPEG on CUDA), resize and crop on the device; loader workers only read files.")
+flags.DEFINE_bool("in_memory", False,
+                  "Hold every training image on the device as one tensor, decoded once (images of one size: "
+                  "Fashion-MNIST, CIFAR, STL-10), and make the crops there a batch at a time: no loader processes.")
 flags.DEFINE_bool("channels_last", False, "Run the teacher in channels_last memory format (CUDA speed switch).")
 flags.DEFINE_enum("bagging", "knn", list(BAGGINGS),
                   "How bags are made: knn (the teacher's K nearest neighbours, the paper's), kmeans (K members of the "
@@ -65,7 +68,7 @@ flags.mark_flag_as_required("data_dir")
 
 # The flags of the teacher's embedding and search, which label and random bags (no teacher) would ignore.
 TEACHER_FLAGS = ("arch", "ckpt_name", "stem", "feature", "search", "batch_size", "image_size", "num_workers",
-                 "device_views", "channels_last")
+                 "device_views", "in_memory", "channels_last")
 FLAG_SCOPE = {name: ("--bagging=knn or kmeans (label and random bags load no teacher)",
                      lambda o: o.bagging in ("knn", "kmeans")) for name in TEACHER_FLAGS}
 
@@ -81,6 +84,8 @@ def check_options(opts: KnnStepOptions) -> None:
         raise app.UsageError(f"--kmeans_clusters is a --bagging=kmeans flag; this run is --bagging={opts.bagging}")
     if opts.kmeans_clusters is not None and opts.kmeans_clusters < 1:
         raise app.UsageError(f"--kmeans_clusters={opts.kmeans_clusters}: must be at least 1")
+    if opts.in_memory and opts.device_views:
+        raise app.UsageError("--in_memory and --device_views are two ways to make the crops on the device: give one")
     if opts.bagging in ("label", "random") and opts.save_distances:
         raise app.UsageError(f"--save_distances: --bagging={opts.bagging} computes no similarities")
     refuse_inert_flags(opts, FLAG_SCOPE, f"this run (--bagging={opts.bagging})")
@@ -104,11 +109,14 @@ def build_network(arch: str, ckpt: str, feature: str, stem: str) -> tuple[nn.Mod
 
 
 def build_dataset(opts: KnnStepOptions, device: torch.device) -> tuple[IndexedImageFolder, dict]:
-    """The training images, and with --device_views the loader's collate and the batch -> crops step."""
+    """The training images, and with --device_views the loader's collate and the batch -> crops step; with
+    --in_memory held on the device (``embed`` makes their crops)."""
     root = open_split(opts.data_dir, "train")
+    if opts.in_memory:
+        return HeldImages(root, device, opts.image_size, opts.num_workers, opts.channels_last), {}
     if not opts.device_views:
         return IndexedImageFolder(root, eval_transform(opts.image_size)), {}
-    crops = DeviceViews(opts.image_size, MOCO_V2, device).eval_crops
+    crops = DeviceViews(opts.image_size, None, device).eval_crops
     return EncodedImageFolder(root), {"collate_fn": collate_encoded, "prepare": crops}
 
 

@@ -43,6 +43,8 @@ __all__ = [
     "EncodedBagDataset",
     "EncodedImageFolder",
     "HeldBagDataset",
+    "HeldImages",
+    "hold_pixels",
     "IndexBatches",
     "collate_encoded",
     "PackedImages",
@@ -182,38 +184,46 @@ class _Decoded(torch.utils.data.Dataset):
         return torch.stack([image.data for image in images])
 
 
+def hold_pixels(dataset: IndexedImageFolder, workers: int = 0) -> torch.Tensor:
+    """Every image of ``dataset`` as one ``uint8 [N, 3, H, W]`` tensor on the CPU: an array release's copied as it
+    is stored, files decoded (any format PIL reads) in ``workers`` loader processes. The images must share one size
+    (Fashion-MNIST, CIFAR, STL-10); another size stops the run naming both files."""
+    arrays = dataset.arrays
+    if arrays is not None and isinstance(arrays.images, np.ndarray):  # [N, H, W, 3], in memory or mapped
+        pixels = torch.from_numpy(np.ascontiguousarray(np.asarray(arrays.images).transpose(0, 3, 1, 2)))
+        log(f"held {len(pixels)} images of {pixels.shape[3]}x{pixels.shape[2]} from {arrays.release}")
+        return pixels
+    read = encoded_loader(dataset) if arrays is not None else read_decoded  # arrays: already pixels
+    first = read(dataset.samples[0][0])
+    pixels = torch.empty(len(dataset.samples), *first.data.shape, dtype=torch.uint8)
+    progress = Progress(len(dataset.samples), "decode into memory")
+    batches = torch.utils.data.DataLoader(_Decoded(dataset.samples, read), batch_size=256, num_workers=workers,
+                                          collate_fn=_Decoded.stack)  # in order
+    for batch in batches:
+        odd = None
+        if isinstance(batch, list):  # sizes differ inside the batch: one of them differs from the first image's
+            odd = next(image for image in batch if image.data.shape != first.data.shape)
+        elif batch.shape[1:] != first.data.shape:
+            odd = EncodedImage(batch[0], batch.shape[3], batch.shape[2], dataset.samples[progress.done][0])
+        if odd is not None:
+            raise DatasetError(f"--in_memory holds images of one size, but {odd.path} is {odd.width}x{odd.height} "
+                               f"and {first.path} is {first.width}x{first.height}: resize the images to one size, "
+                               "or drop --in_memory")
+        pixels[progress.done:progress.done + len(batch)] = batch
+        progress.update(len(batch))
+    log(progress.line())
+    return pixels
+
+
 class HeldBagDataset(BagDataset):
-    """``--in_memory``: every training image decoded once (any format PIL reads; in ``workers`` processes) and held
-    as one ``uint8 [N, 3, H, W]`` tensor on ``device``, so a step reads nothing and runs no per-image Python:
-    ``views(epoch, indices)`` makes the batch's views on the device. The images must share one size (Fashion-MNIST,
-    CIFAR, STL-10)."""
+    """``--in_memory``: every training image decoded once and held as one ``uint8 [N, 3, H, W]`` tensor on ``device``
+    (``hold_pixels``), so a step reads nothing and runs no per-image Python: ``views(epoch, indices)`` makes the
+    batch's views on the device."""
 
     def __init__(self, root, neighbours, device: torch.device, clus_pos_num: int = 5, seed: int = 0,
                  views: str | None = None, workers: int = 0) -> None:
         super().__init__(root, None, neighbours, clus_pos_num, seed, views)
-        self.pixels = self._decode_all(workers).to(device)
-
-    def _decode_all(self, workers: int) -> torch.Tensor:
-        read = encoded_loader(self) if self.arrays is not None else read_decoded  # arrays: already pixels
-        first = read(self.samples[0][0])
-        pixels = torch.empty(len(self.samples), *first.data.shape, dtype=torch.uint8)
-        progress = Progress(len(self.samples), "decode into memory")
-        batches = torch.utils.data.DataLoader(_Decoded(self.samples, read), batch_size=256, num_workers=workers,
-                                              collate_fn=_Decoded.stack)  # in order
-        for batch in batches:
-            odd = None
-            if isinstance(batch, list):  # sizes differ inside the batch: one of them differs from the first image's
-                odd = next(image for image in batch if image.data.shape != first.data.shape)
-            elif batch.shape[1:] != first.data.shape:
-                odd = EncodedImage(batch[0], batch.shape[3], batch.shape[2], self.samples[progress.done][0])
-            if odd is not None:
-                raise DatasetError(f"--in_memory holds images of one size, but {odd.path} is {odd.width}x{odd.height} "
-                                   f"and {first.path} is {first.width}x{first.height}: resize the images to one size, "
-                                   "or drop --in_memory")
-            pixels[progress.done:progress.done + len(batch)] = batch
-            progress.update(len(batch))
-        log(progress.line())
-        return pixels
+        self.pixels = hold_pixels(self, workers).to(device)
 
     def sources(self, epoch: int, indices: torch.Tensor) -> torch.Tensor:
         """The image of each view slot, slot after slot: the anchors twice, then (bags) their drawn neighbours
@@ -227,6 +237,27 @@ class HeldBagDataset(BagDataset):
 
     def num_views(self) -> int:
         return 2 if self.views == "pair" else 4
+
+
+class HeldImages(IndexedImageFolder):
+    """A split held on ``device`` as one ``uint8 [N, 3, H, W]`` tensor (``hold_pixels``) and embedded with the
+    evaluation crop made a batch at a time there (``crops``): what the k-NN monitor, the frozen protocols and the kNN
+    step read with ``--in_memory``, with no per-image Python. Items are ``(target, index)``;
+    ``engine.features.embed`` and ``engine.evaluation.recompute_bn_statistics`` take the images from ``crops``."""
+
+    def __init__(self, root, device: torch.device | str, size: int, workers: int = 0,
+                 channels_last: bool = False) -> None:
+        super().__init__(root)
+        self.pixels = hold_pixels(self, workers).to(device)
+        self.views = DeviceViews(size, None, device, channels_last)
+
+    def __getitem__(self, index: int) -> tuple[int, int]:  # type: ignore[override]
+        return self.targets[index], index
+
+    def crops(self, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        """A collated batch (its last entry the indices) -> its images' evaluation crops on the device."""
+        indices = batch[-1].to(self.pixels.device, non_blocking=True)
+        return self.views.held_eval_crops(self.pixels.index_select(0, indices))
 
 
 class ShardOrder:
@@ -316,14 +347,14 @@ class DeviceViews:
     views are drawn. ``compile``: ``augment`` through ``torch.compile``, its two thousand operators (most of them
     the colour jitter's, each over the whole batch) fused into a few kernels; equal up to float32 rounding."""
 
-    def __init__(self, size: int, spec: AugmentSpec, device: torch.device, channels_last: bool = False, seed: int = 0,
-                 pixel_budget: int = PIXEL_BUDGET, compile: bool = False) -> None:
+    def __init__(self, size: int, spec: AugmentSpec | None, device: torch.device, channels_last: bool = False,
+                 seed: int = 0, pixel_budget: int = PIXEL_BUDGET, compile: bool = False) -> None:
         self.size, self.spec, self.device, self.seed = size, spec, torch.device(device), seed
         self.pixel_budget = pixel_budget
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
-        self.blur_kernel = 2 * math.ceil(3 * spec.blur_sigma[1]) + 1
+        self.blur_kernel = 2 * math.ceil(3 * spec.blur_sigma[1]) + 1 if spec is not None else None  # None: crops only
         if compile:  # an instance attribute: the class's augment stays as written
             self.augment = torch.compile(self.augment)
 
@@ -401,6 +432,24 @@ class DeviceViews:
         """A collated ``EncodedImageFolder`` batch -> ``Resize(round(S*256/224)) + CenterCrop(S)``, normalised."""
         (slot,), _, _ = batch
         heights, widths = slot.sizes.T.numpy()
+        decoded = self.decode(slot)
+        crops = []
+        for part in _chunks(heights.tolist(), widths.tolist(), self.pixel_budget):
+            crops.append(self._center_crops(_pad(decoded[part]), heights[part], widths[part]))
+        return self._finish(torch.cat(crops))
+
+    def held_eval_crops(self, images: torch.Tensor) -> torch.Tensor:
+        """``eval_crops`` of ``uint8 [B, 3, H, W]`` images of one size already on the device."""
+        count, _, height, width = images.shape
+        per_chunk = max(1, self.pixel_budget // (height * width))
+        heights, widths = np.full(count, height), np.full(count, width)
+        crops = [self._center_crops(images[begin:begin + per_chunk], heights[begin:begin + per_chunk],
+                                    widths[begin:begin + per_chunk]) for begin in range(0, count, per_chunk)]
+        return self._finish(torch.cat(crops))
+
+    def _center_crops(self, images: torch.Tensor, heights: np.ndarray, widths: np.ndarray) -> torch.Tensor:
+        """The resize and centre crop of each image of ``images`` (``uint8 [V, 3, H, W]``, image ``v`` in its top-left
+        ``heights[v] x widths[v]``), scaled to [0, 1]."""
         resized = resize_size(self.size)
         # torchvision's Resize(int): the shorter side to `resized`, the longer in proportion (truncated)
         short, long = np.minimum(heights, widths), np.maximum(heights, widths)
@@ -408,14 +457,9 @@ class DeviceViews:
         out_h = np.where(heights <= widths, resized, longer)
         out_w = np.where(heights <= widths, longer, resized)
         top, left = np.rint((out_h - self.size) / 2), np.rint((out_w - self.size) / 2)  # CenterCrop's offsets
-        decoded = self.decode(slot)
-        crops = []
-        for part in _chunks(heights.tolist(), widths.tolist(), self.pixel_budget):
-            images = _pad(decoded[part])
-            rows = self._weights(np.zeros_like(heights[part]), heights[part], out_h[part], top[part], images.shape[2])
-            cols = self._weights(np.zeros_like(widths[part]), widths[part], out_w[part], left[part], images.shape[3])
-            crops.append(_resample(images, rows, cols))
-        return self._finish(torch.cat(crops))
+        rows = self._weights(np.zeros_like(heights), heights, out_h, top, images.shape[2])
+        cols = self._weights(np.zeros_like(widths), widths, out_w, left, images.shape[3])
+        return _resample(images, rows, cols)
 
     def _weights(self, start, length, out_length, first, extent: int) -> torch.Tensor:
         as_tensor = [torch.as_tensor(np.asarray(a, dtype=np.float64)).to(self.device) for a in

@@ -27,6 +27,7 @@ __all__ = [
     "EpochSampler",
     "open_split",
     "labelled_splits",
+    "check_same_classes",
     "to_rgb",
     "file_list_sha256",
     "per_item_seed",
@@ -83,12 +84,17 @@ def labelled_splits(data_dir: str | os.PathLike, train_transform: Callable | Non
     are class indices, so a class missing from one split would shift every label after it)."""
     train = IndexedImageFolder(open_split(data_dir, "train", flag), train_transform)
     val = IndexedImageFolder(open_split(data_dir, "val", flag), val_transform)
+    check_same_classes(data_dir, train, val)
+    return train, val
+
+
+def check_same_classes(data_dir: str | os.PathLike, train: "IndexedImageFolder", val: "IndexedImageFolder") -> None:
+    """Refuse splits whose class lists differ (labels are class indices: one class missing shifts every later one)."""
     if train.classes != val.classes:
         only_train = sorted(set(train.classes) - set(val.classes))[:3]
         only_val = sorted(set(val.classes) - set(train.classes))[:3]
         raise DatasetError(f"{data_dir}: train/ and val/ have different class folders (only in train/: {only_train}, "
                            f"only in val/: {only_val}); labels would not match. Give both splits the same classes.")
-    return train, val
 
 
 class IndexedImageFolder(ImageFolder):

@@ -20,8 +20,15 @@ from absl import app
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from datasets.device_views import DeviceViews, EncodedBagDataset, HeldBagDataset, IndexBatches, collate_encoded
-from datasets.folders import BagDataset, DatasetError, file_list_sha256, labelled_splits, open_split
+from datasets.device_views import (
+    DeviceViews,
+    EncodedBagDataset,
+    HeldBagDataset,
+    HeldImages,
+    IndexBatches,
+    collate_encoded,
+)
+from datasets.folders import BagDataset, DatasetError, check_same_classes, file_list_sha256, labelled_splits, open_split
 from datasets.neighbours import bagging_kind, neighbour_path, read_neighbours
 from datasets.transforms import eval_transform, pretrain_augmentation, pretrain_spec
 from engine.checkpoints import (
@@ -270,8 +277,13 @@ def build_monitor(opts: DistillOptions, ctx: edist.Context, batch_per_process: i
     if opts.knn_monitor_freq <= 0:
         return None
     root, flag = monitor_data(opts)
-    transform = eval_transform(opts.image_size)
-    memory, queries = labelled_splits(root, transform, transform, flag)
+    if opts.in_memory:  # held on the device beside the training images, the crops made there
+        memory, queries = (HeldImages(open_split(root, split, flag), ctx.device, opts.image_size, opts.num_workers)
+                           for split in ("train", "val"))
+        check_same_classes(root, memory, queries)
+    else:
+        transform = eval_transform(opts.image_size)
+        memory, queries = labelled_splits(root, transform, transform, flag)
     return KnnMonitor(memory, queries, ctx, batch_per_process, opts.num_workers)
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from datasets.device_views import HeldImages
 from engine.features import embed, search
 from utils import dist as edist
 from utils.logs import Progress, log
@@ -129,9 +130,11 @@ def recompute_bn_statistics(backbone: nn.Module, dataset: Dataset, ctx: edist.Co
         m.reset_running_stats()
         m.momentum = None  # a cumulative average over the batches
     shard = Subset(dataset, ctx.shard(len(dataset)))
+    held = isinstance(dataset, HeldImages)  # the crops made on the device from the held images
     backbone.train()
     with torch.random.fork_rng(devices=[]):
-        for images, _, _ in DataLoader(shard, batch_size=batch_size, num_workers=num_workers):
+        for batch in DataLoader(shard, batch_size=batch_size, num_workers=0 if held else num_workers):
+            images = dataset.crops(batch) if held else batch[0]
             backbone(images.to(ctx.device, non_blocking=True))
     backbone.eval()
     for m, momentum in zip(norms, momenta):

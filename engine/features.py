@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from datasets.device_views import HeldImages
 from utils import dist as edist
 from utils.logs import Progress, log
 
@@ -44,8 +45,11 @@ def embed(
     Each process embeds the strided shard ``rank, rank + world, ...`` (no padding duplicates); batches are gathered
     as they are made and rank 0 returns all ``N`` features, float32 on the CPU, in dataset order, each exactly once.
     Other ranks return ``None``. ``collate_fn`` and ``prepare`` (batch -> images on the device) are the
-    ``--device_views`` path's; by default items are image tensors.
+    ``--device_views`` path's; by default items are image tensors. A ``HeldImages`` split gives its crops made on the
+    device (no loader processes).
     """
+    if isinstance(dataset, HeldImages):
+        collate_fn, prepare, num_workers = None, dataset.crops, 0
     network.eval()
     n = len(dataset)
     shard = ctx.shard(n)

@@ -149,6 +149,7 @@ class LinclsOptions(_Options):
     label_file: str | None
     image_size: int
     stem: str
+    in_memory: bool
     device: str
     explicit: frozenset[str] = field(default_factory=frozenset)
 
@@ -171,6 +172,7 @@ class KnnStepOptions(_Options):
     save_distances: bool
     device: str
     device_views: bool
+    in_memory: bool
     channels_last: bool
     bagging: str
     kmeans_clusters: int | None

@@ -1,6 +1,7 @@
 """Small synthetic data for the tests: image folders and release-format checkpoints made on the spot."""
 from __future__ import annotations
 
+import gzip
 import os
 import socket
 import subprocess
@@ -31,6 +32,28 @@ def make_image_folder(root: Path, classes: int = 3, per_class: int = 4, size: in
                 pixels = np.clip(colours[c] + noise, 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"img_{i:03d}.png")
     return root
+
+
+def write_idx_file(path: Path, array: np.ndarray, gzipped: bool = True) -> None:
+    """``array`` (uint8) as an idx file (the MNIST format): magic 0x08 0x<dims>, each dimension big-endian, the
+    bytes."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with (gzip.open(path, "wb") if gzipped else open(path, "wb")) as handle:
+        handle.write(header + array.tobytes())
+
+
+def make_idx_release(folder: Path, train: int = 30, val: int = 15, classes: int = 3, seed: int = 0) -> Path:
+    """A Fashion-MNIST-format release (four gzipped idx files, 28 x 28 gray): class c is a noisy image of one gray
+    level, so classes are separable; labels cycle through the classes."""
+    rng = np.random.default_rng(seed)
+    levels = np.linspace(40, 215, classes)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", train), ("t10k", val)):
+        labels = (np.arange(n) % classes).astype(np.uint8)
+        images = np.clip(levels[labels][:, None, None] + rng.normal(0, 30, size=(n, 28, 28)), 0, 255).astype(np.uint8)
+        write_idx_file(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx_file(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
 
 
 def moco_release(arch: str, path: Path, seed: int = 0, prefix: str = "module.encoder_q.") -> dict:

@@ -1,4 +1,3 @@
-import gzip
 import json
 
 import numpy as np
@@ -8,12 +7,7 @@ from datasets.arrays import IDX_FILES
 from datasets.folders import DatasetError, IndexedImageFolder, labelled_splits, open_split
 from scripts import fashion_mnist
 
-
-def write_idx_file(path, array: np.ndarray, gzipped: bool = True) -> None:
-    """``array`` (uint8) as an idx file: magic 0x08 0x<dims>, each dimension big-endian, the bytes."""
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with (gzip.open(path, "wb") if gzipped else open(path, "wb")) as handle:
-        handle.write(header + array.tobytes())
+from helpers import write_idx_file
 
 
 def _write_idx(folder, split_files, n, seed, gzipped: bool = True):

@@ -56,8 +56,8 @@ def time_table(results: dict) -> str:
             work = (f"training steps {r['train_s']:.1f} ({epochs}), k-NN monitor {r['monitor_s']:.1f} "
                     f"({r['monitor_points']} points)")
         else:
-            work = ", ".join(f"{label} {r[key]:.1f}" for key, label in
-                             (("embed_s", "embedding"), ("logreg_s", "probe"), ("knn_s", "k-NN")) if key in r)
+            parts = (("data_s", "data"), ("embed_s", "embedding"), ("logreg_s", "probe"), ("knn_s", "k-NN"))
+            work = ", ".join(f"{label} {r[key]:.1f}" for key, label in parts if key in r)
         lines.append(f"| {r['stage']} | {r['total_s']:.1f} | {r['start-up_s']:.1f} | {work} | {r['rest_s']:.1f} |")
     return "\n".join(lines)
 

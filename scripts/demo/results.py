@@ -48,9 +48,9 @@ def training_record(run_dir: Path, folder: str, times: dict) -> dict:
 def time_breakdown(run_dir: Path, times: dict) -> list[dict]:
     """Where each stage's wall time went: for a training stage, its process start-up before the first step
     (imports, teacher, decoding, building; one per start, resumes included), its epochs' steps and its k-NN monitor
-    points, from its metrics.jsonl; for an evaluation, its start-up (to the embedding), embedding, probe and k-NN,
-    from its results.json; ``rest_s`` is what is left (checkpoints, writing, process exit). The kNN steps give their
-    total only."""
+    points, from its metrics.jsonl; for an evaluation, its start-up (to the data), data (read or held, BatchNorm
+    re-estimated), embedding, probe and k-NN, from its results.json; ``rest_s`` is what is left (checkpoints, writing,
+    process exit). The kNN steps give their total only."""
     rows = []
     for stage, total in times.items():
         path = run_dir / stage / "metrics.jsonl"

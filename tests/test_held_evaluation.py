@@ -1,0 +1,98 @@
+"""Evaluation from images held on the device (``--in_memory`` on all three entry points): the crops a batch at a
+time equal the file path's device crops and embed like the CPU transform; BatchNorm re-estimation on them; the k-NN
+monitor's last point equals main_lincls.py's k-NN on the held images; run_knn.py's neighbours equal the device-view
+path's; the flag refused where it would not act."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from datasets.arrays import open_array_split
+from datasets.device_views import DeviceViews, EncodedImageFolder, HeldImages, collate_encoded
+from datasets.folders import IndexedImageFolder
+from datasets.transforms import eval_transform
+from engine.evaluation import recompute_bn_statistics
+from engine.features import embed
+from models.backbones import build_backbone
+from utils import dist as edist
+
+from helpers import make_idx_release, make_image_folder, run_script
+
+
+def test_held_crops_equal_the_file_paths_device_crops_and_embed_like_the_cpu_transform(tmp_path):
+    root = make_image_folder(tmp_path / "data", classes=3, per_class=5, size=28) / "train"
+    held = HeldImages(root, "cpu", 32)
+    assert held.pixels.shape == (15, 3, 28, 28) and held.targets == IndexedImageFolder(root).targets
+    files = EncodedImageFolder(root)
+    batch = collate_encoded([files[i] for i in range(len(files))])
+    expected = DeviceViews(32, None, "cpu").eval_crops(batch)
+    indices = torch.arange(len(held))
+    assert torch.allclose(held.crops([torch.tensor(held.targets), indices]), expected, atol=1e-5)
+    held.views.pixel_budget = 3 * 28 * 28  # three images a chunk
+    assert torch.allclose(held.crops([indices]), expected, atol=1e-5)
+
+    ctx = edist.init("cpu")
+    torch.manual_seed(0)
+    network = build_backbone("resnet18").eval()
+    cpu = embed(network, IndexedImageFolder(root, eval_transform(32)), ctx, 4, num_workers=0)
+    device = embed(network, held, ctx, 4, num_workers=2)  # held: no loader processes, whatever is asked
+    assert (cpu * device).sum(1).min() > 0.995
+    assert (cpu @ device.T).argmax(1).tolist() == list(range(len(cpu)))
+
+
+def test_an_array_release_is_held_as_stored_and_batchnorm_is_reestimated_on_it(tmp_path):
+    release = make_idx_release(tmp_path / "fmnist")
+    held = HeldImages(open_array_split(release, "train"), "cpu", 32)
+    stored = open_array_split(release, "train").images  # [N, H, W, 3]
+    assert torch.equal(held.pixels, torch.from_numpy(stored).permute(0, 3, 1, 2))
+    loaded = IndexedImageFolder(open_array_split(release, "train"), eval_transform(32))
+    ctx = edist.init("cpu")
+    statistics = []
+    for dataset in (held, loaded):
+        torch.manual_seed(0)
+        network = build_backbone("resnet18")
+        assert recompute_bn_statistics(network, dataset, ctx, 8, num_workers=0) == 20
+        statistics.append([m.running_mean.clone() for m in network.modules() if isinstance(m, nn.BatchNorm2d)])
+    for a, b in zip(*statistics):  # the float crop against PIL's 8-bit one
+        assert torch.allclose(a, b, rtol=0.02, atol=0.02)
+
+
+def test_in_memory_monitor_lincls_and_knn_step_on_a_fashion_mnist_format_release(tmp_path):
+    release = make_idx_release(tmp_path / "fmnist")
+    out = tmp_path / "run"
+    run_script("main_distill.py", ["--method=moco", f"--data_dir={release}", "--image_size=32", "--batch_size=6",
+                                   "--moco_k=12", "--num_workers=0", "--seed=0", "--end_epoch=2", "--save_freq=0",
+                                   "--knn_monitor_freq=1", "--device_views", "--in_memory", f"--output_dir={out}"],
+               tmp_path)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    knn = [m for m in metrics if m["kind"] == "knn"]
+    assert [m["epoch"] for m in knn] == [0, 1, 2]
+    # the monitor's last point is main_lincls.py's k-NN on the same held images
+    lincls = ["--arch=resnet18", f"--pretrained={out / 'final.pth'}", f"--data_dir={release}", "--image_size=32",
+              "--batch_size=8", "--num_workers=0"]
+    run_script("main_lincls.py", [*lincls, "--protocol=knn", "--in_memory", f"--output_dir={tmp_path / 'knn'}"],
+               tmp_path)
+    results = json.loads((tmp_path / "knn" / "results.json").read_text())
+    assert knn[-1]["knn10_top1"] == pytest.approx(results["knn"]["k10_majority"]["top1"])
+    assert results["num_train"] == 30 and results["num_val"] == 15 and results["flags"]["in_memory"]
+    run_script("main_lincls.py", [*lincls, "--protocol=logreg", "--with_knn", "--in_memory",
+                                  f"--output_dir={tmp_path / 'logreg'}"], tmp_path)
+    results = json.loads((tmp_path / "logreg" / "results.json").read_text())
+    assert set(results["seconds"]) == {"start-up", "data", "embed", "logreg", "knn"}
+    assert results["knn"]["k10_majority"]["top1"] == pytest.approx(knn[-1]["knn10_top1"])
+    refused = run_script("main_lincls.py", [*lincls, "--protocol=linear", "--in_memory",
+                                            f"--output_dir={tmp_path / 'linear'}"], tmp_path, check=False)
+    assert refused.returncode != 0 and "--in_memory" in refused.stderr and "--protocol=knn or logreg" in refused.stderr
+    assert not (tmp_path / "linear").exists()
+
+    # the kNN step: the same neighbours from the held images as from the device-view path's crops
+    step = ["--arch=resnet18", f"--ckpt_name={out / 'final.pth'}", f"--data_dir={release}", "--image_size=32",
+            "--clus_pos_num=3", "--num_workers=0", "--batch_size=8"]
+    run_script("run_knn.py", [*step, "--in_memory", f"--corr_name={tmp_path / 'held.npy'}"], tmp_path)
+    run_script("run_knn.py", [*step, "--device_views", f"--corr_name={tmp_path / 'views.npy'}"], tmp_path)
+    np.testing.assert_array_equal(np.load(tmp_path / "held.npy"), np.load(tmp_path / "views.npy"))
+    both = run_script("run_knn.py", [*step, "--in_memory", "--device_views", f"--corr_name={tmp_path / 'x.npy'}"],
+                      tmp_path, check=False)
+    assert both.returncode != 0 and "give one" in both.stderr
