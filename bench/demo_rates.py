@@ -163,13 +163,12 @@ def main() -> None:
                         help="a demo run folder of --config: its logged rates, only the compute-only steps timed")
     parser.add_argument("--json")
     args = parser.parse_args()
-    from scripts.fashion_mnist import prepare
+    from scripts.demo.stages import training_data
 
     if args.device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
     cfg = CONFIGS[args.config]
-    data = prepare((args.data_dir or REPO / "demo_data" / data_folder(cfg)).resolve(), cfg.train_per_class,
-                   cfg.val_per_class, source=args.fmnist_dir)
+    data = training_data(cfg, (args.data_dir or REPO / "demo_data" / data_folder(cfg)).resolve(), args.fmnist_dir)
     load = os.getloadavg()
     if args.from_run:
         rows = from_run(cfg, args.from_run.resolve(), data, args.steps, args.device)

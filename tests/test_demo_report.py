@@ -181,3 +181,29 @@ def test_each_stage_gets_the_recipe_flags_that_act_in_it_and_passes_main_distill
             assert ("--moco_m" in given) == (method in ("moco", "disco", "compress")), (name, method)
             assert ("--bag_warmup_epochs" in given) == (method == "bingo"), (name, method)
             assert not extra or args[-len(extra):] == list(extra)  # the stage's own flags come last
+
+
+def test_the_gpu_configuration_reads_the_release_in_place_and_every_stage_holds_its_images(tmp_path, monkeypatch):
+    from datasets.folders import DatasetError
+    from scripts.demo import stages
+
+    from helpers import make_idx_release
+
+    release = make_idx_release(tmp_path / "fmnist")
+    commands = []
+    monkeypatch.setattr(stages.Runner, "stage", lambda self, name, done, script, args: commands.append((script, args)))
+    data, eval_data = stages.run_stages(CONFIGS["gpu"], tmp_path / "run", tmp_path / "pngs", tmp_path / "eval-pngs",
+                                        "cuda", source=release)
+    assert data == eval_data == release.resolve()
+    assert not (tmp_path / "pngs").exists() and not (tmp_path / "eval-pngs").exists()  # nothing written or decoded
+    scripts = [script for script, _ in commands]
+    assert scripts.count("main_lincls.py") == 5 + 1 + 2 * 3 and scripts.count("main_distill.py") == 1 + 2 * 3
+    for script, args in commands:
+        reads = [a for a in args if a.startswith("--data_dir=")]
+        assert reads == [f"--data_dir={release.resolve()}"], (script, args)
+        teacherless_bags = script == "run_knn.py" and "--bagging=random" in args
+        assert ("--in_memory" in args) != teacherless_bags, (script, args)  # random bags embed nothing
+        if script == "main_distill.py":
+            assert "--device_views" in args and "--stem=small" in args
+    with pytest.raises(DatasetError, match="--fmnist_dir"):
+        stages.training_data(CONFIGS["gpu"], tmp_path / "pngs", tmp_path / "nowhere")

@@ -27,13 +27,16 @@ def main() -> None:
     parser.add_argument("--stop_after", choices=["teacher"],
                         help="stop once the teacher is trained and scored (its k-NN curve is the question)")
     parser.add_argument("--run_dir", type=Path, help="default: runs/demo-<config>[-<seeds>seeds]")
-    parser.add_argument("--data_dir", type=Path, help="training images (default: demo_data/fmnist-<split>)")
-    parser.add_argument("--eval_dir", type=Path, help="evaluation images (default: demo_data/fmnist-<split>)")
+    parser.add_argument("--data_dir", type=Path, help="training images (default: demo_data/fmnist-<split>; the gpu "
+                        "configurations read the release in place: --fmnist_dir)")
+    parser.add_argument("--eval_dir", type=Path, help="evaluation images (default: demo_data/fmnist-<split>; not for "
+                        "the gpu configurations)")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--report_only", action="store_true",
                         help="write the report from what the run folder holds (a stopped run: what finished)")
     parser.add_argument("--fmnist_dir", type=Path,
-                        help="folder with the four Fashion-MNIST .gz files (default: Debian's package folder)")
+                        help="folder with the four Fashion-MNIST .gz files (default: Debian's package folder); the "
+                        "gpu configurations train and score on it in place")
     args = parser.parse_args()
     if args.quick and args.config:
         parser.error(f"--quick is a configuration of its own: drop --quick or --config={args.config}")
@@ -53,6 +56,9 @@ def main() -> None:
         if args.teacher_epochs < 1:
             parser.error("--teacher_epochs must be at least 1")
         cfg = replace(cfg, teacher=replace(cfg.teacher, epochs=args.teacher_epochs))
+    if cfg.in_place and (args.data_dir or args.eval_dir):
+        parser.error(f"--config={name} reads Fashion-MNIST's release in place (every stage, the evaluation too): give "
+                     "its folder with --fmnist_dir, not --data_dir or --eval_dir")
     default_run = (f"demo-{name}" + (f"-{cfg.seeds}seeds" if cfg.seeds != CONFIGS[name].seeds else "")
                    + (f"-teacher{cfg.teacher.epochs}" if cfg.teacher.epochs != CONFIGS[name].teacher.epochs else ""))
     run_dir = (args.run_dir or REPO / "runs" / default_run).resolve()

@@ -42,6 +42,10 @@ class Config:
     kmeans_clusters: int = 10
     stem: str = "imagenet"  # every ResNet's --stem
     shares: str | None = None  # a configuration whose floors/ and teacher/ this one uses (its run folder's sibling)
+    # Fashion-MNIST's release read in place by every stage (all 60,000 training images; the 10,000 test images as the
+    # monitor's and the evaluation's queries), no PNGs written or decoded; the per-class sizes above are then None
+    in_place: bool = False
+    eval_flags: tuple[str, ...] = ()  # main_lincls.py's input switches
 
 
 def variants(cfg: Config) -> list[tuple[str, str, str | None]]:
@@ -80,6 +84,11 @@ GPU_TEACHER = Training("resnet50", epochs=15, batch_size=512, lr=0.06, queue=409
 GPU_STUDENT = Training("resnet18", epochs=4, batch_size=512, lr=0.06, queue=4096,
                        flags=("--moco_m=0.99", "--bag_warmup_epochs=0"), knn_every=2)
 GPU_INPUT = ("--amp", "--channels_last", "--device_views", "--in_memory")
+# Every image held on the GPU by every stage, the monitor's and the evaluation's too: no per-image Python anywhere.
+GPU_DATA = dict(train_per_class=None, val_per_class=None, eval_train_per_class=None, eval_val_per_class=None,
+                image_size=32, teacher=GPU_TEACHER, student=GPU_STUDENT, seeds=2, workers=16, input_flags=GPU_INPUT,
+                knn_step_flags=("--channels_last", "--in_memory"), stem="small", in_place=True,
+                eval_flags=("--in_memory",))
 CONFIGS = {
     "quick": Config(name="quick", train_per_class=10, val_per_class=5, eval_train_per_class=20, eval_val_per_class=10,
                     image_size=32,
@@ -114,20 +123,15 @@ CONFIGS = {
     # Whether the bags help, in one sitting on one GPU: all 60,000 images, the small-image stem (why: docs/demo.md),
     # SEED (the teacher, no bags) beside BINGO on the teacher's k-NN bags and on random bags, 2 seeds. A ResNet-50
     # teacher trained almost 4 times longer than its ResNet-18 students, so that it is far ahead of what a student
-    # reaches alone; it takes the CPU teacher's recipe with MoCo's CIFAR queue (4,096) and lr 0.06 at batch 512. The
-    # evaluation is the CPU configurations' (10,000 labelled training images, the 10,000 test images). Sizes and
+    # reaches alone; it takes the CPU teacher's recipe with MoCo's CIFAR queue (4,096) and lr 0.06 at batch 512. Every
+    # stage reads the release in place and holds it on the GPU; every network is scored on all 60,000 labelled
+    # training images (k-NN memory, probe training) and the 10,000 test images, as its k-NN monitor is. Sizes and
     # times: docs/demo.md.
-    "gpu": Config(name="gpu", train_per_class=None, val_per_class=None, eval_train_per_class=1000,
-                  eval_val_per_class=None, image_size=32, teacher=GPU_TEACHER, student=GPU_STUDENT, seeds=2,
-                  workers=16, input_flags=GPU_INPUT, knn_step_flags=("--channels_last", "--device_views"),
-                  methods=("seed", "bingo"), bags=("random", "knn"), stem="small"),
+    "gpu": Config(name="gpu", methods=("seed", "bingo"), bags=("random", "knn"), **GPU_DATA),
     # The bagging ablation on the GPU: BINGO on random, k-means, teacher k-NN and label bags beside SEED and MoCo-v2,
     # 2 seeds, with the gpu configuration's floors and teacher (shared, trained once by whichever runs first).
-    "gpu-bags": Config(name="gpu-bags", train_per_class=None, val_per_class=None, eval_train_per_class=1000,
-                       eval_val_per_class=None, image_size=32, teacher=GPU_TEACHER, student=GPU_STUDENT, seeds=2,
-                       workers=16, input_flags=GPU_INPUT, knn_step_flags=("--channels_last", "--device_views"),
-                       methods=("moco", "seed", "bingo"), bags=("random", "kmeans", "knn", "label"), stem="small",
-                       shares="gpu"),
+    "gpu-bags": Config(name="gpu-bags", methods=("moco", "seed", "bingo"), bags=("random", "kmeans", "knn", "label"),
+                       shares="gpu", **GPU_DATA),
 }
 
 

@@ -8,9 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+from datasets.folders import open_split
 from models.backbones import FLOORS
 from scripts.demo.configs import Config, Training, variants
-from scripts.fashion_mnist import prepare
+from scripts.fashion_mnist import DEBIAN_DIR, prepare
 from utils.io import atomic_json
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -85,7 +86,7 @@ def evaluate(runner: Runner, cfg: Config, eval_data: Path, folder: str, arch: st
     runner.stage(f"{folder}: evaluation", out / "results.json", "main_lincls.py",
                  [f"--arch={arch}", *weights, *stem, f"--data_dir={eval_data}", f"--image_size={cfg.image_size}",
                   f"--batch_size={cfg.student.batch_size * 4}", f"--num_workers={cfg.workers}", "--protocol=logreg",
-                  "--with_knn", f"--output_dir={out}"])
+                  "--with_knn", *cfg.eval_flags, f"--output_dir={out}"])
 
 
 def floors(cfg: Config) -> dict[str, tuple[str, list[str], str]]:
@@ -119,11 +120,12 @@ def run_stages(cfg: Config, run_dir: Path, data_dir: Path, eval_dir: Path, devic
     """Every stage of ``cfg`` in order: data, floors (unless not ``floors_first``), teacher, kNN step(s), students,
     each evaluated; ``stop_after="teacher"`` stops once the teacher is scored. Returns the training and evaluation
     data folders."""
+    data = training_data(cfg, data_dir, source)
+    eval_data = data if cfg.in_place else prepare(eval_dir, cfg.eval_train_per_class, cfg.eval_val_per_class,
+                                                  source=source).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.shares:
         share(run_dir, run_dir.parent / f"demo-{cfg.shares}")
-    data = prepare(data_dir, cfg.train_per_class, cfg.val_per_class, source=source).resolve()
-    eval_data = prepare(eval_dir, cfg.eval_train_per_class, cfg.eval_val_per_class, source=source).resolve()
     runner = Runner(run_dir, device)
     for folder, (arch, weights, _) in floors(cfg).items() if floors_first else ():
         evaluate(runner, cfg, eval_data, folder, arch, weights)
@@ -154,6 +156,17 @@ def run_stages(cfg: Config, run_dir: Path, data_dir: Path, eval_dir: Path, devic
             evaluate(runner, cfg, eval_data, folder, cfg.student.arch,
                      [f"--pretrained={run_dir / folder / 'final.pth'}"])
     return data, eval_data
+
+
+def training_data(cfg: Config, data_dir: Path, source: Path | None) -> Path:
+    """The training stages' images: Fashion-MNIST's release folder itself for an ``in_place`` configuration
+    (``source``, default Debian's; checked here), else the class-balanced PNG subset written into ``data_dir``."""
+    if not cfg.in_place:
+        return prepare(data_dir, cfg.train_per_class, cfg.val_per_class, source=source).resolve()
+    release = Path(source or DEBIAN_DIR).resolve()
+    for split in ("train", "val"):
+        open_split(release, split, "--fmnist_dir")
+    return release
 
 
 def share(run_dir: Path, other: Path) -> None:
