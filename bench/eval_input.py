@@ -2,7 +2,7 @@
 per second into the raw-pixel floor (``--arch=pixels``: no network, so the figure is the input alone), by source and
 path; prints a table and writes JSON.
 
-    python -m bench.eval_input                                   # the demo's PNGs and Fashion-MNIST's release
+    python -m bench.eval_input --json bench/results_cpu_eval_input.json  # the demo's PNGs and the release
     python -m bench.eval_input --images 2000 --workers 0 --rounds 1   # smoke
 
 Sources: ``png``, a class-folder tree of PNGs (default: the CPU demo's evaluation images, ``demo_data/fmnist-1000-
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=None, help="JSON file for the rows")
+    parser.add_argument("--json", type=Path, default=None, help="JSON file for the rows")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     ctx = edist.init("cpu")
@@ -84,12 +84,14 @@ def main() -> None:
             continue
         for row in measure(source, args.images, workers, args.batch, args.size, args.rounds, ctx):
             rows.append({"source": name, **row})
-    print(f"{'source':8} {'path':7} {'workers':>7} {'images':>7} {'hold s':>7} {'embed s':>8} {'images/s':>9}")
+    print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs, torch {torch.__version__}\n")
+    print("| source | path | loader processes | images | holding s | embedding s | images/s |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"{r['source']:8} {r['path']:7} {r['workers']:7d} {r['images']:7d} {r['hold_s']:7.2f} "
-              f"{r['seconds']:8.2f} {r['images_per_s']:9.0f}")
-    if args.out:
-        args.out.write_text(json.dumps({"machine": os.uname().nodename, "cpus": os.cpu_count(),
+        print(f"| {r['source']} | {r['path']} | {r['workers']} | {r['images']} | {r['hold_s']:.2f} | "
+              f"{r['seconds']:.2f} | {r['images_per_s']:.0f} |")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": os.uname().nodename, "cpus": os.cpu_count(),
                                         "torch": torch.__version__, "rows": rows}, indent=2))
 
 

@@ -60,3 +60,20 @@ def test_demo_rates_measures_a_stage_fed_and_compute_only(tmp_path):
     assert rows[0]["data_fed"] > 0 and rows[0]["compute_only"] > 0 and "| seed | memory |" in result.stdout
     # the views step dispatches as many operators at four times the batch
     assert list(rows[0]["view_operators"]) == ["32", "128"] and len(set(rows[0]["view_operators"].values())) == 1
+
+
+def test_eval_input_measures_both_paths_on_both_sources(tmp_path):
+    from helpers import make_idx_release, make_image_folder
+
+    pngs = make_image_folder(tmp_path / "pngs", classes=2, per_class=5, size=28)
+    release = make_idx_release(tmp_path / "release", train=12, val=4)
+    result = subprocess.run([sys.executable, "-m", "bench.eval_input", "--png", str(pngs), "--release", str(release),
+                             "--images", "8", "--workers", "0,1", "--batch", "4", "--rounds", "1",
+                             "--json", str(tmp_path / "rows.json")], cwd=REPO, env=subprocess_env(tmp_path),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert [(r["source"], r["path"], r["images"]) for r in rows] == [
+        ("png", "loaded", 8), ("png", "loaded", 8), ("png", "held", 10),
+        ("release", "loaded", 8), ("release", "loaded", 8), ("release", "held", 12)]
+    assert all(r["images_per_s"] > 0 for r in rows) and "| release | held |" in result.stdout
