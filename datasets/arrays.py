@@ -14,8 +14,10 @@ code: only numpy's array reconstruction is allowed to unpickle.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import importlib
+import os
 import pickle
 from pathlib import Path
 
@@ -240,6 +242,20 @@ def release_kind(folder: Path) -> str | None:
     return None
 
 
+def _files_state(release: Path) -> tuple:
+    """The release folder's files as (name, size, modification time): a changed file is read again."""
+    return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(release) if e.is_file()))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_split(release: Path, kind: str, split: str, files_state: tuple) -> ArraySplit:
+    """One split read from its files, kept for the next call with the same files (an entry point opens a split
+    several times: its checks, its dataset, its k-NN monitor)."""
+    if kind == "idx":
+        return _idx(release, split)
+    return _cifar(release, kind, split) if kind.startswith("cifar") else _stl(release, split)
+
+
 def open_array_split(data_dir: str | Path, split: str, flag: str = "--data_dir") -> ArraySplit | None:
     """``split`` (``train`` or ``val``) of the array release at ``data_dir``, or None when ``data_dir`` is no such
     release. Raises ``ArrayError`` naming ``flag``, the file and the expected layout when the release is incomplete."""
@@ -258,8 +274,6 @@ def open_array_split(data_dir: str | Path, split: str, flag: str = "--data_dir")
     elif split not in ("train", "val"):
         raise ArrayError(f"{flag}={data_dir}: {kind} has the splits train and val (its test set), not {split}")
     try:
-        if kind == "idx":
-            return _idx(release, split)
-        return _cifar(release, kind, split) if kind.startswith("cifar") else _stl(release, split)
+        return _read_split(release, kind, split, _files_state(release))
     except ArrayError as error:
         raise ArrayError(f"{flag}={data_dir}: {error}. Expected the release as downloaded: {LAYOUTS[kind]}") from None
