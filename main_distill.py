@@ -139,6 +139,11 @@ flags.DEFINE_integer("knn_monitor_freq", 0,
 flags.DEFINE_string("knn_monitor_data", None,
                     "Labelled dataset root for the k-NN monitor: train/ is the memory, val/ the queries (default: "
                     "--data_dir).")
+flags.DEFINE_bool("final_evaluation", False,
+                  "Once final.pth is written, score its backbone as main_lincls.py --protocol=logreg --with_knn does "
+                  "with its defaults (the logistic-regression probe and the k-NN classifier) on the k-NN monitor's "
+                  "images, from the monitor's last embedding, into <output_dir>/evaluation/results.json: one "
+                  "process and one embedding fewer than running main_lincls.py after.")
 
 
 def main(argv: list[str]) -> None:

@@ -33,14 +33,14 @@ from engine.checkpoints import read_probe, save_probe
 from engine.cli import check_minimums, check_stem, refuse_inert_flags, run
 from engine.evaluation import (
     Classifier,
+    FrozenProtocols,
     assert_unchanged,
     backbone_fingerprint,
     embed_splits,
     evaluate,
-    knn_scores,
+    frozen_protocol_scores,
     label_subset,
     labels_of,
-    logistic_regression,
     recompute_bn_statistics,
     train_classifier_epoch,
 )
@@ -265,27 +265,11 @@ def frozen_scores(opts: LinclsOptions, backbone, ctx, splits: tuple[IndexedImage
     if not ctx.is_main:
         return None
     seconds["embed"] = time.perf_counter() - started
-    out = {"num_train": len(train_set), "num_val": len(val_set), "seconds": seconds}
-    train_labels, val_labels = labels_of(train_set), labels_of(val_set)
-    if logreg:
-        started = time.perf_counter()
-        out["logreg"] = r = logistic_regression(train_features, train_labels, val_features, val_labels, opts.seed,
-                                                opts.logreg_holdout, device=ctx.device)
-        log(f"logistic regression (C = {r['C']:g}, chosen on {100 * opts.logreg_holdout:.0f} % of train/): top-1 "
-            f"{r['top1']:.2f} [{r['top1_ci95'][0]:.1f}, {r['top1_ci95'][1]:.1f}]  top-5 {r['top5']:.2f}"
-            + ("" if r["converged"] else f"  (L-BFGS stopped after {r['iterations']} iterations with a gradient "
-               "entry still above its tolerance: not converged)"))
-        seconds["logreg"] = time.perf_counter() - started
-    if knn:
-        started = time.perf_counter()
-        settings = [(10, None)] + [(int(k), opts.knn_t) for k in opts.knn_k]
-        out["knn"] = knn_scores(train_features, train_labels, val_features, val_labels, len(train_set.classes),
-                                settings, ctx.device)
-        for name, r in out["knn"].items():
-            log(f"k-NN {name}: top-1 {r['top1']:.2f} [{r['top1_ci95'][0]:.1f}, {r['top1_ci95'][1]:.1f}]  "
-                f"top-5 {r['top5']:.2f}")
-        seconds["knn"] = time.perf_counter() - started
-    return out
+    protocols = FrozenProtocols(seed=opts.seed, holdout=opts.logreg_holdout if logreg else None,
+                                knn=((10, None), *((int(k), opts.knn_t) for k in opts.knn_k)) if knn else ())
+    scores = frozen_protocol_scores(train_features, labels_of(train_set), val_features, labels_of(val_set),
+                                    len(train_set.classes), protocols, ctx.device, seconds)
+    return {"num_train": len(train_set), "num_val": len(val_set), **scores, "seconds": seconds}
 
 
 def make_loader(opts: LinclsOptions, train_set: IndexedImageFolder, ctx, per_process: int) -> DataLoader:

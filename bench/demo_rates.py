@@ -142,7 +142,8 @@ def from_run(cfg, run_dir: Path, data: Path, steps: int, device: str) -> list[di
 def stage_args(cfg, stage: Training, data: Path, out: Path, method: str, epochs: int, inputs: tuple, device: str,
                extra: tuple = ()) -> list[str]:
     args = train_args(cfg, replace(stage, epochs=epochs), data, out, method, seed=0, extra=extra)
-    args = [a for a in args if a not in CPU_INPUT and not a.startswith(("--knn_monitor_freq", "--resume"))]
+    args = [a for a in args if a not in CPU_INPUT  # the rates' own input, no monitor and nothing scored
+            and not a.startswith(("--knn_monitor_freq", "--resume", "--final_evaluation"))]
     workers = cfg.workers if inputs else max(1, cfg.workers)
     return ([a for a in args if not a.startswith("--num_workers")]
             + [f"--num_workers={workers}", f"--device={device}", *inputs])

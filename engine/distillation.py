@@ -41,7 +41,7 @@ from engine.checkpoints import (
     save_final,
 )
 from engine.cli import check_minimums, check_stem, refuse_inert_flags
-from engine.evaluation import KnnMonitor
+from engine.evaluation import FrozenProtocols, KnnMonitor, frozen_protocol_scores, labels_of
 from engine.options import DistillOptions
 from engine.training import RunState, check_teacher_unchanged, make_train_loader, train_epoch
 from models.backbones import build_backbone
@@ -99,7 +99,8 @@ FLAG_SCOPE: dict[str, tuple[str, Callable[[DistillOptions], bool]]] = {
     **{name: ("--decay_method=step", lambda o: o.decay_method == "step") for name in ("schedule", "lr_decay")},
     "compile_mode": ("--compile", lambda o: o.compile),
     "compile_views": ("--device_views (the views made on the training device)", lambda o: o.device_views),
-    "knn_monitor_data": ("--knn_monitor_freq above 0", lambda o: o.knn_monitor_freq > 0),
+    **{name: ("--knn_monitor_freq above 0", lambda o: o.knn_monitor_freq > 0)
+       for name in ("knn_monitor_data", "final_evaluation")},
     "resume_change": ("a resumed run (--resume)", lambda o: bool(o.resume)),
 }
 
@@ -284,7 +285,7 @@ def build_monitor(opts: DistillOptions, ctx: edist.Context, batch_per_process: i
     else:
         transform = eval_transform(opts.image_size)
         memory, queries = labelled_splits(root, transform, transform, flag)
-    return KnnMonitor(memory, queries, ctx, batch_per_process, opts.num_workers)
+    return KnnMonitor(memory, queries, ctx, batch_per_process, opts.num_workers, keep=opts.final_evaluation)
 
 
 class Distillation:
@@ -452,12 +453,41 @@ class Distillation:
                                step=epochs_done)
 
     def finish(self) -> None:
-        """``final.pth`` and ``student_backbone.pth``, then the folder is released."""
+        """``final.pth`` and ``student_backbone.pth`` (and with --final_evaluation its scores), then the folder is
+        released."""
         if self.ctx.is_main:
             payload = checkpoint_payload(self.distiller, self.optimizer, self.opts.end_epoch, self.meta)
             written = save_final(payload, unwrap(self.distiller.student).backbone, self.output_dir)
             log(f"done: {written[0]} and {written[1]}")
+        if self.opts.final_evaluation:
+            self.final_evaluation(self.output_dir / "final.pth")
         self.metrics.close()
+
+    def final_evaluation(self, final: Path) -> None:
+        """--final_evaluation: ``final``'s backbone scored by main_lincls.py's frozen protocols with its defaults, on
+        the monitor's images, from the monitor's last embedding (embedded again when this start trained no epoch);
+        ``evaluation/results.json`` as main_lincls.py writes it, the flags it would have been given recorded."""
+        opts, ctx = self.opts, self.ctx
+        needs_embedding = edist.broadcast_object(ctx.is_main and self.monitor.features is None)
+        if needs_embedding:  # every process embeds its shard
+            self.monitor(unwrap(self.distiller.student).backbone)
+        if ctx.is_main:
+            train_features, val_features = self.monitor.features
+            memory, queries = self.monitor.train_set, self.monitor.val_set
+            seconds: dict[str, float] = {}
+            protocols = FrozenProtocols()
+            scores = frozen_protocol_scores(train_features, labels_of(memory), val_features, labels_of(queries),
+                                            len(memory.classes), protocols, ctx.device, seconds)
+            as_given = {"arch": opts.s_arch, "stem": opts.stem, "pretrained": str(final), "protocol": "logreg",
+                        "with_knn": True, "data_dir": monitor_data(opts)[0], "image_size": opts.image_size,
+                        "in_memory": opts.in_memory, "seed": protocols.seed, "logreg_holdout": protocols.holdout}
+            results = {"protocol": "logreg", "arch": opts.s_arch, "stem": opts.stem, "recomputed_bn": False,
+                       "flags": as_given, "pretrained": str(final), "checkpoint_format": "bingo",
+                       "checkpoint_sha256": file_sha256(final), "made_by": "main_distill.py --final_evaluation",
+                       "num_train": len(memory), "num_val": len(queries), **scores, "seconds": seconds}
+            atomic_json(results, self.output_dir / "evaluation" / "results.json")
+            log(f"final evaluation: {self.output_dir / 'evaluation' / 'results.json'}")
+        edist.barrier()
         edist.barrier()
         if self.lock is not None:
             self.lock.release()

@@ -4,7 +4,9 @@ with its 95 % binomial interval."""
 from __future__ import annotations
 
 import os
+import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,8 @@ __all__ = [
     "labels_of",
     "logistic_regression",
     "LOGREG_C",
+    "FrozenProtocols",
+    "frozen_protocol_scores",
     "fit_logistic_regression",
     "stratified_holdout",
     "ranked_correct",
@@ -211,6 +215,43 @@ def knn_classify(backbone: nn.Module, train_set: Dataset, val_set: Dataset, ctx:
 LOGREG_C = (1e-4, 1e-3, 1e-2, 1e-1)  # inverse regularisation strengths tried, as scikit-learn's C
 
 
+@dataclass(frozen=True)
+class FrozenProtocols:
+    """What ``frozen_protocol_scores`` runs: the probe (``holdout`` of the training features choose its C, drawn with
+    ``seed``; None: no probe) and the k-NN classifier's ``(k, temperature or None)`` settings (empty: none).
+    The defaults are ``main_lincls.py``'s flags' (``--seed``, ``--logreg_holdout``, ``--knn_k``, ``--knn_t``)."""
+
+    seed: int = 0
+    holdout: float | None = 0.2
+    knn: tuple[tuple[int, float | None], ...] = ((10, None), (10, 0.07), (200, 0.07))
+
+
+def frozen_protocol_scores(train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor,
+                           val_labels: torch.Tensor, num_classes: int, protocols: FrozenProtocols,
+                           device: torch.device | str, seconds: dict[str, float]) -> dict:
+    """``{"logreg"?, "knn"?}`` of frozen features (``logistic_regression``, ``knn_scores``), each logged with its
+    interval; the seconds each took go into ``seconds``."""
+    out = {}
+    if protocols.holdout is not None:
+        started = time.perf_counter()
+        out["logreg"] = r = logistic_regression(train_features, train_labels, val_features, val_labels,
+                                                protocols.seed, protocols.holdout, device=device)
+        log(f"logistic regression (C = {r['C']:g}, chosen on {100 * protocols.holdout:.0f} % of train/): top-1 "
+            f"{r['top1']:.2f} [{r['top1_ci95'][0]:.1f}, {r['top1_ci95'][1]:.1f}]  top-5 {r['top5']:.2f}"
+            + ("" if r["converged"] else f"  (L-BFGS stopped after {r['iterations']} iterations with a gradient "
+               "entry still above its tolerance: not converged)"))
+        seconds["logreg"] = time.perf_counter() - started
+    if protocols.knn:
+        started = time.perf_counter()
+        out["knn"] = knn_scores(train_features, train_labels, val_features, val_labels, num_classes,
+                                list(protocols.knn), device)
+        for name, r in out["knn"].items():
+            log(f"k-NN {name}: top-1 {r['top1']:.2f} [{r['top1_ci95'][0]:.1f}, {r['top1_ci95'][1]:.1f}]  "
+                f"top-5 {r['top5']:.2f}")
+        seconds["knn"] = time.perf_counter() - started
+    return out
+
+
 def stratified_holdout(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices ``(fit, held)``: ``fraction`` of each class held out (at least one image), drawn with ``seed``."""
     generator = torch.Generator().manual_seed(seed)
@@ -300,20 +341,24 @@ class KnnMonitor:
     solo-learn's and lightly's online k-NN: ``train_set`` is the labelled memory, ``val_set`` the queries, both with
     the evaluation crop. Every process calls it; rank 0 gets ``{"knn10_top1", "knn10_top5"}``, the others None.
     Like ``knn_classify`` it leaves the random generators as it found them: a run trains the same with or
-    without it."""
+    without it. ``keep``: rank 0 keeps the last point's features (``features``, for ``--final_evaluation``)."""
 
     def __init__(self, train_set: Dataset, val_set: Dataset, ctx: edist.Context, batch_size: int,
-                 num_workers: int) -> None:
+                 num_workers: int, keep: bool = False) -> None:
         self.train_set, self.val_set, self.ctx = train_set, val_set, ctx
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers, self.keep = batch_size, num_workers, keep
+        self.features: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, backbone: nn.Module) -> dict[str, float] | None:
         was_training = backbone.training
-        results = knn_classify(backbone, self.train_set, self.val_set, self.ctx, self.batch_size, self.num_workers,
-                               [(10, None)])
+        train_features, val_features = embed_splits(backbone, self.train_set, self.val_set, self.ctx,
+                                                    self.batch_size, self.num_workers)
         backbone.train(was_training)
-        if results is None:
+        if not self.ctx.is_main:
             return None
+        self.features = (train_features, val_features) if self.keep else None
+        results = knn_scores(train_features, labels_of(self.train_set), val_features, labels_of(self.val_set),
+                             len(self.train_set.classes), [(10, None)], self.ctx.device)
         return {"knn10_top1": results["k10_majority"]["top1"], "knn10_top5": results["k10_majority"]["top5"]}
 
 

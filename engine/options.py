@@ -101,6 +101,7 @@ class DistillOptions(_Options):
     device: str
     knn_monitor_freq: int
     knn_monitor_data: str | None
+    final_evaluation: bool
     explicit: frozenset[str] = field(default_factory=frozenset)  # the flags given on the command line
 
     @property

@@ -205,7 +205,7 @@ def test_the_gpu_configuration_reads_the_release_in_place_and_every_stage_holds_
         assert reads == [f"--data_dir={release.resolve()}"], (script, args)
         teacherless_bags = script == "run_knn.py" and "--bagging=random" in args
         assert ("--in_memory" in args) != teacherless_bags, (script, args)  # random bags embed nothing
-        if script == "main_distill.py":
-            assert "--device_views" in args and "--stem=small" in args
+        if script == "main_distill.py":  # each trained network scored by its own process first
+            assert "--device_views" in args and "--stem=small" in args and "--final_evaluation" in args
     with pytest.raises(DatasetError, match="--fmnist_dir"):
         stages.training_data(CONFIGS["gpu"], tmp_path / "pngs", tmp_path / "nowhere")

@@ -64,8 +64,8 @@ def test_in_memory_monitor_lincls_and_knn_step_on_a_fashion_mnist_format_release
     out = tmp_path / "run"
     run_script("main_distill.py", ["--method=moco", f"--data_dir={release}", "--image_size=32", "--batch_size=6",
                                    "--moco_k=12", "--num_workers=0", "--seed=0", "--end_epoch=2", "--save_freq=0",
-                                   "--knn_monitor_freq=1", "--device_views", "--in_memory", f"--output_dir={out}"],
-               tmp_path)
+                                   "--knn_monitor_freq=1", "--device_views", "--in_memory", "--final_evaluation",
+                                   f"--output_dir={out}"], tmp_path)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     knn = [m for m in metrics if m["kind"] == "knn"]
     assert [m["epoch"] for m in knn] == [0, 1, 2]
@@ -82,6 +82,26 @@ def test_in_memory_monitor_lincls_and_knn_step_on_a_fashion_mnist_format_release
     results = json.loads((tmp_path / "logreg" / "results.json").read_text())
     assert set(results["seconds"]) == {"start-up", "data", "embed", "logreg", "knn"}
     assert results["knn"]["k10_majority"]["top1"] == pytest.approx(knn[-1]["knn10_top1"])
+    # --final_evaluation: the same scores from the training process, from the monitor's last embedding
+    final = json.loads((out / "evaluation" / "results.json").read_text())
+    assert final["made_by"] == "main_distill.py --final_evaluation" and set(final["seconds"]) == {"logreg", "knn"}
+    assert (final["num_train"], final["num_val"]) == (results["num_train"], results["num_val"])
+    assert final["checkpoint_sha256"] == results["checkpoint_sha256"]
+    assert set(final["knn"]) == set(results["knn"])
+    for name, scores in results["knn"].items():
+        assert final["knn"][name]["top1"] == pytest.approx(scores["top1"]), name
+    assert final["logreg"]["C"] == results["logreg"]["C"]
+    assert final["logreg"]["top1"] == pytest.approx(results["logreg"]["top1"])
+    assert final["logreg"]["holdout_top1"] == pytest.approx(results["logreg"]["holdout_top1"])
+    # a finished run started again (two processes now) trains nothing: the monitor embeds once more for it
+    (out / "evaluation" / "results.json").unlink()
+    run_script("main_distill.py", ["--method=moco", f"--data_dir={release}", "--image_size=32", "--batch_size=6",
+                                   "--moco_k=12", "--num_workers=0", "--seed=0", "--end_epoch=2", "--save_freq=0",
+                                   "--knn_monitor_freq=1", "--device_views", "--in_memory", "--final_evaluation",
+                                   "--resume=auto", f"--output_dir={out}"], tmp_path, nproc=2)
+    again = json.loads((out / "evaluation" / "results.json").read_text())
+    assert again["knn"]["k10_majority"]["top1"] == pytest.approx(final["knn"]["k10_majority"]["top1"])
+    assert again["logreg"]["top1"] == pytest.approx(final["logreg"]["top1"])
     refused = run_script("main_lincls.py", [*lincls, "--protocol=linear", "--in_memory",
                                             f"--output_dir={tmp_path / 'linear'}"], tmp_path, check=False)
     assert refused.returncode != 0 and "--in_memory" in refused.stderr and "--protocol=knn or logreg" in refused.stderr
@@ -96,3 +116,13 @@ def test_in_memory_monitor_lincls_and_knn_step_on_a_fashion_mnist_format_release
     both = run_script("run_knn.py", [*step, "--in_memory", "--device_views", f"--corr_name={tmp_path / 'x.npy'}"],
                       tmp_path, check=False)
     assert both.returncode != 0 and "give one" in both.stderr
+
+
+def test_final_evaluation_without_the_monitor_is_refused_before_any_work(tmp_path):
+    release = make_idx_release(tmp_path / "fmnist")
+    result = run_script("main_distill.py", ["--method=moco", f"--data_dir={release}", "--image_size=32",
+                                            "--batch_size=6", "--moco_k=12", "--num_workers=0", "--end_epoch=1",
+                                            "--final_evaluation", f"--output_dir={tmp_path / 'run'}"],
+                        tmp_path, check=False)
+    assert result.returncode != 0 and "--final_evaluation" in result.stderr
+    assert "--knn_monitor_freq above 0" in result.stderr and not (tmp_path / "run").exists()

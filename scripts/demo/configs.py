@@ -46,6 +46,9 @@ class Config:
     # monitor's and the evaluation's queries), no PNGs written or decoded; the per-class sizes above are then None
     in_place: bool = False
     eval_flags: tuple[str, ...] = ()  # main_lincls.py's input switches
+    # each trained network scored by its own training process (main_distill.py --final_evaluation, from the monitor's
+    # last embedding: the evaluation images must be the monitor's, as in place); main_lincls.py only if it did not
+    evaluate_in_training: bool = False
 
 
 def variants(cfg: Config) -> list[tuple[str, str, str | None]]:
@@ -88,7 +91,7 @@ GPU_INPUT = ("--amp", "--channels_last", "--device_views", "--in_memory")
 GPU_DATA = dict(train_per_class=None, val_per_class=None, eval_train_per_class=None, eval_val_per_class=None,
                 image_size=32, teacher=GPU_TEACHER, student=GPU_STUDENT, workers=16, input_flags=GPU_INPUT,
                 knn_step_flags=("--channels_last", "--in_memory"), stem="small", in_place=True,
-                eval_flags=("--in_memory",))
+                eval_flags=("--in_memory",), evaluate_in_training=True)
 CONFIGS = {
     "quick": Config(name="quick", train_per_class=10, val_per_class=5, eval_train_per_class=20, eval_val_per_class=10,
                     image_size=32,

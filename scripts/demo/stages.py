@@ -74,7 +74,7 @@ def train_args(cfg: Config, stage: Training, data: Path, out: Path, method: str,
             f"--image_size={cfg.image_size}", f"--batch_size={stage.batch_size}", f"--moco_k={stage.queue}",
             f"--init_lr={stage.lr}", f"--end_epoch={stage.epochs}", f"--num_workers={cfg.workers}", f"--seed={seed}",
             f"--knn_monitor_freq={stage.knn_every}", "--report_freq=50", "--save_freq=0", "--resume=auto",
-            f"--stem={cfg.stem}", *cfg.input_flags]
+            f"--stem={cfg.stem}", *cfg.input_flags, *(["--final_evaluation"] if cfg.evaluate_in_training else [])]
     return [*args, *acting([*args, *extra], stage.flags), *extra]
 
 
