@@ -18,7 +18,7 @@ from engine.features import embed
 from models.backbones import build_backbone
 from utils import dist as edist
 
-from helpers import make_idx_release, make_image_folder, run_script
+from helpers import make_idx_release, make_image_folder, run_cases, run_script
 
 
 def test_held_crops_equal_the_file_paths_device_crops_and_embed_like_the_cpu_transform(tmp_path):
@@ -59,29 +59,38 @@ def test_an_array_release_is_held_as_stored_and_batchnorm_is_reestimated_on_it(t
         assert torch.allclose(a, b, rtol=0.02, atol=0.02)
 
 
-def test_in_memory_monitor_lincls_and_knn_step_on_a_fashion_mnist_format_release(tmp_path):
+def test_in_memory_monitor_final_evaluation_lincls_and_knn_step_on_a_fashion_mnist_format_release(tmp_path):
     release = make_idx_release(tmp_path / "fmnist")
     out = tmp_path / "run"
-    run_script("main_distill.py", ["--method=moco", f"--data_dir={release}", "--image_size=32", "--batch_size=6",
-                                   "--moco_k=12", "--num_workers=0", "--seed=0", "--end_epoch=2", "--save_freq=0",
-                                   "--knn_monitor_freq=1", "--device_views", "--in_memory", "--final_evaluation",
-                                   f"--output_dir={out}"], tmp_path)
+    train = ["--method=moco", f"--data_dir={release}", "--image_size=32", "--batch_size=6", "--moco_k=12",
+             "--num_workers=0", "--seed=0", "--end_epoch=2", "--save_freq=0", "--device_views", "--in_memory"]
+    trained, refused = run_cases("main_distill", [
+        [*train, "--knn_monitor_freq=1", "--final_evaluation", f"--output_dir={out}"],
+        [*train, "--final_evaluation", f"--output_dir={tmp_path / 'no-monitor'}"]], tmp_path)
+    assert trained["status"] == 0, trained
+    assert refused["status"] != 0 and "--final_evaluation" in refused["stderr"]
+    assert "--knn_monitor_freq above 0" in refused["stderr"] and not (tmp_path / "no-monitor").exists()
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     knn = [m for m in metrics if m["kind"] == "knn"]
     assert [m["epoch"] for m in knn] == [0, 1, 2]
-    # the monitor's last point is main_lincls.py's k-NN on the same held images
+
     lincls = ["--arch=resnet18", f"--pretrained={out / 'final.pth'}", f"--data_dir={release}", "--image_size=32",
               "--batch_size=8", "--num_workers=0"]
-    run_script("main_lincls.py", [*lincls, "--protocol=knn", "--in_memory", f"--output_dir={tmp_path / 'knn'}"],
-               tmp_path)
+    knn_run, logreg_run, linear_run = run_cases("main_lincls", [
+        [*lincls, "--protocol=knn", "--in_memory", f"--output_dir={tmp_path / 'knn'}"],
+        [*lincls, "--protocol=logreg", "--with_knn", "--in_memory", f"--output_dir={tmp_path / 'logreg'}"],
+        [*lincls, "--protocol=linear", "--in_memory", f"--output_dir={tmp_path / 'linear'}"]], tmp_path)
+    assert knn_run["status"] == 0 and logreg_run["status"] == 0, (knn_run, logreg_run)
+    # the monitor's last point is main_lincls.py's k-NN on the same held images
     results = json.loads((tmp_path / "knn" / "results.json").read_text())
     assert knn[-1]["knn10_top1"] == pytest.approx(results["knn"]["k10_majority"]["top1"])
     assert results["num_train"] == 30 and results["num_val"] == 15 and results["flags"]["in_memory"]
-    run_script("main_lincls.py", [*lincls, "--protocol=logreg", "--with_knn", "--in_memory",
-                                  f"--output_dir={tmp_path / 'logreg'}"], tmp_path)
     results = json.loads((tmp_path / "logreg" / "results.json").read_text())
     assert set(results["seconds"]) == {"start-up", "data", "embed", "logreg", "knn"}
     assert results["knn"]["k10_majority"]["top1"] == pytest.approx(knn[-1]["knn10_top1"])
+    assert linear_run["status"] != 0 and "--in_memory" in linear_run["stderr"]
+    assert "--protocol=knn or logreg" in linear_run["stderr"] and not (tmp_path / "linear").exists()
+
     # --final_evaluation: the same scores from the training process, from the monitor's last embedding
     final = json.loads((out / "evaluation" / "results.json").read_text())
     assert final["made_by"] == "main_distill.py --final_evaluation" and set(final["seconds"]) == {"logreg", "knn"}
@@ -95,34 +104,19 @@ def test_in_memory_monitor_lincls_and_knn_step_on_a_fashion_mnist_format_release
     assert final["logreg"]["holdout_top1"] == pytest.approx(results["logreg"]["holdout_top1"])
     # a finished run started again (two processes now) trains nothing: the monitor embeds once more for it
     (out / "evaluation" / "results.json").unlink()
-    run_script("main_distill.py", ["--method=moco", f"--data_dir={release}", "--image_size=32", "--batch_size=6",
-                                   "--moco_k=12", "--num_workers=0", "--seed=0", "--end_epoch=2", "--save_freq=0",
-                                   "--knn_monitor_freq=1", "--device_views", "--in_memory", "--final_evaluation",
-                                   "--resume=auto", f"--output_dir={out}"], tmp_path, nproc=2)
+    run_script("main_distill.py", [*train, "--knn_monitor_freq=1", "--final_evaluation", "--resume=auto",
+                                   f"--output_dir={out}"], tmp_path, nproc=2)
     again = json.loads((out / "evaluation" / "results.json").read_text())
     assert again["knn"]["k10_majority"]["top1"] == pytest.approx(final["knn"]["k10_majority"]["top1"])
     assert again["logreg"]["top1"] == pytest.approx(final["logreg"]["top1"])
-    refused = run_script("main_lincls.py", [*lincls, "--protocol=linear", "--in_memory",
-                                            f"--output_dir={tmp_path / 'linear'}"], tmp_path, check=False)
-    assert refused.returncode != 0 and "--in_memory" in refused.stderr and "--protocol=knn or logreg" in refused.stderr
-    assert not (tmp_path / "linear").exists()
 
     # the kNN step: the same neighbours from the held images as from the device-view path's crops
     step = ["--arch=resnet18", f"--ckpt_name={out / 'final.pth'}", f"--data_dir={release}", "--image_size=32",
             "--clus_pos_num=3", "--num_workers=0", "--batch_size=8"]
-    run_script("run_knn.py", [*step, "--in_memory", f"--corr_name={tmp_path / 'held.npy'}"], tmp_path)
-    run_script("run_knn.py", [*step, "--device_views", f"--corr_name={tmp_path / 'views.npy'}"], tmp_path)
+    held, views, both = run_cases("run_knn", [
+        [*step, "--in_memory", f"--corr_name={tmp_path / 'held.npy'}"],
+        [*step, "--device_views", f"--corr_name={tmp_path / 'views.npy'}"],
+        [*step, "--in_memory", "--device_views", f"--corr_name={tmp_path / 'x.npy'}"]], tmp_path)
+    assert held["status"] == 0 and views["status"] == 0, (held, views)
     np.testing.assert_array_equal(np.load(tmp_path / "held.npy"), np.load(tmp_path / "views.npy"))
-    both = run_script("run_knn.py", [*step, "--in_memory", "--device_views", f"--corr_name={tmp_path / 'x.npy'}"],
-                      tmp_path, check=False)
-    assert both.returncode != 0 and "give one" in both.stderr
-
-
-def test_final_evaluation_without_the_monitor_is_refused_before_any_work(tmp_path):
-    release = make_idx_release(tmp_path / "fmnist")
-    result = run_script("main_distill.py", ["--method=moco", f"--data_dir={release}", "--image_size=32",
-                                            "--batch_size=6", "--moco_k=12", "--num_workers=0", "--end_epoch=1",
-                                            "--final_evaluation", f"--output_dir={tmp_path / 'run'}"],
-                        tmp_path, check=False)
-    assert result.returncode != 0 and "--final_evaluation" in result.stderr
-    assert "--knn_monitor_freq above 0" in result.stderr and not (tmp_path / "run").exists()
+    assert both["status"] != 0 and "give one" in both["stderr"]
