@@ -207,5 +207,5 @@ def test_the_gpu_configuration_reads_the_release_in_place_and_every_stage_holds_
         assert ("--in_memory" in args) != teacherless_bags, (script, args)  # random bags embed nothing
         if script == "main_distill.py":  # each trained network scored by its own process first
             assert "--device_views" in args and "--stem=small" in args and "--final_evaluation" in args
-    with pytest.raises(DatasetError, match="--fmnist_dir"):
+    with pytest.raises(DatasetError, match="--fmnist_dir=.*nowhere holds no train-images-idx3-ubyte.gz"):
         stages.training_data(CONFIGS["gpu"], tmp_path / "pngs", tmp_path / "nowhere")

@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from datasets.folders import open_split
+from datasets.arrays import release_kind
+from datasets.folders import DatasetError, open_split
 from models.backbones import FLOORS
 from scripts.demo.configs import Config, Training, variants
 from scripts.fashion_mnist import DEBIAN_DIR, prepare
@@ -164,6 +165,12 @@ def training_data(cfg: Config, data_dir: Path, source: Path | None) -> Path:
     if not cfg.in_place:
         return prepare(data_dir, cfg.train_per_class, cfg.val_per_class, source=source).resolve()
     release = Path(source or DEBIAN_DIR).resolve()
+    if release_kind(release) != "idx":
+        files = "train-images-idx3-ubyte.gz and its three sibling files"
+        if source:
+            raise DatasetError(f"--fmnist_dir={source} holds no {files}: give the folder that holds them")
+        raise DatasetError(f"Fashion-MNIST is not installed ({DEBIAN_DIR} holds no {files}): install it with sudo "
+                           "apt-get install dataset-fashion-mnist, or give --fmnist_dir")
     for split in ("train", "val"):
         open_split(release, split, "--fmnist_dir")
     return release
