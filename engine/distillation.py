@@ -462,6 +462,10 @@ class Distillation:
         if self.opts.final_evaluation:
             self.final_evaluation(self.output_dir / "final.pth")
         self.metrics.close()
+        edist.barrier()
+        if self.lock is not None:
+            self.lock.release()
+        edist.shutdown()
 
     def final_evaluation(self, final: Path) -> None:
         """--final_evaluation: ``final``'s backbone scored by main_lincls.py's frozen protocols with its defaults, on
@@ -487,8 +491,3 @@ class Distillation:
                        "num_train": len(memory), "num_val": len(queries), **scores, "seconds": seconds}
             atomic_json(results, self.output_dir / "evaluation" / "results.json")
             log(f"final evaluation: {self.output_dir / 'evaluation' / 'results.json'}")
-        edist.barrier()
-        edist.barrier()
-        if self.lock is not None:
-            self.lock.release()
-        edist.shutdown()
