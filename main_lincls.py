@@ -21,8 +21,8 @@ from absl import app, flags
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from datasets.device_views import HeldImages
-from datasets.folders import DatasetError, IndexedImageFolder, check_same_classes, labelled_splits, open_split
+from datasets.device_views import held_splits
+from datasets.folders import DatasetError, IndexedImageFolder, labelled_splits, open_split
 from datasets.transforms import (
     eval_transform,
     linear_train_transform,
@@ -237,10 +237,7 @@ def evaluation_splits(opts: LinclsOptions, ctx) -> tuple[IndexedImageFolder, Ind
     if not opts.in_memory:
         crop = evaluation_crop(opts)
         return labelled_splits(opts.data_dir, crop, crop)
-    train, val = (HeldImages(open_split(opts.data_dir, split), ctx.device, opts.image_size, opts.num_workers)
-                  for split in ("train", "val"))
-    check_same_classes(opts.data_dir, train, val)
-    return train, val
+    return held_splits(opts.data_dir, ctx.device, opts.image_size, opts.num_workers)
 
 
 def check_classes(train_set: IndexedImageFolder) -> None:

@@ -33,7 +33,15 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from datasets.draws import ViewParams, draw_views, neighbour_columns
-from datasets.folders import BagDataset, DatasetError, IndexedImageFolder, load_rgb, to_rgb
+from datasets.folders import (
+    BagDataset,
+    DatasetError,
+    IndexedImageFolder,
+    check_same_classes,
+    load_rgb,
+    open_split,
+    to_rgb,
+)
 from datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, resize_size
 from utils.logs import Progress, log
 
@@ -44,6 +52,7 @@ __all__ = [
     "EncodedImageFolder",
     "HeldBagDataset",
     "HeldImages",
+    "held_splits",
     "hold_pixels",
     "IndexBatches",
     "collate_encoded",
@@ -258,6 +267,15 @@ class HeldImages(IndexedImageFolder):
         """A collated batch (its last entry the indices) -> its images' evaluation crops on the device."""
         indices = batch[-1].to(self.pixels.device, non_blocking=True)
         return self.views.held_eval_crops(self.pixels.index_select(0, indices))
+
+
+def held_splits(data_dir, device: torch.device | str, size: int, workers: int = 0, flag: str = "--data_dir"
+                ) -> tuple[HeldImages, HeldImages]:
+    """``labelled_splits`` held on ``device``: train/ and val/ of ``data_dir`` (given by ``flag``) as ``HeldImages``,
+    with the same classes."""
+    train, val = (HeldImages(open_split(data_dir, split, flag), device, size, workers) for split in ("train", "val"))
+    check_same_classes(data_dir, train, val)
+    return train, val
 
 
 class ShardOrder:

@@ -24,11 +24,11 @@ from datasets.device_views import (
     DeviceViews,
     EncodedBagDataset,
     HeldBagDataset,
-    HeldImages,
     IndexBatches,
     collate_encoded,
+    held_splits,
 )
-from datasets.folders import BagDataset, DatasetError, check_same_classes, file_list_sha256, labelled_splits, open_split
+from datasets.folders import BagDataset, DatasetError, file_list_sha256, labelled_splits, open_split
 from datasets.neighbours import bagging_kind, neighbour_path, read_neighbours
 from datasets.transforms import eval_transform, pretrain_augmentation, pretrain_spec
 from engine.checkpoints import (
@@ -279,9 +279,7 @@ def build_monitor(opts: DistillOptions, ctx: edist.Context, batch_per_process: i
         return None
     root, flag = monitor_data(opts)
     if opts.in_memory:  # held on the device beside the training images, the crops made there
-        memory, queries = (HeldImages(open_split(root, split, flag), ctx.device, opts.image_size, opts.num_workers)
-                           for split in ("train", "val"))
-        check_same_classes(root, memory, queries)
+        memory, queries = held_splits(root, ctx.device, opts.image_size, opts.num_workers, flag)
     else:
         transform = eval_transform(opts.image_size)
         memory, queries = labelled_splits(root, transform, transform, flag)
