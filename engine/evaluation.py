@@ -27,7 +27,6 @@ __all__ = [
     "linear_classifier",
     "evaluate",
     "knn_predict",
-    "knn_classify",
     "embed_splits",
     "knn_scores",
     "labels_of",
@@ -201,17 +200,6 @@ def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, val_fea
     return results
 
 
-def knn_classify(backbone: nn.Module, train_set: Dataset, val_set: Dataset, ctx: edist.Context, batch_size: int,
-                 num_workers: int, settings: list[tuple[int, float | None]]) -> dict[str, dict[str, float]] | None:
-    """k-NN accuracy of the normalised pooled features (``embed_splits`` then ``knn_scores``); ``settings`` lists
-    ``(k, temperature or None)``. Rank 0 returns the results, others None."""
-    train_features, val_features = embed_splits(backbone, train_set, val_set, ctx, batch_size, num_workers)
-    if not ctx.is_main:
-        return None
-    return knn_scores(train_features, labels_of(train_set), val_features, labels_of(val_set), len(train_set.classes),
-                      settings, ctx.device)
-
-
 LOGREG_C = (1e-4, 1e-3, 1e-2, 1e-1)  # inverse regularisation strengths tried, as scikit-learn's C
 
 
@@ -337,11 +325,12 @@ def ranked_correct(scores: torch.Tensor, target: torch.Tensor, ks: tuple[int, ..
 
 
 class KnnMonitor:
-    """``knn_classify`` (10 nearest neighbours, majority vote) as a monitor of a network while it trains, as
-    solo-learn's and lightly's online k-NN: ``train_set`` is the labelled memory, ``val_set`` the queries, both with
-    the evaluation crop. Every process calls it; rank 0 gets ``{"knn10_top1", "knn10_top5"}``, the others None.
-    Like ``knn_classify`` it leaves the random generators as it found them: a run trains the same with or
-    without it. ``keep``: rank 0 keeps the last point's features (``features``, for ``--final_evaluation``)."""
+    """The k-NN classifier (``embed_splits`` then ``knn_scores``: 10 nearest neighbours, majority vote) as a monitor of
+    a network while it trains, as solo-learn's and lightly's online k-NN: ``train_set`` is the labelled memory,
+    ``val_set`` the queries, both with the evaluation crop. Every process calls it; rank 0 gets ``{"knn10_top1",
+    "knn10_top5"}``, the others None. Like ``embed_splits`` it leaves the random generators as it found them: a run
+    trains the same with or without it. ``keep``: rank 0 keeps the last point's features (``features``, for
+    ``--final_evaluation``)."""
 
     def __init__(self, train_set: Dataset, val_set: Dataset, ctx: edist.Context, batch_size: int,
                  num_workers: int, keep: bool = False) -> None:
