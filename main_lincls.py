@@ -86,7 +86,8 @@ flags.DEFINE_bool("recompute_bn", False,
                   "normalises its activations as a trained one does (its own running statistics are the identity).")
 flags.DEFINE_bool("untrained", False, "Score --arch as initialised (random weights drawn with --seed), with no "
                   "checkpoint: the floor a trained network must beat. --arch=pixels never takes a checkpoint.")
-flags.DEFINE_float("logreg_holdout", 0.2, "--protocol=logreg: share of train/ held out to choose the regularisation.")
+flags.DEFINE_float("logreg_holdout", FrozenProtocols.holdout,
+                   "--protocol=logreg: share of train/ held out to choose the regularisation.")
 flags.DEFINE_enum("protocol", "linear", ["linear", "knn", "semi", "semi_linear", "transfer", "logreg"],
                   "linear probe (SGD, the official protocol), k-NN classifier, semi-supervised fine-tuning of the "
                   "whole network, semi_linear: a linear layer on the frozen backbone trained on the label subset "
@@ -95,11 +96,12 @@ flags.DEFINE_enum("protocol", "linear", ["linear", "knn", "semi", "semi_linear",
                   "224 px with bicubic interpolation; its release's optimiser and epochs unless given), or logreg: a "
                   "converged L-BFGS logistic regression on the frozen features (small data; the regularisation "
                   "chosen on --logreg_holdout of train/).")
-flags.DEFINE_list("knn_k", ["10", "200"], "k values for --protocol=knn.")
+flags.DEFINE_list("knn_k", [str(k) for k in FrozenProtocols.knn_k], "k values for --protocol=knn.")
 flags.DEFINE_bool("with_knn", False, "With --protocol=linear, semi, semi_linear or logreg: score the backbone with "
                   "the k-NN classifier too, in the same start-up, into results.json's 'knn' (for semi: the fine-tuned "
                   "backbone; for logreg: on the same embedded features).")
-flags.DEFINE_float("knn_t", 0.07, "Temperature of the weighted k-NN vote (the plain majority vote is also reported).")
+flags.DEFINE_float("knn_t", FrozenProtocols.knn_t,
+                   "Temperature of the weighted k-NN vote (the plain majority vote is also reported).")
 flags.DEFINE_float("label_fraction", None, "--protocol=semi or semi_linear: fraction of each class's labels (e.g. "
                    "0.01, 0.1).")
 flags.DEFINE_string("label_file", None, "--protocol=semi or semi_linear: file listing the labelled images (SimCLR "
@@ -262,8 +264,8 @@ def frozen_scores(opts: LinclsOptions, backbone, ctx, splits: tuple[IndexedImage
     if not ctx.is_main:
         return None
     seconds["embed"] = time.perf_counter() - started
-    protocols = FrozenProtocols(seed=opts.seed, holdout=opts.logreg_holdout if logreg else None,
-                                knn=((10, None), *((int(k), opts.knn_t) for k in opts.knn_k)) if knn else ())
+    protocols = FrozenProtocols(seed=opts.seed, holdout=opts.logreg_holdout if logreg else None, knn=knn,
+                                knn_k=tuple(int(k) for k in opts.knn_k), knn_t=opts.knn_t)
     scores = frozen_protocol_scores(train_features, labels_of(train_set), val_features, labels_of(val_set),
                                     len(train_set.classes), protocols, ctx.device, seconds)
     return {"num_train": len(train_set), "num_val": len(val_set), **scores, "seconds": seconds}

@@ -206,12 +206,19 @@ LOGREG_C = (1e-4, 1e-3, 1e-2, 1e-1)  # inverse regularisation strengths tried, a
 @dataclass(frozen=True)
 class FrozenProtocols:
     """What ``frozen_protocol_scores`` runs: the probe (``holdout`` of the training features choose its C, drawn with
-    ``seed``; None: no probe) and the k-NN classifier's ``(k, temperature or None)`` settings (empty: none).
-    The defaults are ``main_lincls.py``'s flags' (``--seed``, ``--logreg_holdout``, ``--knn_k``, ``--knn_t``)."""
+    ``seed``; None: no probe) and, with ``knn``, the k-NN classifier: k = 10 majority vote and each of ``knn_k``
+    weighted at temperature ``knn_t``. ``main_lincls.py``'s flags take their defaults from here."""
 
     seed: int = 0
     holdout: float | None = 0.2
-    knn: tuple[tuple[int, float | None], ...] = ((10, None), (10, 0.07), (200, 0.07))
+    knn: bool = True
+    knn_k: tuple[int, ...] = (10, 200)
+    knn_t: float = 0.07
+
+    @property
+    def knn_settings(self) -> tuple[tuple[int, float | None], ...]:
+        """``knn_scores``'s ``(k, temperature or None)`` settings (none without ``knn``)."""
+        return ((10, None), *((k, self.knn_t) for k in self.knn_k)) if self.knn else ()
 
 
 def frozen_protocol_scores(train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor,
@@ -232,7 +239,7 @@ def frozen_protocol_scores(train_features: torch.Tensor, train_labels: torch.Ten
     if protocols.knn:
         started = time.perf_counter()
         out["knn"] = knn_scores(train_features, train_labels, val_features, val_labels, num_classes,
-                                list(protocols.knn), device)
+                                list(protocols.knn_settings), device)
         for name, r in out["knn"].items():
             log(f"k-NN {name}: top-1 {r['top1']:.2f} [{r['top1_ci95'][0]:.1f}, {r['top1_ci95'][1]:.1f}]  "
                 f"top-5 {r['top5']:.2f}")
