@@ -233,13 +233,21 @@ def evaluation_crop(opts: LinclsOptions):
     return (transfer_eval_transform if opts.protocol == "transfer" else eval_transform)(opts.image_size)
 
 
-def evaluation_splits(opts: LinclsOptions, ctx) -> tuple[IndexedImageFolder, IndexedImageFolder]:
+def evaluation_splits(opts: LinclsOptions, ctx, held: dict | None = None
+                      ) -> tuple[IndexedImageFolder, IndexedImageFolder]:
     """train/ and val/ with the evaluation crop (``evaluation_crop``), or with --in_memory held on the device, the
-    crop made there."""
+    crop made there; ``held``: splits an earlier evaluation of this process held, by folder and crop size (reused,
+    and this one's added)."""
     if not opts.in_memory:
         crop = evaluation_crop(opts)
         return labelled_splits(opts.data_dir, crop, crop)
-    return held_splits(opts.data_dir, ctx.device, opts.image_size, opts.num_workers)
+    key = (str(Path(opts.data_dir).resolve()), opts.image_size, str(ctx.device))
+    if held is None or key not in held:
+        splits = held_splits(opts.data_dir, ctx.device, opts.image_size, opts.num_workers)
+        if held is None:
+            return splits
+        held[key] = splits
+    return held[key]
 
 
 def check_classes(train_set: IndexedImageFolder) -> None:
@@ -295,9 +303,11 @@ def main(argv: list[str]) -> None:
     evaluate_backbone(resolve_defaults(from_flags(LinclsOptions, FLAGS)))
 
 
-def evaluate_backbone(opts: LinclsOptions) -> None:
+def evaluate_backbone(opts: LinclsOptions, held: dict | None = None, since: float | None = None) -> None:
     """The whole evaluation ``opts`` asks for: the backbone (or floor), then the frozen protocols, or a probe
-    trained (and resumed) epoch by epoch, or a saved probe scored."""
+    trained (and resumed) epoch by epoch, or a saved probe scored. For several evaluations in one process
+    (``scripts.demo.evaluations``): ``held``, the splits held so far (``evaluation_splits``), and ``since``, when
+    this evaluation began (``time.perf_counter()``; its start-up is counted from there, not from the process start)."""
     output_dir = opts.output_dir or opts.train_url
     if not output_dir:
         raise app.UsageError("--output_dir (or --train_url) is required")
@@ -313,9 +323,10 @@ def evaluate_backbone(opts: LinclsOptions) -> None:
     torch.manual_seed(opts.seed)
     backbone, provenance = build_evaluated(opts, ctx.is_main)  # before any data is read
     frozen = opts.protocol in ("knn", "logreg")
-    seconds = {"start-up": process_seconds()}  # to the data: the network built or loaded
+    # to the data: the network built or loaded
+    seconds = {"start-up": process_seconds() if since is None else time.perf_counter() - since}
     started = time.perf_counter()
-    splits = evaluation_splits(opts, ctx) if frozen else None
+    splits = evaluation_splits(opts, ctx, held) if frozen else None
     if frozen:
         check_classes(splits[0])
     if opts.recompute_bn:

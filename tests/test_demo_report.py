@@ -193,12 +193,15 @@ def test_the_gpu_configuration_reads_the_release_in_place_and_every_stage_holds_
     release = make_idx_release(tmp_path / "fmnist")
     commands = []
     monkeypatch.setattr(stages.Runner, "stage", lambda self, name, done, script, args: commands.append((script, args)))
+    monkeypatch.setattr(stages.Runner, "evaluations", lambda self, name, evaluations: commands.extend(
+        ("main_lincls.py (floors)", args) for args in evaluations.values()))
     data, eval_data = stages.run_stages(CONFIGS["gpu"], tmp_path / "run", tmp_path / "pngs", tmp_path / "eval-pngs",
                                         "cuda", source=release)
     assert data == eval_data == release.resolve()
     assert not (tmp_path / "pngs").exists() and not (tmp_path / "eval-pngs").exists()  # nothing written or decoded
     scripts = [script for script, _ in commands]
-    assert scripts.count("main_lincls.py") == 5 + 1 + 5 and scripts.count("main_distill.py") == 1 + 5
+    assert scripts.count("main_lincls.py (floors)") == 5  # in one process
+    assert scripts.count("main_lincls.py") == 1 + 5 and scripts.count("main_distill.py") == 1 + 5
     assert scripts.count("run_knn.py") == 1
     for script, args in commands:
         reads = [a for a in args if a.startswith("--data_dir=")]

@@ -120,3 +120,55 @@ def test_in_memory_monitor_final_evaluation_lincls_and_knn_step_on_a_fashion_mni
     assert held["status"] == 0 and views["status"] == 0, (held, views)
     np.testing.assert_array_equal(np.load(tmp_path / "held.npy"), np.load(tmp_path / "views.npy"))
     assert both["status"] != 0 and "give one" in both["stderr"]
+
+
+def test_the_floors_in_one_process_score_as_each_alone_hold_the_images_once_and_resume(tmp_path):
+    """``scripts.demo.evaluations``: main_lincls.py evaluations one after another in one process (the demo's floors)
+    give each one's scores alone (no flag, seed or BatchNorm statistics carried from one to the next), hold the
+    images once, check every command line before any work, and skip what finished."""
+    import subprocess
+    import sys
+
+    from helpers import REPO, subprocess_env
+
+    release = make_idx_release(tmp_path / "fmnist")
+    common = [f"--data_dir={release}", "--image_size=32", "--batch_size=8", "--num_workers=0", "--protocol=logreg",
+              "--with_knn", "--in_memory", "--device=cpu"]
+    # the plain network after the one whose BatchNorm statistics were re-estimated: nothing may carry over
+    floors = {"pixels": ["--arch=pixels"], "bn": ["--arch=resnet18", "--untrained", "--recompute_bn"],
+              "plain": ["--arch=resnet18", "--untrained"]}
+
+    def shared(*extra: list[str]) -> subprocess.CompletedProcess:
+        lines = [[*flags, *common, f"--output_dir={tmp_path / 'shared' / name}"] for name, flags in floors.items()]
+        argv = [arg for i, line in enumerate([*lines, *extra]) for arg in ["---"] * bool(i) + line]
+        return subprocess.run([sys.executable, "-m", "scripts.demo.evaluations", *argv], cwd=REPO,
+                              env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=600)
+
+    first = shared()
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.count("held 30 images") == 1 and first.stdout.count("held 15 images") == 1
+    alone = run_cases("main_lincls", [[*flags, *common, f"--output_dir={tmp_path / 'alone' / name}"]
+                                      for name, flags in floors.items()], tmp_path)
+    assert all(case["status"] == 0 for case in alone), alone
+    def results(where: str, name: str) -> dict:
+        return json.loads((tmp_path / where / name / "results.json").read_text())
+
+    for name in floors:
+        one, other = results("shared", name), results("alone", name)
+        assert one["recomputed_bn"] == other["recomputed_bn"] == (name == "bn")
+        assert one["logreg"]["C"] == other["logreg"]["C"], name
+        assert one["logreg"]["top1"] == pytest.approx(other["logreg"]["top1"]), name
+        assert ({k: s["top1"] for k, s in one["knn"].items()}
+                == pytest.approx({k: s["top1"] for k, s in other["knn"].items()})), name
+        assert set(one["seconds"]) == {"start-up", "data", "embed", "logreg", "knn"}
+    # the first evaluation's start-up is the process's (imports included), a later one's its network's building
+    assert results("shared", "plain")["seconds"]["start-up"] < results("shared", "pixels")["seconds"]["start-up"]
+
+    (tmp_path / "shared" / "plain" / "results.json").unlink()
+    refused = shared(["--arch=resnet18", "--untrained", f"--data_dir={release}", "--protocol=linear",
+                      f"--output_dir={tmp_path / 'linear'}"])
+    assert refused.returncode == 2 and "--protocol=linear trains a probe" in refused.stderr
+    assert not (tmp_path / "shared" / "plain" / "results.json").exists()  # refused before any work
+    again = shared()
+    assert again.returncode == 0 and again.stdout.count("evaluated already") == 2
+    assert (tmp_path / "shared" / "plain" / "results.json").is_file()

@@ -48,16 +48,18 @@ def training_record(run_dir: Path, folder: str, times: dict) -> dict:
 def time_breakdown(run_dir: Path, times: dict) -> list[dict]:
     """Where each stage's wall time went: for a training stage, its process start-up before the first step
     (imports, teacher, decoding, building; one per start, resumes included), its epochs' steps and its k-NN monitor
-    points, from its metrics.jsonl; for an evaluation, its start-up (to the data), data (read or held, BatchNorm
-    re-estimated), embedding, probe and k-NN, from its results.json; ``rest_s`` is what is left (checkpoints, writing,
-    process exit). The kNN steps give their total only."""
+    points, from its metrics.jsonl; for an evaluation stage, its start-up (to the data), data (read or held,
+    BatchNorm re-estimated), embedding, probe and k-NN, from its results.json, summed over the evaluations it ran in
+    one process (the floors'); ``rest_s`` is what is left (checkpoints, writing, process exit). The kNN steps give
+    their total only."""
     rows = []
     for stage, total in times.items():
         path = run_dir / stage / "metrics.jsonl"
         if stage.endswith(": evaluation"):
-            results = run_dir / stage.removesuffix(": evaluation") / "evaluation" / "results.json"
-            seconds = json.loads(results.read_text()).get("seconds", {}) if results.is_file() else {}
-            parts = {f"{name}_s": value for name, value in seconds.items()}
+            parts = {}
+            for results in sorted((run_dir / stage.removesuffix(": evaluation")).glob("**/evaluation/results.json")):
+                for name, value in json.loads(results.read_text()).get("seconds", {}).items():
+                    parts[f"{name}_s"] = parts.get(f"{name}_s", 0.0) + value
             rows.append({"stage": stage, "total_s": total, **parts,
                          **({"rest_s": total - sum(parts.values())} if parts else {})})
             continue

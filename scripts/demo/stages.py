@@ -1,4 +1,5 @@
-"""Running the demo: each stage is one of the project's entry points, shown live, skipped when its output exists."""
+"""Running the demo: each stage is one of the project's entry points (the floors: their main_lincls.py evaluations in
+one process), shown live, skipped when its output exists."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from datasets.arrays import release_kind
 from datasets.folders import DatasetError, open_split
 from models.backbones import FLOORS
 from scripts.demo.configs import Config, Training, variants
+from scripts.demo.evaluations import SEPARATOR
 from scripts.fashion_mnist import DEBIAN_DIR, prepare
 from utils.io import atomic_json
 
@@ -28,14 +30,28 @@ class Runner:
         self.times = json.loads(self.times_path.read_text()) if self.times_path.is_file() else {}
 
     def stage(self, name: str, done: Path, script: str, args: list[str]) -> None:
-        if done.exists():
-            print(f"[{name}] done already ({done.relative_to(self.run_dir)}), skipped", flush=True)
+        """One entry point (``script``, relative to the repository) run with ``args``; skipped if ``done`` exists."""
+        self._run(name, [done], [str(REPO / script), *args, f"--device={self.device}"], f"{script} {' '.join(args)}")
+
+    def evaluations(self, name: str, evaluations: dict[Path, list[str]]) -> None:
+        """Several frozen ``main_lincls.py`` evaluations (output folder -> its flags) in one process
+        (``scripts.demo.evaluations``: one start-up, the images held once); skipped once each has its results.json."""
+        argv = ["-m", "scripts.demo.evaluations"]
+        for i, args in enumerate(evaluations.values()):
+            argv += [SEPARATOR] * bool(i) + [*args, f"--device={self.device}"]
+        shown = f" {SEPARATOR} ".join(f"main_lincls.py {' '.join(args)}" for args in evaluations.values())
+        self._run(name, [out / "results.json" for out in evaluations], argv, f"-m scripts.demo.evaluations {shown}")
+
+    def _run(self, name: str, done: list[Path], argv: list[str], shown: str) -> None:
+        if all(path.exists() for path in done):
+            print(f"[{name}] done already ({', '.join(str(p.relative_to(self.run_dir)) for p in done)}), skipped",
+                  flush=True)
             return
-        print(f"[{name}] python {script} {' '.join(args)}", flush=True)
+        print(f"[{name}] python {shown}", flush=True)
         start = time.perf_counter()
-        command = [sys.executable, str(REPO / script), *args, f"--device={self.device}"]
-        process = subprocess.Popen(command, cwd=self.run_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        process = subprocess.Popen([sys.executable, *argv], cwd=self.run_dir, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
         try:
             for line in process.stdout:
                 if not line.startswith(("I1", "W1")):  # absl's own INFO/WARNING chatter (faiss loading)
@@ -79,15 +95,20 @@ def train_args(cfg: Config, stage: Training, data: Path, out: Path, method: str,
     return [*args, *acting([*args, *extra], stage.flags), *extra]
 
 
-def evaluate(runner: Runner, cfg: Config, eval_data: Path, folder: str, arch: str, weights: list[str]) -> None:
-    """The logistic-regression probe and the k-NN classifier of ``arch`` with ``weights`` (a checkpoint or a floor)
-    on features embedded once, on the evaluation images; ``results.json`` is written last."""
-    out = runner.run_dir / folder / "evaluation"
+def evaluation_args(cfg: Config, eval_data: Path, out: Path, arch: str, weights: list[str]) -> list[str]:
+    """``main_lincls.py``'s flags for the logistic-regression probe and the k-NN classifier of ``arch`` with
+    ``weights`` (a checkpoint or a floor) on features embedded once, on the evaluation images, into ``out``."""
     stem = [] if arch in FLOORS else [f"--stem={cfg.stem}"]
+    return [f"--arch={arch}", *weights, *stem, f"--data_dir={eval_data}", f"--image_size={cfg.image_size}",
+            f"--batch_size={cfg.student.batch_size * 4}", f"--num_workers={cfg.workers}", "--protocol=logreg",
+            "--with_knn", *cfg.eval_flags, f"--output_dir={out}"]
+
+
+def evaluate(runner: Runner, cfg: Config, eval_data: Path, folder: str, arch: str, weights: list[str]) -> None:
+    """``folder``'s network scored by ``main_lincls.py`` (``evaluation_args``); ``results.json`` is written last."""
+    out = runner.run_dir / folder / "evaluation"
     runner.stage(f"{folder}: evaluation", out / "results.json", "main_lincls.py",
-                 [f"--arch={arch}", *weights, *stem, f"--data_dir={eval_data}", f"--image_size={cfg.image_size}",
-                  f"--batch_size={cfg.student.batch_size * 4}", f"--num_workers={cfg.workers}", "--protocol=logreg",
-                  "--with_knn", *cfg.eval_flags, f"--output_dir={out}"])
+                 evaluation_args(cfg, eval_data, out, arch, weights))
 
 
 def floors(cfg: Config) -> dict[str, tuple[str, list[str], str]]:
@@ -128,8 +149,11 @@ def run_stages(cfg: Config, run_dir: Path, data_dir: Path, eval_dir: Path, devic
     if cfg.shares:
         share(run_dir, run_dir.parent / f"demo-{cfg.shares}")
     runner = Runner(run_dir, device)
-    for folder, (arch, weights, _) in floors(cfg).items() if floors_first else ():
-        evaluate(runner, cfg, eval_data, folder, arch, weights)
+    if floors_first:  # in one process: one start-up, the evaluation images read (or held) once
+        outs = {folder: run_dir / folder / "evaluation" for folder in floors(cfg)}
+        runner.evaluations("floors: evaluation",
+                           {outs[folder]: evaluation_args(cfg, eval_data, outs[folder], arch, weights)
+                            for folder, (arch, weights, _) in floors(cfg).items()})
 
     teacher = run_dir / "teacher" / "final.pth"
     runner.stage("teacher", teacher, "main_distill.py",
