@@ -21,12 +21,14 @@ demo-data:
 	  || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1) \
 	  || echo "note: could not install dataset-fashion-mnist (not root?); the demo will try torchvision's download"
 
-# Two test processes (pytest-xdist), each taking whole files so module fixtures are built once; temporary folders
-# are kept only for failed tests (a full run writes about 10 GB of checkpoints).
+# Two test processes (pytest-xdist), each taking whole files so module fixtures are built once, in the order
+# tests/conftest.py sets (the longest first); temporary folders are kept only for failed tests (a full run writes
+# about 10 GB of checkpoints).
 test: $(BIN)/.installed demo-data
 	$(BIN)/ruff check .
 	TORCH_HOME=$${TMPDIR:-/tmp}/bingo-torch-home MPLCONFIGDIR=$${TMPDIR:-/tmp}/bingo-mpl PYTHONDONTWRITEBYTECODE=1 \
-	  $(BIN)/python -m pytest -q -p no:cacheprovider -o tmp_path_retention_policy=failed -n 2 --dist loadfile tests
+	  $(BIN)/python -m pytest -q -p no:cacheprovider -o tmp_path_retention_policy=failed -n 2 --dist loadfile \
+	  --no-loadscope-reorder tests
 
 # The tests that start no process (tests/conftest.py marks the others slow), for a quick check while editing.
 test-fast: $(BIN)/.installed

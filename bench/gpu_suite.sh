@@ -36,11 +36,12 @@ for part in "${@:-checks knn embed pipeline distill}"; do
             timeout -k 150 "${DEMO_SECONDS:-540}" python3 -m scripts.demo --config "$config" --device cuda \
               ${FMNIST_DIR:+--fmnist_dir "$FMNIST_DIR"} 2>&1 | tee -a "$OUT/$p.log" \
               || python3 -m scripts.demo --config "$config" --report_only 2>&1 | tee -a "$OUT/$p.log"
-            python3 -m bench.demo_rates --config "$config" --device cuda --from_run "runs/demo-$config" \
-              ${FMNIST_DIR:+--fmnist_dir "$FMNIST_DIR"} --json "$OUT/$config-rates.json" 2>&1 | tee -a "$OUT/$p.log"
+            # the report first: if the call's time runs out in the rates, what finished has come back already
             mkdir -p "$OUT/$config"
             cp runs/demo-$config/results.* runs/demo-$config/*.png runs/demo-$config/stage_times.json "$OUT/$config/" \
-              2>/dev/null ;;
+              2>/dev/null
+            python3 -m bench.demo_rates --config "$config" --device cuda --from_run "runs/demo-$config" \
+              ${FMNIST_DIR:+--fmnist_dir "$FMNIST_DIR"} --json "$OUT/$config-rates.json" 2>&1 | tee -a "$OUT/$p.log" ;;
       teacher) epochs=${TEACHER_EPOCHS:-50}
             timeout -k 150 "${DEMO_SECONDS:-540}" python3 -m scripts.demo --config gpu --device cuda \
               --teacher_epochs "$epochs" --skip_floors --stop_after teacher \
