@@ -18,8 +18,8 @@ bags, beside SEED and MoCo-v2, 3 seeds); with a GPU the default configuration is
 release read in place and held on the GPU, the five students, every network scored on all 60,000 labelled images and
 the 10,000 test images), and `gpu-bags` its bagging ablation (2 seeds).
 
-Modules: `configs` (what runs), `stages` (running it), `results` (gathering the numbers), `report` (the table and
-results.md), `plots`.
+Modules: `configs` (what runs), `stages` (running it), `evaluations` (the floors' evaluations in one process),
+`results` (gathering the numbers), `report` (the table and results.md), `plots`.
 """
 from scripts.demo.configs import CONFIGS, CPU_INPUT, METHODS, Config, Training, data_folder, eval_folder, variants
 from scripts.demo.plots import mean_curve

@@ -17,9 +17,8 @@ from absl import app, flags
 
 from engine.cli import guarded
 from engine.options import LinclsOptions, from_argv
+from scripts.demo.stages import SEPARATOR
 from utils.logs import log
-
-SEPARATOR = "---"
 
 
 def command_lines(argv: list[str]) -> list[list[str]]:
@@ -39,8 +38,8 @@ def command_lines(argv: list[str]) -> list[list[str]]:
 
 def parse(args: list[str]) -> LinclsOptions:
     """One evaluation's options, parsed afresh as ``main_lincls.py`` parses its command line; refused unless frozen."""
-    # imported here: main_lincls defines its flags on import, which the demo's own process (which imports this
-    # module's SEPARATOR, and main_distill's flags) must not
+    # imported here, not at the top: main_lincls defines its flags on import, and a process that has main_distill's
+    # (the demo's own, a test's) may not define them again
     import main_lincls
 
     try:

@@ -13,11 +13,11 @@ from datasets.arrays import release_kind
 from datasets.folders import DatasetError, open_split
 from models.backbones import FLOORS
 from scripts.demo.configs import Config, Training, variants
-from scripts.demo.evaluations import SEPARATOR
 from scripts.fashion_mnist import DEBIAN_DIR, prepare
 from utils.io import atomic_json
 
 REPO = Path(__file__).resolve().parent.parent.parent
+SEPARATOR = "---"  # between two main_lincls.py command lines run in one process (scripts.demo.evaluations)
 
 
 class Runner:
