@@ -241,12 +241,11 @@ def evaluation_splits(opts: LinclsOptions, ctx, held: dict | None = None
     if not opts.in_memory:
         crop = evaluation_crop(opts)
         return labelled_splits(opts.data_dir, crop, crop)
+    if held is None:
+        return held_splits(opts.data_dir, ctx.device, opts.image_size, opts.num_workers)
     key = (str(Path(opts.data_dir).resolve()), opts.image_size, str(ctx.device))
-    if held is None or key not in held:
-        splits = held_splits(opts.data_dir, ctx.device, opts.image_size, opts.num_workers)
-        if held is None:
-            return splits
-        held[key] = splits
+    if key not in held:
+        held[key] = held_splits(opts.data_dir, ctx.device, opts.image_size, opts.num_workers)
     return held[key]
 
 
