@@ -459,10 +459,9 @@ class DeviceViews:
     def held_eval_crops(self, images: torch.Tensor) -> torch.Tensor:
         """``eval_crops`` of ``uint8 [B, 3, H, W]`` images of one size already on the device."""
         count, _, height, width = images.shape
-        per_chunk = max(1, self.pixel_budget // (height * width))
         heights, widths = np.full(count, height), np.full(count, width)
-        crops = [self._center_crops(images[begin:begin + per_chunk], heights[begin:begin + per_chunk],
-                                    widths[begin:begin + per_chunk]) for begin in range(0, count, per_chunk)]
+        crops = [self._center_crops(images[part], heights[part], widths[part])
+                 for part in _chunks(heights.tolist(), widths.tolist(), self.pixel_budget)]
         return self._finish(torch.cat(crops))
 
     def _center_crops(self, images: torch.Tensor, heights: np.ndarray, widths: np.ndarray) -> torch.Tensor:
