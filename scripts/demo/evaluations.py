@@ -15,6 +15,7 @@ from pathlib import Path
 
 from absl import app, flags
 
+import main_lincls
 from engine.cli import guarded
 from engine.options import LinclsOptions, from_argv
 from scripts.demo.stages import SEPARATOR
@@ -38,10 +39,6 @@ def command_lines(argv: list[str]) -> list[list[str]]:
 
 def parse(args: list[str]) -> LinclsOptions:
     """One evaluation's options, parsed afresh as ``main_lincls.py`` parses its command line; refused unless frozen."""
-    # imported here, not at the top: main_lincls defines its flags on import, and a process that has main_distill's
-    # (the demo's own, a test's) may not define them again
-    import main_lincls
-
     try:
         opts = main_lincls.resolve_defaults(from_argv(LinclsOptions, main_lincls.FLAGS, ["main_lincls.py", *args]))
     except flags.Error as error:
@@ -56,8 +53,6 @@ def parse(args: list[str]) -> LinclsOptions:
 
 
 def main(argv: list[str]) -> None:
-    import main_lincls
-
     options = [parse(args) for args in command_lines(argv[1:])]  # every command line checked before any work
     held: dict = {}  # the splits held on the device, shared by the evaluations that read the same images
     since = None  # the first evaluation's start-up is the process's
