@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from engine.features import import_faiss
+
 __all__ = ["BAGGINGS", "group_bags", "random_bags", "kmeans_assignments", "bag_purity", "BagError"]
 
 BAGGINGS = ("knn", "kmeans", "label", "random")
@@ -60,9 +62,8 @@ def kmeans_assignments(features: torch.Tensor, clusters: int, seed: int, iterati
     data = np.ascontiguousarray(features.float().cpu().numpy())
     if not 1 < clusters <= len(data):
         raise BagError(f"--kmeans_clusters={clusters} must be between 2 and the number of images ({len(data)})")
-    try:
-        import faiss
-    except ImportError:
+    faiss = import_faiss()
+    if faiss is None:
         from sklearn.cluster import KMeans
 
         model = KMeans(n_clusters=clusters, n_init=restarts, max_iter=iterations, random_state=seed).fit(data)

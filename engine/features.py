@@ -4,8 +4,10 @@ Shared by the kNN step (``run_knn.py``) and the k-NN classifier (``main_lincls.p
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -17,7 +19,7 @@ from datasets.device_views import HeldImages
 from utils import dist as edist
 from utils.logs import Progress, log
 
-__all__ = ["embed", "exact_knn", "search", "faiss_info", "check_finite_features", "NonFiniteFeatures",
+__all__ = ["embed", "exact_knn", "search", "faiss_info", "import_faiss", "check_finite_features", "NonFiniteFeatures",
            "SEARCH_BACKENDS"]
 
 SEARCH_BACKENDS = ("auto", "faiss", "torch")
@@ -126,11 +128,25 @@ def _forward(network: nn.Module, images: torch.Tensor, device: torch.device, cha
     return F.normalize(network(images).float(), dim=1)
 
 
-def faiss_info() -> tuple[bool, bool]:
-    """(faiss importable, faiss has GPU support)."""
+def import_faiss() -> ModuleType | None:
+    """faiss, or None where it is not installed. Its loader's INFO lines (each instruction set it tries, with the
+    ``ModuleNotFoundError`` of every one its wheel lacks) stay out of the run's log: absl shows INFO."""
+    loader = logging.getLogger("faiss.loader")
+    level = loader.level
+    loader.setLevel(logging.WARNING)
     try:
         import faiss
     except ImportError:
+        return None
+    finally:
+        loader.setLevel(level)
+    return faiss
+
+
+def faiss_info() -> tuple[bool, bool]:
+    """(faiss importable, faiss has GPU support)."""
+    faiss = import_faiss()
+    if faiss is None:
         return False, False
     return True, hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
@@ -277,8 +293,9 @@ def _two_stage_knn(features, k, device, chunk=None, report=None, block: int = 64
 
 
 def _faiss_knn(features, k, use_gpu, report):
-    import faiss
     import numpy as np
+
+    faiss = import_faiss()
 
     data = np.ascontiguousarray(features.float().cpu().numpy())
     n, d = data.shape

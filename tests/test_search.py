@@ -92,3 +92,18 @@ def test_block_topk_equals_topk():
     values, columns = _block_topk(sims, 7, 64)
     ref_values, ref_columns = sims.topk(7, dim=1)
     assert torch.equal(values, ref_values) and torch.equal(columns, ref_columns)
+
+
+@pytest.mark.skipif(not faiss_info()[0], reason="faiss is not installed")
+def test_faiss_is_imported_without_its_loaders_lines_in_the_log():
+    """absl shows INFO, where faiss's loader names each instruction set it tries and the ModuleNotFoundError of each
+    one its wheel lacks: a user reads that as a failure. A plain import shows them (the control); ours does not."""
+    import subprocess
+    import sys
+
+    def stderr(statement: str) -> str:
+        code = f"import logging; logging.basicConfig(level=logging.INFO); {statement}"
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+
+    assert "INFO:faiss.loader:Loading faiss" in stderr("import faiss")
+    assert "faiss" not in stderr("from engine.features import import_faiss; assert import_faiss() is not None")
