@@ -92,6 +92,7 @@ def test_training_record_keeps_the_last_record_of_an_epoch_logged_twice(tmp_path
     assert record["knn_curve"] == [[0, 70.0], [1, 72.0], [2, 73.0]]
     assert record["loss_curve"] == [5.9, 5.5]
     assert record["images_per_s"] == 65.0 and record["train_seconds"] == 12.5
+    assert training_record(tmp_path, "stage", {})["train_seconds"] is None  # not timed here: no time, not 0
 
 
 def test_floors_cover_the_teacher_and_the_student_network_each_with_data_bn():

@@ -35,7 +35,7 @@ def table(results: dict) -> str:
              "|---|---|" + ("---|" if with_bags else "") + "---|---|---|---|---|---|"]
     for r in results["rows"]:
         epochs = r.get("epochs", "—")
-        minutes = f"{r['train_seconds'] / 60:.1f} min" if r["kind"] != "floor" else "—"
+        minutes = f"{r['train_seconds'] / 60:.1f} min" if r.get("train_seconds") is not None else "—"
         purity = (f" {r['bag_purity']:.1f} % |" if r.get("bag_purity") is not None else " — |") if with_bags else ""
         seeds = f"{r['seeds']}" + (f" of {r['planned_seeds']}" if r.get("planned_seeds", r["seeds"]) > r["seeds"]
                                    else "")

@@ -34,12 +34,13 @@ def finished(run_dir: Path, folder: str) -> bool:
 
 
 def training_record(run_dir: Path, folder: str, times: dict) -> dict:
-    """What a training stage's metrics.jsonl says: loss per epoch, the k-NN monitor curve, images/s."""
+    """What a training stage's metrics.jsonl says: loss per epoch, the k-NN monitor curve, images/s; and its wall
+    time as this run folder's stages timed it (None for a stage that ran elsewhere: its folder was copied in)."""
     metrics = read_metrics(run_dir / folder / "metrics.jsonl")
     # A run killed after logging an epoch but before its checkpoint logs that epoch again on resume: keep the last.
     epochs = sorted({m["epoch"]: m for m in metrics if m["kind"] == "epoch"}.items())
     knn = sorted({m["epoch"]: m["knn10_top1"] for m in metrics if m["kind"] == "knn"}.items())
-    return {"train_seconds": times.get(folder, 0.0),
+    return {"train_seconds": times.get(folder),
             "images_per_s": statistics.median(m["images_per_s"] for _, m in epochs) if epochs else None,
             "loss_curve": [m["loss"] for _, m in epochs],
             "knn_curve": [list(point) for point in knn]}
