@@ -123,8 +123,8 @@ CONFIGS = {
                    student=replace(CPU_STUDENT, epochs=8, flags=LONGER_STUDENT_FLAGS, knn_every=2),
                    seeds=3, input_flags=CPU_INPUT, methods=("moco", "seed", "bingo"),
                    bags=("random", "kmeans", "knn", "label")),
-    # The bagging question on ten times the images, the CPU's longest configuration (about two hours on our 2-core
-    # machines: the teacher 20 minutes, each seed 51, 19 of them per BINGO student): 10,000 training images (the
+    # The bagging question on ten times the images, the CPU's longest configuration (about 100 minutes on our 2-core
+    # machines: the teacher 20, each seed 38, 13 of them per BINGO student): 10,000 training images (the
     # evaluation's labelled ones, so the k-NN monitor reads what the table does), a ResNet-18 teacher of 40 epochs
     # (6,240 steps; measured, it ends above its untrained network on the linear probe, where the default's 12 epochs
     # on 1,000 images end below it), ResNet-18 students of 10 epochs, a quarter of the teacher's schedule: MoCo-v2,
