@@ -54,7 +54,9 @@ class Runner:
                                    stderr=subprocess.STDOUT, text=True)
         try:
             for line in process.stdout:
-                if not line.startswith(("I1", "W1")):  # absl's own INFO/WARNING chatter (faiss loading)
+                # absl's INFO/WARNING lines (libraries' own logging; only a message's first line starts so, which is
+                # why faiss's loader is quieted where faiss is imported: engine.features.import_faiss)
+                if not line.startswith(("I1", "W1")):
                     print(f"[{name}] {line}", end="", flush=True)
         finally:  # stopped (SIGTERM, Ctrl-C): the stage stops too, between two steps, keeping its checkpoint
             if process.poll() is None:
