@@ -137,11 +137,12 @@ def _metrics(folder):
 def test_end_to_end_two_processes_learns_keeps_teacher_and_resumes_exactly(distill_data):
     tmp, data = distill_data
     straight = tmp / "straight"
-    result = run_script("main_distill.py", _args(tmp, data, straight, 2), tmp, nproc=2)
+    result = run_script("main_distill.py", _args(tmp, data, straight, 2, ["--save_freq=1"]), tmp, nproc=2)
     assert "img/s" in result.stdout and "eta" in result.stdout
     epochs = [m for m in _metrics(straight) if m["kind"] == "epoch"]
     assert len(epochs) == 2 and epochs[1]["loss"] < epochs[0]["loss"]
-    for name in ("checkpoint.pth", "final.pth", "student_backbone.pth", "flags.json"):
+    for name in ("checkpoint.pth", "checkpoint_0001.pth", "checkpoint_0002.pth", "final.pth", "student_backbone.pth",
+                 "flags.json"):
         assert (straight / name).is_file()
     net = build_backbone("resnet18")
     net.load_state_dict(torch.load(straight / "student_backbone.pth", weights_only=True))  # torchvision layout
@@ -149,9 +150,11 @@ def test_end_to_end_two_processes_learns_keeps_teacher_and_resumes_exactly(disti
     assert final["epoch"] == 2 and final["queue"].shape == (128, 8)
     assert any(k.startswith("module.encoder_q.fc.0") for k in final["state_dict"])
 
+    # the run stopped after its first epoch (its checkpoint then) and continued: the same run, bit for bit
     resumed = tmp / "resumed"
-    run_script("main_distill.py", _args(tmp, data, resumed, 1), tmp, nproc=2)
-    run_script("main_distill.py", _args(tmp, data, resumed, 2, ["--resume=auto"]), tmp, nproc=2)
+    from_epoch_1 = ["--save_freq=1", f"--resume={straight / 'checkpoint_0001.pth'}"]
+    result = run_script("main_distill.py", _args(tmp, data, resumed, 2, from_epoch_1), tmp, nproc=2)
+    assert "at epoch 1" in result.stdout and [m["epoch"] for m in _metrics(resumed) if m["kind"] == "epoch"] == [1]
     again = torch.load(resumed / "final.pth", weights_only=True)
     for key, value in final["state_dict"].items():
         assert torch.equal(value, again["state_dict"][key]), key

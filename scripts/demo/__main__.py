@@ -59,6 +59,8 @@ def main() -> None:
     if cfg.in_place and (args.data_dir or args.eval_dir):
         parser.error(f"--config={name} reads Fashion-MNIST's release in place (every stage, the evaluation too): give "
                      "its folder with --fmnist_dir, not --data_dir or --eval_dir")
+    if cfg.evaluate_in_training and args.eval_dir:
+        parser.error(f"--config={name} scores every network on its training images (--data_dir): drop --eval_dir")
     default_run = (f"demo-{name}" + (f"-{cfg.seeds}seeds" if cfg.seeds != CONFIGS[name].seeds else "")
                    + (f"-teacher{cfg.teacher.epochs}" if cfg.teacher.epochs != CONFIGS[name].teacher.epochs else ""))
     run_dir = (args.run_dir or REPO / "runs" / default_run).resolve()

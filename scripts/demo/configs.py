@@ -50,6 +50,12 @@ class Config:
     # last embedding: the evaluation images must be the monitor's, as in place); main_lincls.py only if it did not
     evaluate_in_training: bool = False
 
+    def __post_init__(self) -> None:
+        evaluation = (self.eval_train_per_class, self.eval_val_per_class)
+        if self.evaluate_in_training and evaluation != (self.train_per_class, self.val_per_class):
+            raise ValueError(f"{self.name}: a network scored by its own training process is scored on its k-NN "
+                             "monitor's images, the training split's: give the evaluation the same sizes")
+
 
 def variants(cfg: Config) -> list[tuple[str, str, str | None]]:
     """``(model name, --method, --bagging or None)`` of every student: one per method, BINGO once per bag kind
@@ -93,12 +99,14 @@ GPU_DATA = dict(train_per_class=None, val_per_class=None, eval_train_per_class=N
                 knn_step_flags=("--channels_last", "--in_memory"), stem="small", in_place=True,
                 eval_flags=("--in_memory",), evaluate_in_training=True)
 CONFIGS = {
-    "quick": Config(name="quick", train_per_class=10, val_per_class=5, eval_train_per_class=20, eval_val_per_class=10,
+    # The smoke test's: one architecture for teacher and students (three floors instead of five), and each trained
+    # network scored by its own training process on its monitor's images (one process fewer per network, and the gpu
+    # configurations' path through the chain on the CPU).
+    "quick": Config(name="quick", train_per_class=20, val_per_class=10, eval_train_per_class=20, eval_val_per_class=10,
                     image_size=32,
-                    # one architecture for teacher and students: three floors instead of five, to keep the test short
                     teacher=Training("resnet18", epochs=1, batch_size=32, lr=0.03, queue=64),
                     student=Training("resnet18", epochs=1, batch_size=32, lr=0.03, queue=64),
-                    input_flags=CPU_INPUT),
+                    input_flags=CPU_INPUT, evaluate_in_training=True),
     # MoCo-v2 as MoCo's one-GPU CIFAR demo sets it for short schedules (key-encoder momentum 0.99, temperature 0.1,
     # one linear projection), the learning rate for the batch, MoCo-v1's views (MoCo-v2's blur, sized for 224 px,
     # wipes out a 32 px image), a queue shorter than the data; see the README for what each measured. Every network

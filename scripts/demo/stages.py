@@ -145,8 +145,9 @@ def run_stages(cfg: Config, run_dir: Path, data_dir: Path, eval_dir: Path, devic
     each evaluated; ``stop_after="teacher"`` stops once the teacher is scored. Returns the training and evaluation
     data folders."""
     data = training_data(cfg, data_dir, source)
-    eval_data = data if cfg.in_place else prepare(eval_dir, cfg.eval_train_per_class, cfg.eval_val_per_class,
-                                                  source=source).resolve()
+    # a network scored by its own training process is scored on the training split's images: the floors are too
+    eval_data = (data if cfg.in_place or cfg.evaluate_in_training else
+                 prepare(eval_dir, cfg.eval_train_per_class, cfg.eval_val_per_class, source=source).resolve())
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.shares:
         share(run_dir, run_dir.parent / f"demo-{cfg.shares}")
