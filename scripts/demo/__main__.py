@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--data_dir", type=Path, help="training images (default: demo_data/fmnist-<split>; the gpu "
                         "configurations read the release in place: --fmnist_dir)")
     parser.add_argument("--eval_dir", type=Path, help="evaluation images (default: demo_data/fmnist-<split>; not for "
-                        "the gpu configurations)")
+                        "the configurations that score every network on its training images: quick, gpu, gpu-bags)")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--report_only", action="store_true",
                         help="write the report from what the run folder holds (a stopped run: what finished)")
