@@ -4,7 +4,9 @@ semi-supervised: fine-tuning on a label subset, or a linear layer on the frozen 
     torchrun --nproc_per_node=8 main_lincls.py --arch=resnet18 --pretrained=runs/SR18-TR50/final.pth \
         --data_dir=/data/imagenet --output_dir=runs/SR18-TR50/lincls
 
-Writes ``results.json`` (last and best epoch, top-1 and top-5) and ``epochs.csv`` into ``--output_dir``.
+Writes ``results.json`` (last and best epoch, top-1 and top-5) and ``epochs.csv`` into ``--output_dir``; the
+frozen protocols (``--protocol=knn|logreg``, ``--with_knn``) write ``results.json`` and ``predictions.npz``, each
+protocol's predicted class per test image (``utils.io.load_predictions``).
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ from engine.options import LinclsOptions, from_flags
 from models.backbones import BACKBONES, FLOORS, STEMS, build_backbone
 from models.checkpoints import file_sha256, load_backbone, read_file
 from utils import dist as edist
-from utils.io import OutputFolderError, RunFolderLock, atomic_json, check_writable, resolve_resume
+from utils.io import OutputFolderError, RunFolderLock, atomic_json, check_writable, resolve_resume, save_predictions
 from utils.logs import log, process_seconds
 from utils.metrics import with_intervals
 from utils.schedule import learning_rate, set_lr
@@ -262,7 +264,8 @@ def frozen_scores(opts: LinclsOptions, backbone, ctx, splits: tuple[IndexedImage
     """The protocols on frozen features of ``splits`` (train, val), embedded once: the logistic-regression probe
     and the k-NN classifier (k = 10 majority vote, and each --knn_k weighted). Rank 0 gets ``{"num_train",
     "num_val", "logreg"?, "knn"?, "seconds"}``, the other processes None; ``seconds``: where the time went, from
-    ``seconds`` (what ran before) on."""
+    ``seconds`` (what ran before) on. Rank 0 writes each protocol's prediction per query to
+    ``--output_dir/predictions.npz`` (``save_predictions``)."""
     started = time.perf_counter()
     train_set, val_set = splits
     per_process = opts.batch_size // ctx.world_size
@@ -273,9 +276,12 @@ def frozen_scores(opts: LinclsOptions, backbone, ctx, splits: tuple[IndexedImage
     seconds["embed"] = time.perf_counter() - started
     protocols = FrozenProtocols(seed=opts.seed, holdout=opts.logreg_holdout if logreg else None, knn=knn,
                                 knn_k=tuple(int(k) for k in opts.knn_k), knn_t=opts.knn_t)
+    predictions: dict[str, torch.Tensor] = {}
     scores = frozen_protocol_scores(train_features, labels_of(train_set), val_features, labels_of(val_set),
-                                    len(train_set.classes), protocols, ctx.device, seconds)
-    return {"num_train": len(train_set), "num_val": len(val_set), **scores, "seconds": seconds}
+                                    len(train_set.classes), protocols, ctx.device, seconds, predictions)
+    save_predictions(Path(opts.output_dir or opts.train_url) / "predictions.npz", labels_of(val_set), predictions)
+    return {"num_train": len(train_set), "num_val": len(val_set), **scores, "predictions": "predictions.npz",
+            "seconds": seconds}
 
 
 def make_loader(opts: LinclsOptions, train_set: IndexedImageFolder, ctx, per_process: int) -> DataLoader:

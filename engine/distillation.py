@@ -50,7 +50,15 @@ from models.distiller import DistillConfig, Distiller, Embedder, unwrap
 from models.heads import compress_head, student_head
 from models.methods import build_method
 from utils import dist as edist
-from utils.io import OutputFolderError, RunFolderLock, atomic_json, check_writable, file_sha256, resolve_resume
+from utils.io import (
+    OutputFolderError,
+    RunFolderLock,
+    atomic_json,
+    check_writable,
+    file_sha256,
+    resolve_resume,
+    save_predictions,
+)
 from utils.logs import MetricsLog, log, process_seconds, prune_metrics
 from utils.schedule import learning_rate, set_lr
 from utils.signals import Preempted, StopRequests
@@ -468,7 +476,8 @@ class Distillation:
     def final_evaluation(self, final: Path) -> None:
         """--final_evaluation: ``final``'s backbone scored by main_lincls.py's frozen protocols with its defaults, on
         the monitor's images, from the monitor's last embedding (embedded again when this start trained no epoch);
-        ``evaluation/results.json`` as main_lincls.py writes it, the flags it would have been given recorded."""
+        ``evaluation/results.json`` (and ``predictions.npz``) as main_lincls.py writes it, the flags it would have
+        been given recorded."""
         opts, ctx = self.opts, self.ctx
         needs_embedding = edist.broadcast_object(ctx.is_main and self.monitor.features is None)
         if needs_embedding:  # every process embeds its shard
@@ -478,14 +487,17 @@ class Distillation:
             memory, queries = self.monitor.train_set, self.monitor.val_set
             seconds: dict[str, float] = {}
             protocols = FrozenProtocols()
+            predictions: dict[str, torch.Tensor] = {}
             scores = frozen_protocol_scores(train_features, labels_of(memory), val_features, labels_of(queries),
-                                            len(memory.classes), protocols, ctx.device, seconds)
+                                            len(memory.classes), protocols, ctx.device, seconds, predictions)
+            save_predictions(self.output_dir / "evaluation" / "predictions.npz", labels_of(queries), predictions)
             as_given = {"arch": opts.s_arch, "stem": opts.stem, "pretrained": str(final), "protocol": "logreg",
                         "with_knn": True, "data_dir": monitor_data(opts)[0], "image_size": opts.image_size,
                         "in_memory": opts.in_memory, "seed": protocols.seed, "logreg_holdout": protocols.holdout}
             results = {"protocol": "logreg", "arch": opts.s_arch, "stem": opts.stem, "recomputed_bn": False,
                        "flags": as_given, "pretrained": str(final), "checkpoint_format": "bingo",
                        "checkpoint_sha256": file_sha256(final), "made_by": "main_distill.py --final_evaluation",
-                       "num_train": len(memory), "num_val": len(queries), **scores, "seconds": seconds}
+                       "num_train": len(memory), "num_val": len(queries), **scores,
+                       "predictions": "predictions.npz", "seconds": seconds}
             atomic_json(results, self.output_dir / "evaluation" / "results.json")
             log(f"final evaluation: {self.output_dir / 'evaluation' / 'results.json'}")

@@ -183,13 +183,13 @@ def labels_of(dataset: Dataset) -> torch.Tensor:
 
 def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor,
                val_labels: torch.Tensor, num_classes: int, settings: list[tuple[int, float | None]],
-               device: torch.device | str = "cpu") -> dict[str, dict[str, float]]:
+               device: torch.device | str = "cpu") -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor]]:
     """k-NN accuracy (%) of ``val`` against the ``train`` memory for each ``(k, temperature or None)``, each with
-    its 95 % binomial interval."""
+    its 95 % binomial interval, and each setting's predicted class per query (``[Q]``, the same names)."""
     k_max = min(max(k for k, _ in settings), len(train_labels))
     idx, sims = search(val_features, train_features, k_max, device=device, report=log)
     neighbour_labels = train_labels[idx]
-    results = {}
+    results, predicted = {}, {}
     for k, temperature in settings:
         k = min(k, k_max)
         scores = knn_predict(neighbour_labels, sims, num_classes, k, temperature)
@@ -197,10 +197,13 @@ def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, val_fea
         name = f"k{k}_" + ("majority" if temperature is None else f"weighted_T{temperature:g}")
         accuracy = {"top1": 100.0 * top1.item() / len(val_labels), "top5": 100.0 * top5.item() / len(val_labels)}
         results[name] = {"k": k, "temperature": temperature, **with_intervals(accuracy, len(val_labels))}
-    return results
+        predicted[name] = scores.argmax(1)  # ties by class index, as ranked_correct
+    return results, predicted
 
 
-LOGREG_C = (1e-4, 1e-3, 1e-2, 1e-1)  # inverse regularisation strengths tried, as scikit-learn's C
+# inverse regularisation strengths tried, as scikit-learn's C: 1e-4 ... 1e2 (until 2026-12-05 the grid ended at 0.1,
+# which most trained networks of the demo chose: docs/demo.md)
+LOGREG_C = tuple(10.0 ** e for e in range(-4, 3))
 
 
 @dataclass(frozen=True)
@@ -223,27 +226,34 @@ class FrozenProtocols:
 
 def frozen_protocol_scores(train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor,
                            val_labels: torch.Tensor, num_classes: int, protocols: FrozenProtocols,
-                           device: torch.device | str, seconds: dict[str, float]) -> dict:
+                           device: torch.device | str, seconds: dict[str, float],
+                           predictions: dict[str, torch.Tensor] | None = None) -> dict:
     """``{"logreg"?, "knn"?}`` of frozen features (``logistic_regression``, ``knn_scores``), each logged with its
-    interval; the seconds each took go into ``seconds``."""
-    out = {}
+    interval; the seconds each took go into ``seconds``, and each protocol's predicted class per query into
+    ``predictions`` (``logreg``, ``knn_<setting>``; for ``utils.io.save_predictions``)."""
+    out, predicted = {}, {}
     if protocols.holdout is not None:
         started = time.perf_counter()
-        out["logreg"] = r = logistic_regression(train_features, train_labels, val_features, val_labels,
-                                                protocols.seed, protocols.holdout, device=device)
+        out["logreg"], predicted["logreg"] = r, _ = logistic_regression(
+            train_features, train_labels, val_features, val_labels, protocols.seed, protocols.holdout, device=device)
         log(f"logistic regression (C = {r['C']:g}, chosen on {100 * protocols.holdout:.0f} % of train/): top-1 "
             f"{r['top1']:.2f} [{r['top1_ci95'][0]:.1f}, {r['top1_ci95'][1]:.1f}]  top-5 {r['top5']:.2f}"
             + ("" if r["converged"] else f"  (L-BFGS stopped after {r['iterations']} iterations with a gradient "
-               "entry still above its tolerance: not converged)"))
+               "entry still above its tolerance: not converged)")
+            + (f"  (C at the end of the grid {min(LOGREG_C):g}-{max(LOGREG_C):g}: the best may lie beyond it)"
+               if r["C_at_edge"] else ""))
         seconds["logreg"] = time.perf_counter() - started
     if protocols.knn:
         started = time.perf_counter()
-        out["knn"] = knn_scores(train_features, train_labels, val_features, val_labels, num_classes,
-                                list(protocols.knn_settings), device)
+        out["knn"], by_setting = knn_scores(train_features, train_labels, val_features, val_labels, num_classes,
+                                            list(protocols.knn_settings), device)
+        predicted.update({f"knn_{name}": p for name, p in by_setting.items()})
         for name, r in out["knn"].items():
             log(f"k-NN {name}: top-1 {r['top1']:.2f} [{r['top1_ci95'][0]:.1f}, {r['top1_ci95'][1]:.1f}]  "
                 f"top-5 {r['top5']:.2f}")
         seconds["knn"] = time.perf_counter() - started
+    if predictions is not None:
+        predictions.update(predicted)
     return out
 
 
@@ -292,12 +302,14 @@ def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, num_cl
 
 def logistic_regression(train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor,
                         val_labels: torch.Tensor, seed: int, holdout: float = 0.2,
-                        grid: tuple[float, ...] = LOGREG_C, device: torch.device | str = "cpu") -> dict:
+                        grid: tuple[float, ...] = LOGREG_C, device: torch.device | str = "cpu"
+                        ) -> tuple[dict, torch.Tensor]:
     """A converged linear probe for small data (CLIP's protocol): multinomial logistic regression with L-BFGS on the
     standardised frozen features. The regularisation ``C`` is chosen by top-1 on a stratified ``holdout`` share of
     the training features (drawn with ``seed``; the stronger regularisation wins a tie; the fits follow the path from
-    strong to weak, each warm-started from the last), then the probe is refit on all of them and scored on ``val``:
-    top-1 / top-5 (%) with 95 % intervals. The fits run on ``device`` (float32)."""
+    strong to weak, each warm-started from the last; ``C_at_edge`` when the choice is an end of ``grid``), then the
+    probe is refit on all of them and scored on ``val``: top-1 / top-5 (%) with 95 % intervals, and the predicted
+    class per query (``[Q]``). The fits run on ``device`` (float32)."""
     num_classes = int(max(train_labels.max(), val_labels.max())) + 1
     x, y = train_features.to(device, torch.float32), train_labels.to(device, torch.long)
 
@@ -319,9 +331,11 @@ def logistic_regression(train_features: torch.Tensor, train_labels: torch.Tensor
     top1, top5 = ranked_correct(logits, val_labels, (1, 5))
     count = len(val_labels)
     accuracy = {"top1": 100.0 * top1.item() / count, "top5": 100.0 * top5.item() / count}
-    return {"C": best, "holdout_top1": {f"{c:g}": v for c, v in held_top1.items()}, "holdout_fraction": holdout,
-            "iterations": iterations, "converged": converged, "num_train": len(y), "count": count,
-            **with_intervals(accuracy, count)}
+    results = {"C": best, "C_at_edge": best in (min(grid), max(grid)),
+               "holdout_top1": {f"{c:g}": v for c, v in held_top1.items()}, "holdout_fraction": holdout,
+               "iterations": iterations, "converged": converged, "num_train": len(y), "count": count,
+               **with_intervals(accuracy, count)}
+    return results, logits.argmax(1)
 
 
 def ranked_correct(scores: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
@@ -353,8 +367,8 @@ class KnnMonitor:
         if not self.ctx.is_main:
             return None
         self.features = (train_features, val_features) if self.keep else None
-        results = knn_scores(train_features, labels_of(self.train_set), val_features, labels_of(self.val_set),
-                             len(self.train_set.classes), [(10, None)], self.ctx.device)
+        results, _ = knn_scores(train_features, labels_of(self.train_set), val_features, labels_of(self.val_set),
+                                len(self.train_set.classes), [(10, None)], self.ctx.device)
         return {"knn10_top1": results["k10_majority"]["top1"], "knn10_top5": results["k10_majority"]["top5"]}
 
 

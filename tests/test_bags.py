@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.bags import BagError, bag_purity, group_bags, kmeans_assignments, random_bags
+from engine.evaluation import LOGREG_C
 from models import losses
 from utils.metrics import binomial_interval
 
@@ -70,12 +71,36 @@ def test_logistic_regression_probe_fits_separable_features_and_picks_c_on_the_ho
     features = torch.randn(300, 8) + 3 * F.one_hot(labels, 8).float()
     val_labels = torch.arange(90) % 3
     val = torch.randn(90, 8) + 3 * F.one_hot(val_labels, 8).float()
-    result = logistic_regression(features, labels, val, val_labels, seed=0)
+    result, predicted = logistic_regression(features, labels, val, val_labels, seed=0)
     assert result["top1"] > 90 and result["top5"] == 100.0 and result["count"] == 90
-    assert result["converged"] and result["C"] in (1e-4, 1e-3, 1e-2, 1e-1)
+    assert result["converged"] and result["C"] in LOGREG_C and set(result["holdout_top1"]) == {
+        f"{c:g}" for c in LOGREG_C}
     assert max(result["holdout_top1"].values()) == result["holdout_top1"][f"{result['C']:g}"]
     assert result["top1_ci95"][0] < result["top1"] <= result["top1_ci95"][1]
-    assert logistic_regression(features, labels, val, val_labels, seed=0) == result  # deterministic
+    assert 100.0 * (predicted == val_labels).double().mean().item() == pytest.approx(result["top1"])
+    again, predicted_again = logistic_regression(features, labels, val, val_labels, seed=0)
+    assert again == result and torch.equal(predicted_again, predicted)  # deterministic
+
+
+def test_the_probe_says_when_its_choice_of_c_is_an_end_of_the_grid():
+    """Classes told apart only once a large shared nuisance is cancelled need a weak penalty: a grid of strong ones
+    chooses its weakest and says it is an end; a grid going beyond finds a better C inside it and says nothing."""
+    from engine.evaluation import logistic_regression
+
+    torch.manual_seed(2)
+
+    def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(n) % 4
+        shared = 5 * torch.randn(n, 1)  # the same nuisance in every feature
+        return 0.3 * torch.randn(n, 16) + 0.6 * F.one_hot(labels, 16).float() + shared, labels
+
+    (features, labels), (val, val_labels) = split(400), split(200)
+    strong, _ = logistic_regression(features, labels, val, val_labels, seed=0, grid=(1e-4, 1e-3, 1e-2))
+    assert strong["C"] == 1e-2 and strong["C_at_edge"]
+    wide, _ = logistic_regression(features, labels, val, val_labels, seed=0, grid=(1e-2, 1.0, 1e2, 1e4, 1e6))
+    assert not wide["C_at_edge"] and 1e-2 < wide["C"] < 1e6
+    assert wide["holdout_top1"][f"{wide['C']:g}"] > strong["holdout_top1"]["0.01"] + 10
+    assert wide["top1"] > strong["top1"] + 10
 
 
 def test_the_lbfgs_probe_finds_scikit_learns_logistic_regression():

@@ -3,10 +3,14 @@ import json
 import math
 from dataclasses import replace
 
+import numpy as np
 import pytest
+import torch
 
 from scripts.demo import CONFIGS, aggregate, cell, differences, floors, mean_curve, summary, train_args, training_record
+from scripts.demo.results import mean_outcomes, outcomes, paired_half_width
 from scripts.demo.stages import share
+from utils.io import save_predictions
 
 
 def test_aggregate_gives_mean_and_sample_std_over_seeds():
@@ -44,6 +48,54 @@ def test_differences_say_whether_a_gap_exceeds_the_seeds_and_the_intervals():
     assert knn["difference"] == pytest.approx(3.0) and knn["seed_se"] == pytest.approx((0.5 ** 2 * 2 / 3) ** 0.5)
     assert knn["half_widths"] == pytest.approx(1.7) and knn["beyond_noise"]
     assert linear["difference"] == pytest.approx(1.0) and not linear["beyond_seeds"] and not linear["beyond_noise"]
+
+
+def test_paired_differences_count_only_the_images_the_two_rows_disagree_on():
+    """Two rows right on the same 5,000 of 10,000 images, and one of them on 150 more: +1.5 points, beyond the
+    paired interval (±0.24, from those 150 images) though within the two binomial half-widths (±1.0 each). The same
+    +1.5 made of 3,150 images gained and 3,000 lost is within its paired interval."""
+    n = 10_000
+    b = np.zeros(n)
+    b[:5000] = 1.0
+    a = b.copy()
+    a[5000:5150] = 1.0
+    c = b.copy()
+    c[:3000], c[5000:8150] = 0.0, 1.0
+    assert paired_half_width(a, b) == pytest.approx(1.96 * 100 * np.std(a - b, ddof=1) / n ** 0.5)
+    assert paired_half_width(a, b) == pytest.approx(0.24, abs=0.01)
+    assert paired_half_width(c, b) == pytest.approx(1.54, abs=0.01)
+
+    def row(model: str, right: np.ndarray) -> dict:
+        return {"model": model, "seeds": 2, "knn10_top1": 100 * right.mean(), "knn10_top1_std": 0.05,
+                "knn10_top1_half": 1.0, "linear_top1": 100 * right.mean(), "linear_top1_std": 0.05,
+                "linear_top1_half": 1.0}
+
+    rows = [row("a", a), row("b", b), row("c", c)]
+    correct = {m: {"knn10_top1": x, "linear_top1": x} for m, x in (("a", a), ("b", b), ("c", c))}
+    unpaired, _ = differences(rows, [("a", "b")])
+    (paired, _), (spread, _) = differences(rows, [("a", "b")], correct), differences(rows, [("c", "b")], correct)
+    assert unpaired["paired_half_width"] is None and not unpaired["beyond_intervals"] and not unpaired["beyond_noise"]
+    assert paired["difference"] == pytest.approx(1.5) and paired["beyond_intervals"] and paired["beyond_noise"]
+    assert spread["difference"] == pytest.approx(1.5) and not spread["beyond_intervals"]
+    assert differences(rows, [("a", "b")], {"a": correct["a"], "b": None})[0]["paired_half_width"] is None
+    lines = summary({"rows": [{**r, "kind": "student", "method": "bingo" if r["model"] == "a" else "seed",
+                               "label": r["model"]} for r in rows[:2]],
+                     "differences": [paired]})
+    assert lines[-1] == ("a against b, 10-NN: +1.5 points, beyond the noise; seed s.e. 0.1, paired interval ±0.2 "
+                         "(the same test images; separate half-widths 2.0)")
+
+
+def test_demo_outcomes_read_the_evaluations_predictions(tmp_path):
+    folder = tmp_path / "students" / "bingo" / "seed0" / "evaluation"
+    labels = torch.tensor([0, 1, 2, 2])
+    save_predictions(folder / "predictions.npz", labels, {"logreg": torch.tensor([0, 1, 1, 2]),
+                                                          "knn_k10_majority": torch.tensor([0, 0, 2, 2])})
+    found = outcomes(tmp_path, "students/bingo/seed0")
+    assert found["linear_top1"].tolist() == [True, True, False, True]
+    assert found["knn10_top1"].tolist() == [True, False, True, True]
+    assert outcomes(tmp_path, "students/bingo/seed1") is None  # an evaluation written before predictions.npz
+    assert mean_outcomes([found, found])["knn10_top1"].tolist() == [1.0, 0.0, 1.0, 1.0]
+    assert mean_outcomes([found, None]) is None
 
 
 def test_summary_names_rows_below_their_untrained_network_and_compares_bingo():

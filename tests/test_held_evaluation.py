@@ -17,6 +17,7 @@ from engine.evaluation import recompute_bn_statistics
 from engine.features import embed
 from models.backbones import build_backbone
 from utils import dist as edist
+from utils.io import load_predictions
 
 from helpers import make_idx_release, make_image_folder, run_cases, run_script
 
@@ -102,6 +103,15 @@ def test_in_memory_monitor_final_evaluation_lincls_and_knn_step_on_a_fashion_mni
     assert final["logreg"]["C"] == results["logreg"]["C"]
     assert final["logreg"]["top1"] == pytest.approx(results["logreg"]["top1"])
     assert final["logreg"]["holdout_top1"] == pytest.approx(results["logreg"]["holdout_top1"])
+    # each protocol's prediction per query, beside the labels: the accuracies of results.json, the same from both
+    predicted, predicted_final = (load_predictions(folder / "predictions.npz")
+                                  for folder in (tmp_path / "logreg", out / "evaluation"))
+    assert set(predicted) == {"labels", "logreg", *(f"knn_{name}" for name in results["knn"])} == set(predicted_final)
+    assert len(predicted["labels"]) == 15 and (predicted["labels"] == predicted_final["labels"]).all()
+    for name, protocol in (("logreg", results["logreg"]),
+                           *((f"knn_{name}", scores) for name, scores in results["knn"].items())):
+        assert 100 * (predicted[name] == predicted["labels"]).mean() == pytest.approx(protocol["top1"]), name
+        assert (predicted[name] == predicted_final[name]).all(), name
     # a finished run started again (two processes now) trains nothing: the monitor embeds once more for it
     (out / "evaluation" / "results.json").unlink()
     run_script("main_distill.py", [*train, "--knn_monitor_freq=1", "--final_evaluation", "--resume=auto",

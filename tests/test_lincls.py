@@ -1,12 +1,15 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 
-from engine.evaluation import Classifier, knn_predict, label_subset
+from engine.evaluation import Classifier, knn_predict, knn_scores, label_subset
 from models.backbones import build_backbone
+from utils.io import load_predictions, save_predictions
 
 from helpers import make_image_folder, moco_release, run_cases, run_script, swav_release
 
@@ -119,6 +122,26 @@ def test_knn_votes_by_hand():
     assert weighted.argmax(1).tolist() == [0, 0]
 
 
+def test_knn_predictions_are_the_classes_the_accuracies_count_and_round_trip_without_pickle(tmp_path):
+    memory = F.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0]]), dim=1)
+    memory_labels = torch.tensor([0, 0, 1, 1, 2])
+    queries = F.normalize(torch.tensor([[1.0, 0.05], [0.05, 1.0], [-1.0, 0.1], [0.7, 0.7]]), dim=1)
+    query_labels = torch.tensor([0, 1, 2, 1])
+    results, predicted = knn_scores(memory, memory_labels, queries, query_labels, 3, [(1, None), (2, 0.07)])
+    assert predicted["k1_majority"].tolist() == [0, 1, 2, 0]  # the last query's nearest is class 0's [0.9, 0.1]
+    assert results["k1_majority"]["top1"] == 75.0
+    for name, classes in predicted.items():
+        assert 100 * (classes == query_labels).double().mean().item() == pytest.approx(results[name]["top1"])
+    save_predictions(tmp_path / "predictions.npz", query_labels, predicted)
+    loaded = load_predictions(tmp_path / "predictions.npz")
+    assert set(loaded) == {"labels", "k1_majority", "k2_weighted_T0.07"}
+    assert loaded["labels"].tolist() == query_labels.tolist()
+    assert loaded["k1_majority"].tolist() == predicted["k1_majority"].tolist()
+    np.savez(tmp_path / "pickled.npz", labels=np.array([{"not": "an integer"}], dtype=object))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        load_predictions(tmp_path / "pickled.npz")
+
+
 def test_label_subsets(tmp_path):
     samples = [(f"/r/c{c}/i{i}.png", c) for c in range(3) for i in range(10)]
     chosen = label_subset(samples, "/r", fraction=0.2, seed=1)
@@ -229,7 +252,7 @@ def test_the_logistic_regression_protocol_scores_a_floor_and_a_network_with_inte
     assert pixels["knn"]["k10_majority"]["top1"] == pytest.approx(_pixel_knn_by_hand(data))  # the same features
     scored = json.loads((tmp_path / "net" / "results.json").read_text())
     assert "knn" not in scored and 0 <= scored["logreg"]["top1"] <= scored["logreg"]["top5"] <= 100
-    assert set(scored["logreg"]["holdout_top1"]) == {"0.0001", "0.001", "0.01", "0.1"}
+    assert set(scored["logreg"]["holdout_top1"]) == {"0.0001", "0.001", "0.01", "0.1", "1", "10", "100"}
 
 
 def test_the_frozen_subset_probe_trains_only_the_linear_layer_on_the_label_subset(probe_data, tmp_path):

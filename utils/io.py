@@ -23,6 +23,8 @@ __all__ = [
     "free_bytes",
     "atomic_torch_save",
     "atomic_json",
+    "save_predictions",
+    "load_predictions",
     "rng_state",
     "set_rng_state",
     "resolve_resume",
@@ -118,6 +120,26 @@ def atomic_json(obj: Any, path: str | os.PathLike) -> None:
             handle.write("\n")
 
     atomic_write(path, write)
+
+
+def save_predictions(path: str | os.PathLike, labels: torch.Tensor, predictions: dict[str, torch.Tensor]) -> None:
+    """Each protocol's predicted class per query beside the queries' labels, as one ``.npz`` of integer arrays
+    (``load_predictions``): what a paired comparison of two networks on the same queries needs. Written by the
+    evaluations (``engine.evaluation.frozen_protocol_scores``'s ``predictions``)."""
+    arrays = {"labels": labels.cpu().numpy().astype(np.int64),
+              **{name: p.cpu().numpy().astype(np.int64) for name, p in predictions.items()}}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # a handle: np.savez would add .npz to a name
+            np.savez(handle, **arrays)
+
+    atomic_write(path, write)
+
+
+def load_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """``save_predictions``'s arrays (integers only: nothing is unpickled)."""
+    with np.load(path, allow_pickle=False) as saved:
+        return {name: saved[name] for name in saved.files}
 
 
 def check_writable(folder: str | os.PathLike) -> Path:

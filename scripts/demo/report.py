@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scripts.demo.configs import BAG_LABELS, METHOD_LABELS
+from scripts.demo.configs import BAG_LABELS
 from scripts.demo.plots import plot
-from scripts.demo.results import differences
+from scripts.demo.results import comparisons, differences
 from utils.io import atomic_json
 
 
@@ -64,7 +64,9 @@ def time_table(results: dict) -> str:
 
 def _difference_line(d: dict, labels: dict) -> str:
     name = {"knn10_top1": "10-NN", "linear_top1": "linear"}[d["score"]]
-    intervals = f"interval half-widths {d['half_widths']:.1f}"
+    paired = d.get("paired_half_width")
+    intervals = (f"interval half-widths {d['half_widths']:.1f}" if paired is None else
+                 f"paired interval ±{paired:.1f} (the same test images; separate half-widths {d['half_widths']:.1f})")
     if d["seed_se"] is None:
         verdict = (f"{'beyond' if d['beyond_intervals'] else 'within'} the intervals ({intervals}); one seed, so "
                    "the seeds' spread is not measured (run --seeds 3)")
@@ -72,22 +74,10 @@ def _difference_line(d: dict, labels: dict) -> str:
     verdict = ("beyond the noise" if d["beyond_noise"] else
                "within the noise (" + ", ".join(part for part, hit in (
                    (f"2 × seed s.e. {2 * d['seed_se']:.1f}", not d["beyond_seeds"]),
-                   (f"intervals {d['half_widths']:.1f}", not d["beyond_intervals"])) if hit) + ")")
+                   (f"intervals {d['half_widths'] if paired is None else paired:.1f}", not d["beyond_intervals"]))
+               if hit) + ")")
     return (f"{labels[d['a']]} against {labels[d['b']]}, {name}: {d['difference']:+.1f} points, {verdict}; "
             f"seed s.e. {d['seed_se']:.1f}, {intervals}")
-
-
-def comparisons(results: dict) -> list[tuple[str, str]]:
-    """The pairs the report compares: BINGO against every baseline; with several kinds of bag, each kind against
-    the next purer one, and the label bags against SEED."""
-    models = {r["model"]: r for r in results["rows"] if r["kind"] == "student"}
-    bingos = sorted((r for r in models.values() if r.get("method") == "bingo"), key=lambda r: r.get("bag_purity") or 0)
-    if len(bingos) > 1:
-        pairs = [(b["model"], a["model"]) for a, b in zip(bingos, bingos[1:])]
-        return pairs + [(bingos[-1]["model"], other) for other in ("seed", "moco") if other in models]
-    if "bingo" not in models:
-        return []
-    return [("bingo", other) for other in METHOD_LABELS if other != "bingo" and other in models]
 
 
 def summary(results: dict) -> list[str]:
@@ -113,7 +103,10 @@ def summary(results: dict) -> list[str]:
             parts.append(f"against raw pixels {gaps}")
         lines.append(f"{r['label']}: " + ("; ".join(parts) or "no floor scored to compare with"))
     labels = {r["model"]: r["label"] for r in results["rows"]}
-    lines += [_difference_line(d, labels) for d in differences(results["rows"], comparisons(results))]
+    found = results.get("differences")
+    if found is None:  # results gathered before the differences were (no per-image predictions)
+        found = differences(results["rows"], comparisons(results["rows"]))
+    lines += [_difference_line(d, labels) for d in found]
     return lines
 
 

@@ -1,5 +1,6 @@
 """Gathering the demo's results: each evaluated network's scores with their intervals, each training stage's curves,
-the students' means over seeds, and each kind of bag's purity."""
+the students' means over seeds, each kind of bag's purity, and the compared pairs' differences, paired over the
+same test images."""
 from __future__ import annotations
 
 import json
@@ -10,8 +11,11 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from scripts.demo.configs import ARCH_LABELS, Config, model_label, variants
+import numpy as np
+
+from scripts.demo.configs import ARCH_LABELS, METHOD_LABELS, Config, model_label, variants
 from scripts.demo.stages import floors, neighbours_file, student_folder
+from utils.io import load_predictions
 from utils.logs import read_metrics
 
 SCORES = ("knn10_top1", "linear_top1", "linear_top5")
@@ -26,6 +30,24 @@ def scores(run_dir: Path, folder: str) -> dict:
             "linear_top1": probe["top1"], "linear_top1_ci95": probe["top1_ci95"],
             "linear_top5": probe["top5"], "linear_top5_ci95": probe["top5_ci95"],
             "logreg_C": probe["C"], "num_queries": results["num_val"], "num_memory": results["num_train"]}
+
+
+def outcomes(run_dir: Path, folder: str) -> dict[str, np.ndarray] | None:
+    """Per test image, whether the 10-NN classifier and the probe were right (from the evaluation's
+    ``predictions.npz``; None for an evaluation written before it had one)."""
+    path = run_dir / folder / "evaluation" / "predictions.npz"
+    if not path.is_file():
+        return None
+    predicted = load_predictions(path)
+    return {"knn10_top1": predicted["knn_k10_majority"] == predicted["labels"],
+            "linear_top1": predicted["logreg"] == predicted["labels"]}
+
+
+def mean_outcomes(per_run: list[dict[str, np.ndarray] | None]) -> dict[str, np.ndarray] | None:
+    """The share of a row's runs (seeds) right on each test image; None unless every run has its predictions."""
+    if not per_run or any(o is None for o in per_run):
+        return None
+    return {key: np.mean([o[key] for o in per_run], axis=0) for key in per_run[0]}
 
 
 def finished(run_dir: Path, folder: str) -> bool:
@@ -112,11 +134,12 @@ def collect(cfg: Config, run_dir: Path, seconds: float | None, load_before: list
     unfinished folders are listed under ``missing`` and ``complete`` is false."""
     times_path = run_dir / "stage_times.json"
     times = json.loads(times_path.read_text()) if times_path.is_file() else {}
-    rows, missing = [], []
+    rows, missing, correct = [], [], {}
     for folder, (arch, _, label) in floors(cfg).items():
         if not finished(run_dir, folder):
             missing.append(folder)
             continue
+        correct[folder.split("/")[-1]] = mean_outcomes([outcomes(run_dir, folder)])
         rows.append({"model": folder.split("/")[-1], "label": label, "kind": "floor", "arch": arch, "seeds": 1,
                      **aggregate([scores(run_dir, folder)])})
     by_model = {r["model"]: r for r in rows}
@@ -129,13 +152,15 @@ def collect(cfg: Config, run_dir: Path, seconds: float | None, load_before: list
     else:
         missing.append("teacher")
     for model, method, bagging in variants(cfg):
-        runs = []
+        runs, per_run = [], []
         for seed in range(cfg.seeds):
             folder = student_folder(model, seed)
             if not finished(run_dir, folder):
                 missing.append(folder)
                 continue
             runs.append({"seed": seed, **scores(run_dir, folder), **training_record(run_dir, folder, times)})
+            per_run.append(outcomes(run_dir, folder))
+        correct[model] = mean_outcomes(per_run)
         if runs:
             rows.append({"model": model, "method": method, "bagging": bagging,
                          "bag_purity": bag_purity(run_dir, bagging) if bagging else None,
@@ -150,7 +175,7 @@ def collect(cfg: Config, run_dir: Path, seconds: float | None, load_before: list
                 row[f"above_{name}"] = {key: row[key] > row[name][key] for key in ("knn10_top1", "linear_top1")}
     purity = {b: bag_purity(run_dir, b) for b in cfg.bags if neighbours_file(run_dir, b).with_suffix(".json").is_file()}
     return {"config": asdict(cfg), "rows": rows, "complete": not missing, "missing": missing,
-            "bag_purity": purity,
+            "bag_purity": purity, "differences": differences(rows, comparisons(rows), correct),
             "wall_seconds": seconds, "total_stage_seconds": sum(times.values()), "stage_seconds": times,
             "time_breakdown": time_breakdown(run_dir, times),
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -159,24 +184,52 @@ def collect(cfg: Config, run_dir: Path, seconds: float | None, load_before: list
             "command": " ".join([Path(sys.executable).name, "-m", "scripts.demo", *sys.argv[1:]])}
 
 
-def differences(rows: list[dict], pairs: list[tuple[str, str]]) -> list[dict]:
+def comparisons(rows: list[dict]) -> list[tuple[str, str]]:
+    """The pairs the report compares: BINGO against every baseline; with several kinds of bag, each kind against
+    the next purer one, and the purest against SEED and MoCo-v2."""
+    models = {r["model"]: r for r in rows if r["kind"] == "student"}
+    bingos = sorted((r for r in models.values() if r.get("method") == "bingo"), key=lambda r: r.get("bag_purity") or 0)
+    if len(bingos) > 1:
+        pairs = [(b["model"], a["model"]) for a, b in zip(bingos, bingos[1:])]
+        return pairs + [(bingos[-1]["model"], other) for other in ("seed", "moco") if other in models]
+    if "bingo" not in models:
+        return []
+    return [("bingo", other) for other in METHOD_LABELS if other != "bingo" and other in models]
+
+
+def paired_half_width(a: np.ndarray, b: np.ndarray) -> float:
+    """The 95 % half-width (points) of the difference of two rows' accuracies on the same test images, from the
+    per-image difference of their shares right (``mean_outcomes``): 1.96 sd / sqrt(n). Pairing removes what both
+    rows get right or wrong alike; two rows' separate binomial intervals count it twice."""
+    gap = 100.0 * (a.astype(np.float64) - b.astype(np.float64))
+    return 1.96 * float(gap.std(ddof=1)) / len(gap) ** 0.5
+
+
+def differences(rows: list[dict], pairs: list[tuple[str, str]],
+                correct: dict[str, dict[str, np.ndarray] | None] | None = None) -> list[dict]:
     """For each ``(a, b)`` pair of student models: the difference of their means on each score, its standard error
-    from the seeds (``sqrt(s_a^2/n_a + s_b^2/n_b)``; None with one seed) and the two runs' binomial half-widths;
-    ``beyond_noise`` when the difference exceeds both twice its standard error and the sum of the half-widths (never
-    with one seed, whose spread over seeds is unmeasured)."""
+    from the seeds (``sqrt(s_a^2/n_a + s_b^2/n_b)``; None with one seed), the two runs' binomial half-widths, and,
+    where ``correct`` holds both rows' per-image outcomes (``mean_outcomes``), the paired half-width of the
+    difference on the same test images (``paired_half_width``; None otherwise). ``beyond_intervals``: the difference
+    exceeds the paired half-width, or, without one, the sum of the two half-widths; ``beyond_noise``: that and twice
+    the seeds' standard error (never with one seed, whose spread over seeds is unmeasured)."""
     by_model = {r["model"]: r for r in rows}
+    correct = correct or {}
     out = []
     for a, b in pairs:
         ra, rb = by_model[a], by_model[b]
         for key in ("knn10_top1", "linear_top1"):
             delta = ra[key] - rb[key]
             halves = ra.get(f"{key}_half", 0.0) + rb.get(f"{key}_half", 0.0)
+            paired = (paired_half_width(correct[a][key], correct[b][key])
+                      if correct.get(a) is not None and correct.get(b) is not None else None)
             if min(ra["seeds"], rb["seeds"]) < 2:  # one seed: the seeds' spread is not measured
                 se, beyond_seeds = None, None
             else:
                 se = (ra[f"{key}_std"] ** 2 / ra["seeds"] + rb[f"{key}_std"] ** 2 / rb["seeds"]) ** 0.5
-                beyond_seeds = abs(delta) > 2 * se
+                beyond_seeds = bool(abs(delta) > 2 * se)
+            beyond_intervals = bool(abs(delta) > (halves if paired is None else paired))
             out.append({"a": a, "b": b, "score": key, "difference": delta, "seed_se": se, "half_widths": halves,
-                        "beyond_seeds": beyond_seeds, "beyond_intervals": abs(delta) > halves,
-                        "beyond_noise": bool(beyond_seeds) and abs(delta) > halves})
+                        "paired_half_width": paired, "beyond_seeds": beyond_seeds,
+                        "beyond_intervals": beyond_intervals, "beyond_noise": bool(beyond_seeds) and beyond_intervals})
     return out
