@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scripts.demo import CONFIGS, aggregate, cell, differences, floors, mean_curve, summary, train_args, training_record
-from scripts.demo.results import mean_outcomes, outcomes, paired_half_width
+from scripts.demo.results import comparisons, mean_outcomes, outcomes, paired_half_width, seeds_bound
 from scripts.demo.stages import share
 from utils.io import save_predictions
 
@@ -39,6 +39,15 @@ def test_cells_show_intervals_std_for_several_seeds_and_mark_rows_below_their_fl
     assert cell({"seeds": 1, "knn10_top1": 73.4}, "knn10_top1") == "73.4"  # no interval recorded, a floor: no mark
 
 
+def test_the_seeds_bound_is_welchs():
+    se, df, t = seeds_bound(0.3, 3, 0.1, 3)
+    assert se == pytest.approx((0.09 / 3 + 0.01 / 3) ** 0.5)
+    assert df == pytest.approx((0.1 / 3) ** 2 / ((0.09 / 3) ** 2 / 2 + (0.01 / 3) ** 2 / 2))  # 2.44
+    assert 2.9 < t < 4.3  # between Student's quantiles for 3 and 2 degrees of freedom (3.18, 4.30)
+    assert seeds_bound(0.0, 2, 0.0, 2) == (0.0, 2, pytest.approx(4.303, abs=1e-3))
+    assert seeds_bound(1.0, 1000, 1.0, 1000)[2] == pytest.approx(1.96, abs=0.01)
+
+
 def test_differences_say_whether_a_gap_exceeds_the_seeds_and_the_intervals():
     rows = [{"model": "a", "seeds": 3, "knn10_top1": 75.0, "knn10_top1_std": 0.5, "knn10_top1_half": 0.8,
              "linear_top1": 80.0, "linear_top1_std": 3.0, "linear_top1_half": 0.8},
@@ -46,6 +55,7 @@ def test_differences_say_whether_a_gap_exceeds_the_seeds_and_the_intervals():
              "linear_top1": 79.0, "linear_top1_std": 3.0, "linear_top1_half": 0.8}]
     knn, linear = differences(rows, [("a", "b")])
     assert knn["difference"] == pytest.approx(3.0) and knn["seed_se"] == pytest.approx((0.5 ** 2 * 2 / 3) ** 0.5)
+    assert knn["seed_t"] == pytest.approx(2.776, abs=1e-3)  # Student's 95 % quantile, Welch's 4 degrees of freedom
     assert knn["half_widths"] == pytest.approx(1.7) and knn["beyond_noise"]
     assert linear["difference"] == pytest.approx(1.0) and not linear["beyond_seeds"] and not linear["beyond_noise"]
 
@@ -85,6 +95,22 @@ def test_paired_differences_count_only_the_images_the_two_rows_disagree_on():
                          "(the same test images; separate half-widths 2.0)")
 
 
+def test_the_report_compares_each_kind_of_bag_with_the_next_purer_and_the_papers_bags_with_seed():
+    def student(model: str, method: str, purity: float | None = None) -> dict:
+        return {"kind": "student", "model": model, "method": method, "bag_purity": purity}
+
+    rows = [{"kind": "floor", "model": "pixels"}, student("moco", "moco"), student("seed", "seed"),
+            student("bingo-label", "bingo", 100.0), student("bingo", "bingo", 74.9),
+            student("bingo-random", "bingo", 10.1), student("bingo-kmeans", "bingo", 50.1)]
+    assert comparisons(rows) == [("bingo-kmeans", "bingo-random"), ("bingo", "bingo-kmeans"),
+                                 ("bingo-label", "bingo"), ("bingo", "seed"), ("bingo-label", "seed"),
+                                 ("bingo-label", "moco")]
+    # one kind of bag: BINGO against every baseline there is
+    assert comparisons([*rows[:3], student("bingo", "bingo", 74.9), student("disco", "disco")]) == [
+        ("bingo", "moco"), ("bingo", "seed"), ("bingo", "disco")]
+    assert comparisons(rows[:3]) == []
+
+
 def test_demo_outcomes_read_the_evaluations_predictions(tmp_path):
     folder = tmp_path / "students" / "bingo" / "seed0" / "evaluation"
     labels = torch.tensor([0, 1, 2, 2])
@@ -118,7 +144,7 @@ def test_summary_names_rows_below_their_untrained_network_and_compares_bingo():
                              "(10-NN +11.0, linear -1.0)")
     assert lines[2].startswith("bingo: above the same network untrained (10-NN +3.0, linear +8.5); above")
     assert lines[3].startswith("bingo against moco, 10-NN: +4.0 points, beyond the noise; seed s.e. 0.4")
-    assert lines[4].startswith("bingo against moco, linear: +3.5 points, within the noise (2 × seed s.e. 4.9)")
+    assert lines[4].startswith("bingo against moco, linear: +3.5 points, within the noise (2.8 × seed s.e. 6.8)")
     assert lines[5].startswith("bingo against seed, 10-NN: +2.0 points, beyond the noise")
     assert len(lines) == 7
 

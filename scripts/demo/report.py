@@ -73,7 +73,7 @@ def _difference_line(d: dict, labels: dict) -> str:
         return f"{labels[d['a']]} against {labels[d['b']]}, {name}: {d['difference']:+.1f} points, {verdict}"
     verdict = ("beyond the noise" if d["beyond_noise"] else
                "within the noise (" + ", ".join(part for part, hit in (
-                   (f"2 × seed s.e. {2 * d['seed_se']:.1f}", not d["beyond_seeds"]),
+                   (f"{d['seed_t']:.1f} × seed s.e. {d['seed_t'] * d['seed_se']:.1f}", not d["beyond_seeds"]),
                    (f"intervals {d['half_widths'] if paired is None else paired:.1f}", not d["beyond_intervals"]))
                if hit) + ")")
     return (f"{labels[d['a']]} against {labels[d['b']]}, {name}: {d['difference']:+.1f} points, {verdict}; "

@@ -186,11 +186,14 @@ def collect(cfg: Config, run_dir: Path, seconds: float | None, load_before: list
 
 def comparisons(rows: list[dict]) -> list[tuple[str, str]]:
     """The pairs the report compares: BINGO against every baseline; with several kinds of bag, each kind against
-    the next purer one, and the purest against SEED and MoCo-v2."""
+    the next purer one, the paper's (the teacher's k-NN bags) against SEED, and the purest against SEED and
+    MoCo-v2."""
     models = {r["model"]: r for r in rows if r["kind"] == "student"}
     bingos = sorted((r for r in models.values() if r.get("method") == "bingo"), key=lambda r: r.get("bag_purity") or 0)
     if len(bingos) > 1:
         pairs = [(b["model"], a["model"]) for a, b in zip(bingos, bingos[1:])]
+        if "bingo" in models and "seed" in models and bingos[-1]["model"] != "bingo":
+            pairs.append(("bingo", "seed"))
         return pairs + [(bingos[-1]["model"], other) for other in ("seed", "moco") if other in models]
     if "bingo" not in models:
         return []
@@ -205,14 +208,28 @@ def paired_half_width(a: np.ndarray, b: np.ndarray) -> float:
     return 1.96 * float(gap.std(ddof=1)) / len(gap) ** 0.5
 
 
+def seeds_bound(std_a: float, n_a: int, std_b: float, n_b: int) -> tuple[float, float, float]:
+    """``(se, df, t)`` for the difference of two means over seeds: Welch's standard error ``sqrt(s_a^2/n_a +
+    s_b^2/n_b)``, its Welch-Satterthwaite degrees of freedom (``n_a + n_b - 2`` when both spreads are 0) and Student's
+    two-sided 95 % quantile for them (``t * se`` is the bound a difference must pass: about 2.8 x se for 3 seeds
+    against 3, not 2)."""
+    from scipy.stats import t as student_t  # scikit-learn's dependency, imported only here
+
+    va, vb = std_a ** 2 / n_a, std_b ** 2 / n_b
+    se = (va + vb) ** 0.5
+    df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1)) if va + vb > 0 else n_a + n_b - 2
+    return se, df, float(student_t.ppf(0.975, df))
+
+
 def differences(rows: list[dict], pairs: list[tuple[str, str]],
                 correct: dict[str, dict[str, np.ndarray] | None] | None = None) -> list[dict]:
     """For each ``(a, b)`` pair of student models: the difference of their means on each score, its standard error
-    from the seeds (``sqrt(s_a^2/n_a + s_b^2/n_b)``; None with one seed), the two runs' binomial half-widths, and,
-    where ``correct`` holds both rows' per-image outcomes (``mean_outcomes``), the paired half-width of the
-    difference on the same test images (``paired_half_width``; None otherwise). ``beyond_intervals``: the difference
-    exceeds the paired half-width, or, without one, the sum of the two half-widths; ``beyond_noise``: that and twice
-    the seeds' standard error (never with one seed, whose spread over seeds is unmeasured)."""
+    from the seeds and Student's 95 % quantile for it (``seeds_bound``; None with one seed), the two runs' binomial
+    half-widths, and, where ``correct`` holds both rows' per-image outcomes (``mean_outcomes``), the paired
+    half-width of the difference on the same test images (``paired_half_width``; None otherwise).
+    ``beyond_seeds``: the difference exceeds ``t * se``; ``beyond_intervals``: it exceeds the paired half-width, or,
+    without one, the sum of the two half-widths; ``beyond_noise``: both (never with one seed, whose spread over
+    seeds is unmeasured)."""
     by_model = {r["model"]: r for r in rows}
     correct = correct or {}
     out = []
@@ -224,12 +241,12 @@ def differences(rows: list[dict], pairs: list[tuple[str, str]],
             paired = (paired_half_width(correct[a][key], correct[b][key])
                       if correct.get(a) is not None and correct.get(b) is not None else None)
             if min(ra["seeds"], rb["seeds"]) < 2:  # one seed: the seeds' spread is not measured
-                se, beyond_seeds = None, None
+                se, t, beyond_seeds = None, None, None
             else:
-                se = (ra[f"{key}_std"] ** 2 / ra["seeds"] + rb[f"{key}_std"] ** 2 / rb["seeds"]) ** 0.5
-                beyond_seeds = bool(abs(delta) > 2 * se)
+                se, _, t = seeds_bound(ra[f"{key}_std"], ra["seeds"], rb[f"{key}_std"], rb["seeds"])
+                beyond_seeds = bool(abs(delta) > t * se)
             beyond_intervals = bool(abs(delta) > (halves if paired is None else paired))
-            out.append({"a": a, "b": b, "score": key, "difference": delta, "seed_se": se, "half_widths": halves,
-                        "paired_half_width": paired, "beyond_seeds": beyond_seeds,
+            out.append({"a": a, "b": b, "score": key, "difference": delta, "seed_se": se, "seed_t": t,
+                        "half_widths": halves, "paired_half_width": paired, "beyond_seeds": beyond_seeds,
                         "beyond_intervals": beyond_intervals, "beyond_noise": bool(beyond_seeds) and beyond_intervals})
     return out
