@@ -32,6 +32,7 @@ __all__ = [
     "labels_of",
     "logistic_regression",
     "LOGREG_C",
+    "LOGREG_PATIENCE",
     "FrozenProtocols",
     "frozen_protocol_scores",
     "fit_logistic_regression",
@@ -204,6 +205,7 @@ def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, val_fea
 # inverse regularisation strengths tried, as scikit-learn's C: 1e-4 ... 1e2 (until 2026-12-05 the grid ended at 0.1,
 # which most trained networks of the demo chose: docs/demo.md)
 LOGREG_C = tuple(10.0 ** e for e in range(-4, 3))
+LOGREG_PATIENCE = 2  # the path from strong to weak stops once this many successive C score below the best so far
 
 
 @dataclass(frozen=True)
@@ -302,12 +304,13 @@ def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, num_cl
 
 def logistic_regression(train_features: torch.Tensor, train_labels: torch.Tensor, val_features: torch.Tensor,
                         val_labels: torch.Tensor, seed: int, holdout: float = 0.2,
-                        grid: tuple[float, ...] = LOGREG_C, device: torch.device | str = "cpu"
-                        ) -> tuple[dict, torch.Tensor]:
+                        grid: tuple[float, ...] = LOGREG_C, device: torch.device | str = "cpu",
+                        patience: int | None = LOGREG_PATIENCE) -> tuple[dict, torch.Tensor]:
     """A converged linear probe for small data (CLIP's protocol): multinomial logistic regression with L-BFGS on the
     standardised frozen features. The regularisation ``C`` is chosen by top-1 on a stratified ``holdout`` share of
     the training features (drawn with ``seed``; the stronger regularisation wins a tie; the fits follow the path from
-    strong to weak, each warm-started from the last; ``C_at_edge`` when the choice is an end of ``grid``), then the
+    strong to weak, each warm-started from the last, and stop once ``patience`` successive C score below the best so
+    far, which spares the weakest, slowest fits; ``C_at_edge`` when the choice is an end of ``grid``), then the
     probe is refit on all of them and scored on ``val``: top-1 / top-5 (%) with 95 % intervals, and the predicted
     class per query (``[Q]``). The fits run on ``device`` (float32)."""
     num_classes = int(max(train_labels.max(), val_labels.max())) + 1
@@ -324,7 +327,10 @@ def logistic_regression(train_features: torch.Tensor, train_labels: torch.Tensor
         weight, bias, _, _ = fit_logistic_regression(fit_x, y[fit_idx], num_classes, c, start)
         start = fits[c] = (weight, bias)
         held_top1[c] = 100.0 * float(((held_x @ weight + bias).argmax(1) == y[held_idx]).float().mean())
-    best = max(sorted(grid), key=lambda c: (held_top1[c], -c))
+        scores = list(held_top1.values())
+        if patience and len(scores) > patience and max(scores[-patience:]) < max(scores[:-patience]):
+            break
+    best = max(held_top1, key=lambda c: (held_top1[c], -c))
     all_x, val_x = standardise(x, val_features.to(device, torch.float32))
     weight, bias, iterations, converged = fit_logistic_regression(all_x, y, num_classes, best, fits[best])
     logits = (val_x @ weight + bias).double().cpu()

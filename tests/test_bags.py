@@ -73,8 +73,8 @@ def test_logistic_regression_probe_fits_separable_features_and_picks_c_on_the_ho
     val = torch.randn(90, 8) + 3 * F.one_hot(val_labels, 8).float()
     result, predicted = logistic_regression(features, labels, val, val_labels, seed=0)
     assert result["top1"] > 90 and result["top5"] == 100.0 and result["count"] == 90
-    assert result["converged"] and result["C"] in LOGREG_C and set(result["holdout_top1"]) == {
-        f"{c:g}" for c in LOGREG_C}
+    tried = list(result["holdout_top1"])
+    assert result["converged"] and result["C"] in LOGREG_C and tried == [f"{c:g}" for c in LOGREG_C[:len(tried)]]
     assert max(result["holdout_top1"].values()) == result["holdout_top1"][f"{result['C']:g}"]
     assert result["top1_ci95"][0] < result["top1"] <= result["top1_ci95"][1]
     assert 100.0 * (predicted == val_labels).double().mean().item() == pytest.approx(result["top1"])
@@ -101,6 +101,24 @@ def test_the_probe_says_when_its_choice_of_c_is_an_end_of_the_grid():
     assert not wide["C_at_edge"] and 1e-2 < wide["C"] < 1e6
     assert wide["holdout_top1"][f"{wide['C']:g}"] > strong["holdout_top1"]["0.01"] + 10
     assert wide["top1"] > strong["top1"] + 10
+
+
+def test_the_probes_path_stops_after_two_worse_c_and_chooses_as_the_whole_grid_does():
+    """Separable features score best under a strong penalty: the path from strong to weak stops two C after its
+    best, and the whole grid (no patience) tries every C and chooses the same one."""
+    from engine.evaluation import logistic_regression
+
+    torch.manual_seed(3)
+    labels = torch.arange(300) % 3
+    features = 0.8 * torch.randn(300, 64) + 1.2 * F.one_hot(labels, 64).float()
+    val_labels = torch.arange(150) % 3
+    val = 0.8 * torch.randn(150, 64) + 1.2 * F.one_hot(val_labels, 64).float()
+    stopped, predicted = logistic_regression(features, labels, val, val_labels, seed=0)
+    whole, predicted_whole = logistic_regression(features, labels, val, val_labels, seed=0, patience=None)
+    assert list(whole["holdout_top1"]) == [f"{c:g}" for c in LOGREG_C]
+    held = list(stopped["holdout_top1"].values())
+    assert len(held) < len(LOGREG_C) and max(held[-2:]) < max(held[:-2])  # stopped two C after its best
+    assert stopped["C"] == whole["C"] and stopped["top1"] == whole["top1"] and torch.equal(predicted, predicted_whole)
 
 
 def test_the_lbfgs_probe_finds_scikit_learns_logistic_regression():

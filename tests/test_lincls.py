@@ -252,7 +252,7 @@ def test_the_logistic_regression_protocol_scores_a_floor_and_a_network_with_inte
     assert pixels["knn"]["k10_majority"]["top1"] == pytest.approx(_pixel_knn_by_hand(data))  # the same features
     scored = json.loads((tmp_path / "net" / "results.json").read_text())
     assert "knn" not in scored and 0 <= scored["logreg"]["top1"] <= scored["logreg"]["top5"] <= 100
-    assert set(scored["logreg"]["holdout_top1"]) == {"0.0001", "0.001", "0.01", "0.1", "1", "10", "100"}
+    assert list(scored["logreg"]["holdout_top1"])[:3] == ["0.0001", "0.001", "0.01"]  # the path from strong to weak
 
 
 def test_the_frozen_subset_probe_trains_only_the_linear_layer_on_the_label_subset(probe_data, tmp_path):
