@@ -50,6 +50,12 @@ def test_quick_demo_runs_the_whole_chain_with_floors_and_resumes(tmp_path):
     assert "the same network untrained" in first.stdout
     assert 0 <= results["bag_purity"]["knn"] <= 100 and "Bag purity (bag members in their image's class" in first.stdout
     assert "[" in first.stdout.split("| Raw pixels")[1].split("\n")[0]  # a floor's cell shows its interval
+    # BINGO against each baseline, paired on the same test images: every evaluation wrote its predictions
+    assert [(d["a"], d["b"], d["score"]) for d in results["differences"]] == [
+        ("bingo", other, score) for other in ("moco", "seed", "disco", "compress")
+        for score in ("knn10_top1", "linear_top1")]
+    assert all(d["paired_half_width"] is not None and d["seed_se"] is None for d in results["differences"])
+    assert first.stdout.count("paired interval ±") == 8
     # the k-NN monitor ran in every training stage: before training and after its epoch
     assert [e for e, _ in rows["teacher"]["knn_curve"]] == [0, 1]
     assert all([e for e, _ in run_["knn_curve"]] == [0, 1] for run_ in rows["bingo"]["runs"])

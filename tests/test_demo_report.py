@@ -92,7 +92,7 @@ def test_paired_differences_count_only_the_images_the_two_rows_disagree_on():
                                "label": r["model"]} for r in rows[:2]],
                      "differences": [paired]})
     assert lines[-1] == ("a against b, 10-NN: +1.5 points, beyond the noise; seed s.e. 0.1, paired interval ±0.2 "
-                         "(the same test images; separate half-widths 2.0)")
+                         "on the same test images, separate half-widths 2.0")
 
 
 def test_the_report_compares_each_kind_of_bag_with_the_next_purer_and_the_papers_bags_with_seed():

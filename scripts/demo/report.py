@@ -66,7 +66,7 @@ def _difference_line(d: dict, labels: dict) -> str:
     name = {"knn10_top1": "10-NN", "linear_top1": "linear"}[d["score"]]
     paired = d.get("paired_half_width")
     intervals = (f"interval half-widths {d['half_widths']:.1f}" if paired is None else
-                 f"paired interval ±{paired:.1f} (the same test images; separate half-widths {d['half_widths']:.1f})")
+                 f"paired interval ±{paired:.1f} on the same test images, separate half-widths {d['half_widths']:.1f}")
     if d["seed_se"] is None:
         verdict = (f"{'beyond' if d['beyond_intervals'] else 'within'} the intervals ({intervals}); one seed, so "
                    "the seeds' spread is not measured (run --seeds 3)")
