@@ -139,7 +139,6 @@ def collect(cfg: Config, run_dir: Path, seconds: float | None, load_before: list
         if not finished(run_dir, folder):
             missing.append(folder)
             continue
-        correct[folder.split("/")[-1]] = mean_outcomes([outcomes(run_dir, folder)])
         rows.append({"model": folder.split("/")[-1], "label": label, "kind": "floor", "arch": arch, "seeds": 1,
                      **aggregate([scores(run_dir, folder)])})
     by_model = {r["model"]: r for r in rows}
