@@ -260,12 +260,12 @@ def check_classes(train_set: IndexedImageFolder) -> None:
 
 
 def frozen_scores(opts: LinclsOptions, backbone, ctx, splits: tuple[IndexedImageFolder, IndexedImageFolder],
-                  logreg: bool, knn: bool, seconds: dict[str, float]) -> dict | None:
+                  logreg: bool, knn: bool, seconds: dict[str, float], output_dir: Path) -> dict | None:
     """The protocols on frozen features of ``splits`` (train, val), embedded once: the logistic-regression probe
     and the k-NN classifier (k = 10 majority vote, and each --knn_k weighted). Rank 0 gets ``{"num_train",
     "num_val", "logreg"?, "knn"?, "seconds"}``, the other processes None; ``seconds``: where the time went, from
     ``seconds`` (what ran before) on. Rank 0 writes each protocol's prediction per query to
-    ``--output_dir/predictions.npz`` (``save_predictions``)."""
+    ``output_dir/predictions.npz`` (``save_predictions``)."""
     started = time.perf_counter()
     train_set, val_set = splits
     per_process = opts.batch_size // ctx.world_size
@@ -279,7 +279,7 @@ def frozen_scores(opts: LinclsOptions, backbone, ctx, splits: tuple[IndexedImage
     predictions: dict[str, torch.Tensor] = {}
     scores = frozen_protocol_scores(train_features, labels_of(train_set), val_features, labels_of(val_set),
                                     len(train_set.classes), protocols, ctx.device, seconds, predictions)
-    save_predictions(Path(opts.output_dir or opts.train_url) / "predictions.npz", labels_of(val_set), predictions)
+    save_predictions(output_dir / "predictions.npz", labels_of(val_set), predictions)
     return {"num_train": len(train_set), "num_val": len(val_set), **scores, "predictions": "predictions.npz",
             "seconds": seconds}
 
@@ -344,7 +344,7 @@ def evaluate_backbone(opts: LinclsOptions, held: dict | None = None, since: floa
     seconds["data"] = time.perf_counter() - started  # the splits read (and held), BatchNorm re-estimated
     if frozen:
         scores = frozen_scores(opts, backbone, ctx, splits, logreg=opts.protocol == "logreg",
-                               knn=opts.protocol == "knn" or opts.with_knn, seconds=seconds)
+                               knn=opts.protocol == "knn" or opts.with_knn, seconds=seconds, output_dir=output_dir)
         if ctx.is_main:
             atomic_json({"protocol": opts.protocol, **provenance, **scores}, output_dir / "results.json")
     else:
@@ -421,7 +421,8 @@ def train_probe(opts: LinclsOptions, ctx, model, network, optimizer, splits, pro
             save_outputs(opts, model, optimizer, epoch, best, history, provenance, output_dir, len(val_set))
         edist.barrier()
     if opts.with_knn:  # the backbone as trained (semi) or as given (linear: frozen, checked above)
-        knn = frozen_scores(opts, model.backbone, ctx, evaluation_splits(opts, ctx), logreg=False, knn=True, seconds={})
+        knn = frozen_scores(opts, model.backbone, ctx, evaluation_splits(opts, ctx), logreg=False, knn=True,
+                            seconds={}, output_dir=output_dir)
         if ctx.is_main:
             results = json.loads((output_dir / "results.json").read_text())
             atomic_json({**results, "knn": knn["knn"]}, output_dir / "results.json")
