@@ -6,6 +6,8 @@ than with a pointer to its documentation.
 """
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import os
 import sys
@@ -21,8 +23,8 @@ from utils.io import OutputFolderError
 from utils.logs import MetricsFileError
 from utils.signals import EXIT_PREEMPTED, Preempted
 
-__all__ = ["run", "guarded", "user_message", "check_minimums", "check_stem", "refuse_inert_flags", "USER_ERRORS",
-           "EXIT_USER_ERROR"]
+__all__ = ["run", "guarded", "skip_collection_at_exit", "user_message", "check_minimums", "check_stem",
+           "refuse_inert_flags", "USER_ERRORS", "EXIT_USER_ERROR"]
 
 USER_ERRORS = (DatasetError, CheckpointError, OutputFolderError, MetricsFileError, FloatingPointError,
                FileNotFoundError, NotADirectoryError, PermissionError)
@@ -88,5 +90,14 @@ def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     return call
 
 
+def skip_collection_at_exit() -> None:
+    """At exit, leave the objects still alive to the operating system rather than to the cyclic collector, which
+    would walk every object torch, torchvision (its ``torch._dynamo``) and scikit-learn made at import: about 0.65 s of
+    a process's 0.85 s exit on our CPU, paid by every stage. Files, checkpoints and process groups are closed
+    explicitly before then; objects freed by reference counting still are."""
+    atexit.register(gc.freeze)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
+    skip_collection_at_exit()
     app.run(guarded(main))

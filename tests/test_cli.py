@@ -1,8 +1,11 @@
 import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
-from helpers import run_script
+from helpers import run_script, subprocess_env
 
 OFFICIAL = {
     "run_knn.py": {"arch": "resnet50", "batch_size": "32", "clus_pos_num": "5", "ckpt_name": "''",
@@ -34,3 +37,31 @@ def test_helpfull_lists_official_flags_with_official_defaults(tmp_path, script):
         match = block
         found = match.group(1).strip("'")
         assert found == default.strip("'"), f"{script} --{name}: default {found}, expected {default}"
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_entry_points_leave_their_objects_to_the_system_at_exit(tmp_path, fails):
+    """``cli.run`` freezes the cyclic collector at exit only (its walk over torch's and torchvision's objects was most
+    of a process's exit), after main's files are written, and keeps main's exit status."""
+    script = tmp_path / "entry.py"
+    script.write_text(textwrap.dedent(f"""
+        import atexit, gc
+        from pathlib import Path
+        atexit.register(lambda: print("frozen at exit:", gc.get_freeze_count() > 0, flush=True))  # runs last
+        from datasets.folders import DatasetError
+        from engine.cli import run
+
+        def main(argv):
+            print("frozen in main:", gc.get_freeze_count() > 0, flush=True)
+            Path("written.txt").write_text("done")
+            if {fails}:
+                raise DatasetError("no images in train/: give --data_dir a folder with train/")
+
+        run(main)
+    """))
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=subprocess_env(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == (2 if fails else 0), done.stderr
+    assert done.stdout.splitlines() == ["frozen in main: False", "frozen at exit: True"]
+    assert (tmp_path / "written.txt").read_text() == "done"
+    assert ("error: no images in train/" in done.stderr) == fails

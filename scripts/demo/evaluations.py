@@ -16,7 +16,7 @@ from pathlib import Path
 from absl import app, flags
 
 import main_lincls
-from engine.cli import guarded
+from engine.cli import guarded, skip_collection_at_exit
 from engine.options import LinclsOptions, from_argv
 from scripts.demo.stages import SEPARATOR
 from utils.logs import log
@@ -68,4 +68,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    skip_collection_at_exit()
     guarded(main)(sys.argv)
