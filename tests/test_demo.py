@@ -12,10 +12,14 @@ pytestmark = pytest.mark.skipif(not (DEBIAN_DIR / "train-images-idx3-ubyte.gz").
                                 reason="Fashion-MNIST is not installed (make test installs dataset-fashion-mnist)")
 
 
+def _demo_command(tmp_path) -> list[str]:
+    return [sys.executable, "-m", "scripts.demo", "--quick", f"--run_dir={tmp_path / 'run'}",
+            f"--data_dir={tmp_path / 'data'}"]
+
+
 def _demo(tmp_path):
-    return subprocess.run([sys.executable, "-m", "scripts.demo", "--quick", f"--run_dir={tmp_path / 'run'}",
-                           f"--data_dir={tmp_path / 'data'}"], cwd=tmp_path,
-                          env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=600)
+    return subprocess.run(_demo_command(tmp_path), cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True,
+                          text=True, timeout=600)
 
 
 def test_quick_demo_runs_the_whole_chain_with_floors_and_resumes(tmp_path):
@@ -84,6 +88,13 @@ def test_quick_demo_runs_the_whole_chain_with_floors_and_resumes(tmp_path):
     assert len(list((tmp_path / "data" / "val").rglob("*.png"))) == 100
     again = _demo(tmp_path)  # everything is done: every stage is skipped, the report is rebuilt
     assert again.returncode == 0 and again.stdout.count("done already") == 14  # the floors are one stage
+    ran = json.loads((run / "results.json").read_text())
+    rewritten = subprocess.run([*_demo_command(tmp_path), "--report_only"], cwd=tmp_path, env=subprocess_env(tmp_path),
+                               capture_output=True, text=True, timeout=600)
+    assert rewritten.returncode == 0, rewritten.stderr[-3000:]
+    kept = json.loads((run / "results.json").read_text())  # the scores again, the run's own record kept
+    assert kept["wall_seconds"] == ran["wall_seconds"] is not None and kept["command"] == ran["command"]
+    assert "--report_only" not in kept["command"] and kept["rows"] == ran["rows"]
 
 
 def test_a_stopped_demo_stops_its_running_stage_which_ends_cleanly(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from scripts.demo import CONFIGS, aggregate, cell, differences, floors, mean_curve, summary, train_args, training_record
-from scripts.demo.results import comparisons, mean_outcomes, outcomes, paired_half_width, seeds_bound
+from scripts.demo.results import comparisons, keep_run_record, mean_outcomes, outcomes, paired_half_width, seeds_bound
 from scripts.demo.stages import share
 from utils.io import save_predictions
 
@@ -95,7 +95,7 @@ def test_paired_differences_count_only_the_images_the_two_rows_disagree_on():
                          "on the same test images, separate half-widths 2.0")
 
 
-def test_the_report_compares_each_kind_of_bag_with_the_next_purer_and_the_papers_bags_with_seed():
+def test_the_report_compares_each_kind_of_bag_with_the_next_purer_and_the_papers_bags_with_the_baselines():
     def student(model: str, method: str, purity: float | None = None) -> dict:
         return {"kind": "student", "model": model, "method": method, "bag_purity": purity}
 
@@ -103,8 +103,8 @@ def test_the_report_compares_each_kind_of_bag_with_the_next_purer_and_the_papers
             student("bingo-label", "bingo", 100.0), student("bingo", "bingo", 74.9),
             student("bingo-random", "bingo", 10.1), student("bingo-kmeans", "bingo", 50.1)]
     assert comparisons(rows) == [("bingo-kmeans", "bingo-random"), ("bingo", "bingo-kmeans"),
-                                 ("bingo-label", "bingo"), ("bingo", "seed"), ("bingo-label", "seed"),
-                                 ("bingo-label", "moco")]
+                                 ("bingo-label", "bingo"), ("bingo", "seed"), ("bingo", "moco"),
+                                 ("bingo-label", "seed"), ("bingo-label", "moco")]
     # one kind of bag: BINGO against every baseline there is
     assert comparisons([*rows[:3], student("bingo", "bingo", 74.9), student("disco", "disco")]) == [
         ("bingo", "moco"), ("bingo", "seed"), ("bingo", "disco")]
@@ -290,3 +290,16 @@ def test_the_gpu_configuration_reads_the_release_in_place_and_every_stage_holds_
             assert "--device_views" in args and "--stem=small" in args and "--final_evaluation" in args
     with pytest.raises(DatasetError, match="--fmnist_dir=.*nowhere holds no train-images-idx3-ubyte.gz"):
         stages.training_data(CONFIGS["gpu"], tmp_path / "pngs", tmp_path / "nowhere")
+
+
+def test_a_rewritten_report_keeps_the_record_of_the_run_it_describes_and_no_other():
+    gathered = {"rows": [{"model": "bingo"}], "stage_seconds": {"teacher": 10.0}, "wall_seconds": None,
+                "command": "python -m scripts.demo --report_only", "machine": {"cpus": 2}}
+    ran = {**gathered, "wall_seconds": 60.0, "command": "python -m scripts.demo", "machine": {"cpus": 16}}
+    kept = keep_run_record(gathered, ran)
+    assert (kept["wall_seconds"], kept["command"], kept["machine"]) == (60.0, "python -m scripts.demo", {"cpus": 16})
+    assert kept["rows"] is gathered["rows"]
+    # a stage has run since the record was written: it describes another run, so nothing of it is kept
+    since = {**gathered, "stage_seconds": {"teacher": 10.0, "students/bingo/seed0": 5.0}}
+    assert keep_run_record(since, ran) is since
+    assert keep_run_record(gathered, None) is gathered

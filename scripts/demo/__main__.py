@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
@@ -12,7 +13,7 @@ from datasets.folders import DatasetError
 from scripts.demo import __doc__ as DESCRIPTION
 from scripts.demo.configs import CONFIGS, data_folder, eval_folder
 from scripts.demo.report import report
-from scripts.demo.results import collect
+from scripts.demo.results import collect, keep_run_record
 from scripts.demo.stages import REPO, load_average, run_stages
 
 
@@ -33,7 +34,9 @@ def main() -> None:
                         "the configurations that score every network on its training images: quick, gpu, gpu-bags)")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--report_only", action="store_true",
-                        help="write the report from what the run folder holds (a stopped run: what finished)")
+                        help="write the report from what the run folder holds (a stopped run: what finished); "
+                        "results.json keeps the wall time, command and machine of the run that wrote it while no "
+                        "stage has run since")
     parser.add_argument("--fmnist_dir", type=Path,
                         help="folder with the four Fashion-MNIST .gz files (default: Debian's package folder); the "
                         "gpu configurations train and score on it in place")
@@ -73,7 +76,11 @@ def main() -> None:
         except DatasetError as error:  # the data could not be prepared: one line, no traceback
             raise SystemExit(f"error: {error}") from None
     seconds = None if args.report_only else time.perf_counter() - started
-    report(collect(cfg, run_dir, seconds, load_before), run_dir)
+    results = collect(cfg, run_dir, seconds, load_before)
+    previous = run_dir / "results.json"
+    if args.report_only and previous.is_file():  # the scores again; how the run itself ran, as it was written
+        results = keep_run_record(results, json.loads(previous.read_text()))
+    report(results, run_dir)
 
 
 if __name__ == "__main__":

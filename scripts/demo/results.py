@@ -183,16 +183,27 @@ def collect(cfg: Config, run_dir: Path, seconds: float | None, load_before: list
             "command": " ".join([Path(sys.executable).name, "-m", "scripts.demo", *sys.argv[1:]])}
 
 
+RUN_RECORD = ("wall_seconds", "command", "machine")  # how a run ran, which a report rewritten from its files keeps
+
+
+def keep_run_record(results: dict, previous: dict | None) -> dict:
+    """``results`` gathered again from a run folder (``--report_only``) with the wall time, command and machine of
+    the run that wrote ``previous`` (the ``results.json`` it replaces), where ``previous`` describes the same stages:
+    the same stage times to the last digit (a stage run since changes them). Otherwise ``results`` as gathered."""
+    if not previous or previous.get("stage_seconds") != results["stage_seconds"]:
+        return results
+    return {**results, **{key: previous[key] for key in RUN_RECORD if key in previous}}
+
+
 def comparisons(rows: list[dict]) -> list[tuple[str, str]]:
     """The pairs the report compares: BINGO against every baseline; with several kinds of bag, each kind against
-    the next purer one, the paper's (the teacher's k-NN bags) against SEED, and the purest against SEED and
-    MoCo-v2."""
+    the next purer one, and the paper's (the teacher's k-NN bags) and the purest against SEED and MoCo-v2."""
     models = {r["model"]: r for r in rows if r["kind"] == "student"}
     bingos = sorted((r for r in models.values() if r.get("method") == "bingo"), key=lambda r: r.get("bag_purity") or 0)
     if len(bingos) > 1:
         pairs = [(b["model"], a["model"]) for a, b in zip(bingos, bingos[1:])]
-        if "bingo" in models and "seed" in models and bingos[-1]["model"] != "bingo":
-            pairs.append(("bingo", "seed"))
+        if "bingo" in models and bingos[-1]["model"] != "bingo":
+            pairs += [("bingo", other) for other in ("seed", "moco") if other in models]
         return pairs + [(bingos[-1]["model"], other) for other in ("seed", "moco") if other in models]
     if "bingo" not in models:
         return []
