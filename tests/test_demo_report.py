@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from scripts.demo import CONFIGS, aggregate, cell, differences, floors, mean_curve, summary, train_args, training_record
-from scripts.demo.results import comparisons, keep_run_record, mean_outcomes, outcomes, paired_half_width, seeds_bound
+from scripts.demo.results import (
+    comparisons,
+    keep_run_record,
+    mean_outcomes,
+    outcomes,
+    paired_half_width,
+    seed_paired_half_width,
+    seeds_bound,
+)
 from scripts.demo.stages import share
 from utils.io import save_predictions
 
@@ -303,3 +311,24 @@ def test_a_rewritten_report_keeps_the_record_of_the_run_it_describes_and_no_othe
     since = {**gathered, "stage_seconds": {"teacher": 10.0, "students/bingo/seed0": 5.0}}
     assert keep_run_record(since, ran) is since
     assert keep_run_record(gathered, None) is gathered
+
+
+def test_the_seed_paired_bound_pairs_each_seed_with_its_own_and_needs_the_same_seeds():
+    def runs(*values: float, first: int = 0) -> list[dict]:
+        return [{"seed": first + i, "knn10_top1": v} for i, v in enumerate(values)]
+
+    # per-seed gaps 0.25, 0.52, 0.73: mean 0.5, sd 0.2406, t(0.975, 2) = 4.3027 -> 4.3027 * 0.2406 / sqrt(3)
+    half = seed_paired_half_width(runs(76.25, 77.52, 75.73), runs(76.0, 77.0, 75.0), "knn10_top1")
+    assert half == pytest.approx(4.302653 * 0.240624 / 3 ** 0.5, rel=1e-4)
+    # a seed effect both rows share cancels: the same gaps under any shift per seed give the same bound
+    shifted = seed_paired_half_width(runs(86.25, 67.52, 75.73), runs(86.0, 67.0, 75.0), "knn10_top1")
+    assert shifted == pytest.approx(half)
+    assert seed_paired_half_width(runs(1.0), runs(0.5), "knn10_top1") is None  # one seed: no spread
+    assert seed_paired_half_width(runs(1.0, 2.0), runs(1.0, 2.0, first=1), "knn10_top1") is None  # other seeds
+    rows = [{"model": m, "seeds": 3, "knn10_top1": 0.0, "knn10_top1_std": 1.0, "linear_top1": 0.0,
+             "linear_top1_std": 1.0, "runs": [{"seed": i, "knn10_top1": v, "linear_top1": v} for i, v in enumerate(x)]}
+            for m, x in (("a", (76.25, 77.52, 75.73)), ("b", (76.0, 77.0, 75.0)))]
+    (found, _) = differences(rows, [("a", "b")])
+    assert found["seed_paired_half_width"] == pytest.approx(half)
+    assert "(seeds paired: ±0.6)" in summary({"rows": [{**r, "kind": "student", "label": r["model"]} for r in rows],
+                                             "differences": [found]})[-1]

@@ -76,8 +76,10 @@ def _difference_line(d: dict, labels: dict) -> str:
                    (f"{d['seed_t']:.1f} × seed s.e. {d['seed_t'] * d['seed_se']:.1f}", not d["beyond_seeds"]),
                    (f"intervals {d['half_widths'] if paired is None else paired:.1f}", not d["beyond_intervals"]))
                if hit) + ")")
+    by_seed = d.get("seed_paired_half_width")
+    by_seed = "" if by_seed is None else f" (seeds paired: ±{by_seed:.1f})"
     return (f"{labels[d['a']]} against {labels[d['b']]}, {name}: {d['difference']:+.1f} points, {verdict}; "
-            f"seed s.e. {d['seed_se']:.1f}, {intervals}")
+            f"seed s.e. {d['seed_se']:.1f}{by_seed}, {intervals}")
 
 
 def summary(results: dict) -> list[str]:

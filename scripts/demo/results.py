@@ -231,12 +231,27 @@ def seeds_bound(std_a: float, n_a: int, std_b: float, n_b: int) -> tuple[float, 
     return se, df, float(student_t.ppf(0.975, df))
 
 
+def seed_paired_half_width(runs_a: list[dict], runs_b: list[dict], key: str) -> float | None:
+    """Student's 95 % half-width of the mean per-seed difference on ``key``, each seed's run of one row paired with
+    the same seed's run of the other (every method's seed *s* starts from the same network), or None unless both rows
+    ran the same two or more seeds. It uses what pairing shares and Welch's bound ignores, at ``n - 1`` degrees of
+    freedom where Welch's has up to ``2n - 2``: with 3 seeds neither bound is the tighter in general."""
+    from scipy.stats import t as student_t
+
+    a, b = ({r["seed"]: r[key] for r in runs} for runs in (runs_a, runs_b))
+    if a.keys() != b.keys() or len(a) < 2:
+        return None
+    gaps = np.array([a[seed] - b[seed] for seed in sorted(a)], dtype=np.float64)
+    return float(student_t.ppf(0.975, len(gaps) - 1) * gaps.std(ddof=1) / len(gaps) ** 0.5)
+
+
 def differences(rows: list[dict], pairs: list[tuple[str, str]],
                 correct: dict[str, dict[str, np.ndarray] | None] | None = None) -> list[dict]:
     """For each ``(a, b)`` pair of student models: the difference of their means on each score, its standard error
     from the seeds and Student's 95 % quantile for it (``seeds_bound``; None with one seed), the two runs' binomial
     half-widths, and, where ``correct`` holds both rows' per-image outcomes (``mean_outcomes``), the paired
-    half-width of the difference on the same test images (``paired_half_width``; None otherwise).
+    half-width of the difference on the same test images (``paired_half_width``; None otherwise), and, for
+    information, the seed-paired half-width (``seed_paired_half_width``; not part of the verdicts).
     ``beyond_seeds``: the difference exceeds ``t * se``; ``beyond_intervals``: it exceeds the paired half-width, or,
     without one, the sum of the two half-widths; ``beyond_noise``: both (never with one seed, whose spread over
     seeds is unmeasured)."""
@@ -257,6 +272,8 @@ def differences(rows: list[dict], pairs: list[tuple[str, str]],
                 beyond_seeds = bool(abs(delta) > t * se)
             beyond_intervals = bool(abs(delta) > (halves if paired is None else paired))
             out.append({"a": a, "b": b, "score": key, "difference": delta, "seed_se": se, "seed_t": t,
-                        "half_widths": halves, "paired_half_width": paired, "beyond_seeds": beyond_seeds,
+                        "half_widths": halves, "paired_half_width": paired,
+                        "seed_paired_half_width": seed_paired_half_width(ra.get("runs", []), rb.get("runs", []), key),
+                        "beyond_seeds": beyond_seeds,
                         "beyond_intervals": beyond_intervals, "beyond_noise": bool(beyond_seeds) and beyond_intervals})
     return out
