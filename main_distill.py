@@ -122,8 +122,8 @@ flags.DEFINE_bool("in_memory", False,
                   "With --device_views: decode every training image once at start-up (in --num_workers processes) "
                   "and hold them as one tensor on the training device, indexed there (images of one size, e.g. "
                   "Fashion-MNIST, CIFAR, STL-10; 3 KB an image at 32 px); no loader workers while training. The "
-                  "k-NN monitor's images are held too, their evaluation crop made there (float resize: within 1/255 "
-                  "of PIL's crop).")
+                  "k-NN monitor's images are held too (a memory that is the training split: the same tensor), their "
+                  "evaluation crop made there (float resize: within 1/255 of PIL's crop).")
 flags.DEFINE_bool("fuse_teacher", False,
                   "One teacher forward for the anchor and neighbour keys (--method=bingo --loss=official); with a "
                   "train-mode teacher each view keeps its own BatchNorm statistics and shuffle, so the keys are the "

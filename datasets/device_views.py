@@ -255,9 +255,14 @@ class HeldImages(IndexedImageFolder):
     ``engine.features.embed`` and ``engine.evaluation.recompute_bn_statistics`` take the images from ``crops``."""
 
     def __init__(self, root, device: torch.device | str, size: int, workers: int = 0,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, share: IndexedImageFolder | None = None) -> None:
         super().__init__(root)
-        self.pixels = hold_pixels(self, workers).to(device)
+        held = getattr(share, "pixels", None)  # ``share``: a dataset holding these very images already
+        if held is not None and share.samples == self.samples:
+            log(f"{self.root}: its {len(self.samples)} images held already, not held again")
+            self.pixels = held.to(device)  # the same tensor where it is on ``device``
+        else:
+            self.pixels = hold_pixels(self, workers).to(device)
         self.views = DeviceViews(size, None, device, channels_last)
 
     def __getitem__(self, index: int) -> tuple[int, int]:  # type: ignore[override]
@@ -269,11 +274,12 @@ class HeldImages(IndexedImageFolder):
         return self.views.held_eval_crops(self.pixels.index_select(0, indices))
 
 
-def held_splits(data_dir, device: torch.device | str, size: int, workers: int = 0, flag: str = "--data_dir"
-                ) -> tuple[HeldImages, HeldImages]:
+def held_splits(data_dir, device: torch.device | str, size: int, workers: int = 0, flag: str = "--data_dir",
+                share: IndexedImageFolder | None = None) -> tuple[HeldImages, HeldImages]:
     """``labelled_splits`` held on ``device``: train/ and val/ of ``data_dir`` (given by ``flag``) as ``HeldImages``,
-    with the same classes."""
-    train, val = (HeldImages(open_split(data_dir, split, flag), device, size, workers) for split in ("train", "val"))
+    with the same classes; train/ reuses ``share``'s held pixels where it holds the same images (the training set)."""
+    train = HeldImages(open_split(data_dir, "train", flag), device, size, workers, share=share)
+    val = HeldImages(open_split(data_dir, "val", flag), device, size, workers)
     check_same_classes(data_dir, train, val)
     return train, val
 

@@ -281,13 +281,15 @@ def build_distiller(opts: DistillOptions, teacher: Embedder | None, ctx: edist.C
     return distiller, optimizer
 
 
-def build_monitor(opts: DistillOptions, ctx: edist.Context, batch_per_process: int) -> KnnMonitor | None:
-    """The k-NN monitor on --knn_monitor_data (default --data_dir), or None when --knn_monitor_freq is 0."""
+def build_monitor(opts: DistillOptions, ctx: edist.Context, batch_per_process: int,
+                  training: BagDataset | None = None) -> KnnMonitor | None:
+    """The k-NN monitor on --knn_monitor_data (default --data_dir), or None when --knn_monitor_freq is 0. With
+    --in_memory its memory reuses ``training``'s held images when it reads the same ones (the default)."""
     if opts.knn_monitor_freq <= 0:
         return None
     root, flag = monitor_data(opts)
     if opts.in_memory:  # held on the device beside the training images, the crops made there
-        memory, queries = held_splits(root, ctx.device, opts.image_size, opts.num_workers, flag)
+        memory, queries = held_splits(root, ctx.device, opts.image_size, opts.num_workers, flag, share=training)
     else:
         transform = eval_transform(opts.image_size)
         memory, queries = labelled_splits(root, transform, transform, flag)
@@ -333,7 +335,7 @@ class Distillation:
         if len(self.dataset) < opts.batch_size:
             raise DatasetError(f"{self.dataset.root} has {len(self.dataset)} images, fewer than one global batch "
                                f"({opts.batch_size})")
-        self.monitor = build_monitor(opts, ctx, self.per_process)
+        self.monitor = build_monitor(opts, ctx, self.per_process, self.dataset)
         # the teacher's parameters as loaded, compared with the running teacher's after every epoch
         self.teacher_reference = (None if teacher is None else
                                   {k: v.detach().clone() for k, v in teacher.named_parameters()})

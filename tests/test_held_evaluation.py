@@ -10,7 +10,14 @@ import torch
 from torch import nn
 
 from datasets.arrays import open_array_split
-from datasets.device_views import DeviceViews, EncodedImageFolder, HeldImages, collate_encoded
+from datasets.device_views import (
+    DeviceViews,
+    EncodedImageFolder,
+    HeldBagDataset,
+    HeldImages,
+    collate_encoded,
+    held_splits,
+)
 from datasets.folders import IndexedImageFolder
 from datasets.transforms import eval_transform
 from engine.evaluation import recompute_bn_statistics
@@ -43,6 +50,18 @@ def test_held_crops_equal_the_file_paths_device_crops_and_embed_like_the_cpu_tra
     assert (cpu @ device.T).argmax(1).tolist() == list(range(len(cpu)))
 
 
+def test_a_split_held_already_is_shared_and_another_is_held_anew(tmp_path):
+    data = make_image_folder(tmp_path / "data", classes=3, per_class=5, size=28, splits=("train", "val"))
+    training = HeldBagDataset(data / "train", None, "cpu")
+    memory, queries = held_splits(data, "cpu", 32, share=training)
+    assert memory.pixels is training.pixels  # the same images: one tensor, held once
+    assert queries.pixels is not training.pixels
+    assert torch.equal(queries.pixels, HeldImages(data / "val", "cpu", 32).pixels)
+    other = held_splits(data, "cpu", 32, share=HeldBagDataset(data / "val", None, "cpu"))[0]  # other images
+    assert other.pixels.data_ptr() != training.pixels.data_ptr() and torch.equal(other.pixels, training.pixels)
+    assert torch.equal(memory.crops([torch.arange(len(memory))]), other.crops([torch.arange(len(other))]))
+
+
 def test_an_array_release_is_held_as_stored_and_batchnorm_is_reestimated_on_it(tmp_path):
     release = make_idx_release(tmp_path / "fmnist")
     held = HeldImages(open_array_split(release, "train"), "cpu", 32)
@@ -69,6 +88,8 @@ def test_in_memory_monitor_final_evaluation_lincls_and_knn_step_on_a_fashion_mni
         [*train, "--knn_monitor_freq=1", "--final_evaluation", f"--output_dir={out}"],
         [*train, "--final_evaluation", f"--output_dir={tmp_path / 'no-monitor'}"]], tmp_path)
     assert trained["status"] == 0, trained
+    # the monitor's memory is the training split: its images held once, by the training set
+    assert trained["stdout"].count("images held already, not held again") == 1, trained["stdout"][-2000:]
     assert refused["status"] != 0 and "--final_evaluation" in refused["stderr"]
     assert "--knn_monitor_freq above 0" in refused["stderr"] and not (tmp_path / "no-monitor").exists()
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
