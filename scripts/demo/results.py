@@ -201,10 +201,9 @@ def comparisons(rows: list[dict]) -> list[tuple[str, str]]:
     models = {r["model"]: r for r in rows if r["kind"] == "student"}
     bingos = sorted((r for r in models.values() if r.get("method") == "bingo"), key=lambda r: r.get("bag_purity") or 0)
     if len(bingos) > 1:
-        pairs = [(b["model"], a["model"]) for a, b in zip(bingos, bingos[1:])]
-        if "bingo" in models and bingos[-1]["model"] != "bingo":
-            pairs += [("bingo", other) for other in ("seed", "moco") if other in models]
-        return pairs + [(bingos[-1]["model"], other) for other in ("seed", "moco") if other in models]
+        steps = [(b["model"], a["model"]) for a, b in zip(bingos, bingos[1:])]
+        against_baselines = dict.fromkeys(m for m in ("bingo", bingos[-1]["model"]) if m in models)  # once each
+        return steps + [(m, other) for m in against_baselines for other in ("seed", "moco") if other in models]
     if "bingo" not in models:
         return []
     return [("bingo", other) for other in METHOD_LABELS if other != "bingo" and other in models]
