@@ -47,12 +47,13 @@ def test_entry_points_leave_their_objects_to_the_system_at_exit(tmp_path, fails)
     script.write_text(textwrap.dedent(f"""
         import atexit, gc
         from pathlib import Path
-        atexit.register(lambda: print("frozen at exit:", gc.get_freeze_count() > 0, flush=True))  # runs last
+        before = gc.get_freeze_count()  # not 0 on every Python: 3.12.1 starts with a few hundred frozen objects
+        atexit.register(lambda: print("frozen at exit:", gc.get_freeze_count() > before, flush=True))  # runs last
         from datasets.folders import DatasetError
         from engine.cli import run
 
         def main(argv):
-            print("frozen in main:", gc.get_freeze_count() > 0, flush=True)
+            print("frozen in main:", gc.get_freeze_count() > before, flush=True)
             Path("written.txt").write_text("done")
             if {fails}:
                 raise DatasetError("no images in train/: give --data_dir a folder with train/")
