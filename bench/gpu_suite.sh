@@ -9,9 +9,10 @@
 # Packages the machine lacks (kornia, efficientnet_pytorch) come as wheels in .whl/ (`make gpu-wheels`; carry .whl).
 # `demo` runs the demo's GPU configuration (resumable on the same machine: run it again until it prints its table; a
 # fresh machine starts without runs/), `bags` the GPU bagging ablation (it shares demo's floors and teacher);
-# FMNIST_DIR names a folder with the four Fashion-MNIST .gz files where Debian's package is not installed; DEMO_SECONDS (540) stops either after 9 minutes (the running stage stops too,
-# keeping its checkpoint); then the report of what finished is written, and each finished stage's logged rate is set
-# against its compute-only step (demo_rates --from_run). demo.log keeps every stage's output.
+# FMNIST_DIR names a folder with the four Fashion-MNIST .gz files where Debian's package is not installed;
+# DEMO_SECONDS (540) stops either after 9 minutes (the running stage stops too, keeping its checkpoint); then the
+# report of what finished is written, and each finished stage's logged rate is set against its compute-only step
+# (demo_rates --from_run). demo.log keeps every stage's output.
 # `rates` measures the GPU configuration's stages (2 epochs each) against their compute-only steps, with the views
 # step as written and compiled (--compile_views).
 set -uo pipefail
