@@ -123,11 +123,12 @@ def evaluate(model: nn.Module, dataset: Dataset, ctx: edist.Context, batch_size:
 
 @torch.no_grad()
 def recompute_bn_statistics(backbone: nn.Module, dataset: Dataset, ctx: edist.Context, batch_size: int,
-                            num_workers: int) -> int:
+                            num_workers: int, report_every: float = 10.0) -> int:
     """Replace every BatchNorm's running mean and variance by their averages over ``dataset`` (PreciseBN), the
     weights untouched; returns how many BN layers were re-estimated. An untrained network's running statistics are
     the identity (mean 0, variance 1): this gives the random network the normalisation a trained one has. Each
-    process averages over its shard, then the processes' averages are averaged."""
+    process averages over its shard, then the processes' averages are averaged. The first process logs its progress
+    every ``report_every`` seconds (a pass over the training set: minutes on a CPU)."""
     norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
     for m in norms:
@@ -135,11 +136,16 @@ def recompute_bn_statistics(backbone: nn.Module, dataset: Dataset, ctx: edist.Co
         m.momentum = None  # a cumulative average over the batches
     shard = Subset(dataset, ctx.shard(len(dataset)))
     held = isinstance(dataset, HeldImages)  # the crops made on the device from the held images
+    progress, last = Progress(len(shard), "BatchNorm statistics"), time.perf_counter()
     backbone.train()
     with torch.random.fork_rng(devices=[]):
         for batch in DataLoader(shard, batch_size=batch_size, num_workers=0 if held else num_workers):
             images = dataset.crops(batch) if held else batch[0]
             backbone(images.to(ctx.device, non_blocking=True))
+            progress.update(len(images))
+            if time.perf_counter() - last >= report_every:
+                log(progress.line(), ctx.is_main)
+                last = time.perf_counter()
     backbone.eval()
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum

@@ -62,7 +62,7 @@ def test_a_split_held_already_is_shared_and_another_is_held_anew(tmp_path):
     assert torch.equal(memory.crops([torch.arange(len(memory))]), other.crops([torch.arange(len(other))]))
 
 
-def test_an_array_release_is_held_as_stored_and_batchnorm_is_reestimated_on_it(tmp_path):
+def test_an_array_release_is_held_as_stored_and_batchnorm_is_reestimated_on_it(tmp_path, capsys):
     release = make_idx_release(tmp_path / "fmnist")
     held = HeldImages(open_array_split(release, "train"), "cpu", 32)
     stored = open_array_split(release, "train").images  # [N, H, W, 3]
@@ -73,8 +73,11 @@ def test_an_array_release_is_held_as_stored_and_batchnorm_is_reestimated_on_it(t
     for dataset in (held, loaded):
         torch.manual_seed(0)
         network = build_backbone("resnet18")
-        assert recompute_bn_statistics(network, dataset, ctx, 8, num_workers=0) == 20
+        assert recompute_bn_statistics(network, dataset, ctx, 8, num_workers=0, report_every=0) == 20
         statistics.append([m.running_mean.clone() for m in network.modules() if isinstance(m, nn.BatchNorm2d)])
+        progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("BatchNorm statistics")]
+        assert len(progress) == -(-len(dataset) // 8), progress  # a line a batch with report_every=0
+        assert progress[-1].startswith(f"BatchNorm statistics {len(dataset)}/{len(dataset)} ")
     for a, b in zip(*statistics):  # the float crop against PIL's 8-bit one
         assert torch.allclose(a, b, rtol=0.02, atol=0.02)
 
