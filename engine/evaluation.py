@@ -136,16 +136,14 @@ def recompute_bn_statistics(backbone: nn.Module, dataset: Dataset, ctx: edist.Co
         m.momentum = None  # a cumulative average over the batches
     shard = Subset(dataset, ctx.shard(len(dataset)))
     held = isinstance(dataset, HeldImages)  # the crops made on the device from the held images
-    progress, last = Progress(len(shard), "BatchNorm statistics"), time.perf_counter()
+    progress = Progress(len(shard), "BatchNorm statistics")
     backbone.train()
     with torch.random.fork_rng(devices=[]):
         for batch in DataLoader(shard, batch_size=batch_size, num_workers=0 if held else num_workers):
             images = dataset.crops(batch) if held else batch[0]
             backbone(images.to(ctx.device, non_blocking=True))
             progress.update(len(images))
-            if time.perf_counter() - last >= report_every:
-                log(progress.line(), ctx.is_main)
-                last = time.perf_counter()
+            progress.report(report_every, ctx.is_main)
     backbone.eval()
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum

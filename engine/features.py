@@ -68,7 +68,6 @@ def embed(
     out = torch.empty(n, width, dtype=torch.float32) if ctx.is_main else None
     seen = torch.zeros(n, dtype=torch.int32) if ctx.is_main else None
     progress = Progress(n, label)
-    last = time.perf_counter()
     batches = iter(loader)
     for _ in range(steps):
         batch = next(batches, None)
@@ -87,9 +86,7 @@ def embed(
             out[all_index[valid]] = all_features[valid]
             seen[all_index[valid]] += 1
             progress.update(int(valid.sum()))
-            if time.perf_counter() - last > report_every:
-                log(progress.line())
-                last = time.perf_counter()
+            progress.report(report_every)
     if ctx.is_main:
         log(progress.line())
         if not bool((seen == 1).all()):

@@ -56,10 +56,17 @@ class Progress:
         self.label = label
         self.unit = unit
         self.done = 0
-        self.start = time.perf_counter()
+        self.start = self._reported = time.perf_counter()
 
     def update(self, items: int) -> None:
         self.done += items
+
+    def report(self, every: float, enabled: bool = True) -> None:
+        """Log ``line()`` when ``every`` seconds have passed since the start or the last report."""
+        now = time.perf_counter()
+        if now - self._reported >= every:
+            log(self.line(), enabled)
+            self._reported = now
 
     @property
     def rate(self) -> float:
