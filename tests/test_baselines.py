@@ -14,7 +14,6 @@ from models.queue import KeyQueue
 
 from dist_workers import method_step, per_image_embedder, tiny_embedder
 from helpers import (
-    REPO,
     calibrated_teacher,
     compress_release,
     disco_release,
@@ -242,29 +241,3 @@ def test_the_released_students_are_evaluated_and_embed_as_teachers(baseline_data
                                  "--num_workers=0"] for name in RELEASES], tmp_path)
     for name, result in zip(RELEASES, knn):
         assert result["status"] == 0 and (tmp_path / f"{name}.json").is_file(), (name, result)
-
-
-READY_SCRIPTS = sorted(str(p.relative_to(REPO)) for p in [REPO / "run_knn.sh", *(REPO / "scripts").glob("*/*.sh")])
-
-
-@pytest.mark.parametrize("script", READY_SCRIPTS)
-def test_every_ready_script_passes_flags_its_entry_point_knows(tmp_path, script):
-    """Each ready script, as the README runs it, through a torchrun stand-in that runs the entry point in one
-    process: its flags parse and the run stops at the (absent) ImageNet folder, the first thing it reads."""
-    import os
-    import subprocess
-    import sys
-
-    from helpers import subprocess_env
-
-    shim = tmp_path / "bin" / "torchrun"
-    shim.parent.mkdir()
-    shim.write_text(f'#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec {sys.executable} "$@"\n')
-    shim.chmod(0o755)
-    env = subprocess_env(tmp_path) | {"PATH": f"{shim.parent}:{os.environ['PATH']}", "NGPU": "1",
-                                      "DATA_DIR": str(tmp_path / "imagenet"), "OUTPUT_DIR": str(tmp_path / "run"),
-                                      "OUTPUT": str(tmp_path / "nn.npy"), "PRETRAINED": str(tmp_path / "final.pth")}
-    result = subprocess.run(["bash", str(REPO / script)], env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().endswith("--data_dir must hold train/<class>/<image> (the ImageNet layout)."), \
-        result.stderr
