@@ -26,10 +26,13 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from bench.distill_step import CONFIGS, build, step, sync
+from bench.flags import counts, names, pair
 from datasets.device_views import DeviceViews, EncodedBagDataset, collate_encoded
 from datasets.folders import BagDataset
 from datasets.transforms import MOCO_V2, augmentation
 from engine.training import views_to_device
+
+PATHS = ("cpu", "device", "device-workers")  # views made by the loader, on the device, on the device by workers
 
 
 def make_jpegs(root: Path, count: int, classes: int = 8, width: int = 500, height: int = 375) -> None:
@@ -112,7 +115,7 @@ def resident(args, device: torch.device, model, views) -> float:
 
 
 def run_profile(root: Path, args, device: torch.device, workers: int) -> list[dict]:
-    student, teacher = args.pair.split(":")
+    student, teacher = args.pair
     model = build(student, teacher, CONFIGS["fast"], device, args.queue)
     loader, prepare = make_loader(root, "device", 0, args.batch, args.size, device)
     views = prepare(next(iter(loader)))
@@ -128,24 +131,23 @@ def run_profile(root: Path, args, device: torch.device, workers: int) -> list[di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cores = len(os.sched_getaffinity(0))
-    parser.add_argument("--workers", default=f"1,4,{cores}")
-    parser.add_argument("--paths", default="cpu,device,device-workers")
+    parser.add_argument("--workers", default=f"1,4,{cores}", type=counts(0), help="loader workers, comma-separated")
+    parser.add_argument("--paths", default=",".join(PATHS), type=names(PATHS))
     parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--profile_steps", type=int, default=100, help="0: skip the training profile")
-    parser.add_argument("--pair", default="resnet18:resnet50")
+    parser.add_argument("--pair", default="resnet18:resnet50", type=pair, help="student:teacher")
     parser.add_argument("--queue", type=int, default=65536)
     parser.add_argument("--json")
     args = parser.parse_args()
-    args.paths = args.paths.split(",")
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.set_num_threads(1)  # the main process only launches work; the cores are the workers'
     torch.backends.cudnn.benchmark = True
-    workers_list = [int(w) for w in args.workers.split(",")]
+    workers_list = args.workers
     rows, profile_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -166,7 +168,8 @@ def main() -> None:
     for r in rows:
         print(f"| {r['path']} | {r['workers']} | {r['anchors_per_s']:.0f} | {r['views_per_s']:.0f} |")
     if profile_rows:
-        print(f"\n{args.profile_steps} fast training steps of {args.pair} (bf16, channels_last), batch {args.batch}:")
+        print(f"\n{args.profile_steps} fast training steps of {':'.join(args.pair)} (bf16, channels_last), "
+              f"batch {args.batch}:")
         print("| input | loader workers | anchors/s | of resident | host ms/step blocked on loader |")
         print("|---|---|---|---|---|")
         for r in profile_rows:

@@ -37,10 +37,12 @@ from pathlib import Path
 import torch
 
 from bench.distill_step import time_steps
+from bench.flags import names
 from scripts.demo import CONFIGS, CPU_INPUT, REPO, Training, data_folder, train_args
 from utils.logs import read_metrics
 
 INPUTS = {"memory": CPU_INPUT, "files": (), "compiled": (*CPU_INPUT, "--compile_views")}
+STAGES = ("teacher", "moco", "seed", "bingo")
 
 
 def data_fed(args: list[str], out: Path) -> dict:
@@ -154,8 +156,9 @@ def main() -> None:
     parser.add_argument("--config", default="cpu", choices=sorted(CONFIGS))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="timed synthetic steps per stage")
-    parser.add_argument("--inputs", default="memory,files", help=f"comma-separated, from {sorted(INPUTS)}")
-    parser.add_argument("--stages", default="teacher,moco,seed,bingo",
+    parser.add_argument("--inputs", default="memory,files", type=names(INPUTS),
+                        help=f"comma-separated, from {list(INPUTS)}")
+    parser.add_argument("--stages", default=",".join(STAGES), type=names(STAGES),
                         help="comma-separated; seed and bingo distil from the teacher stage's network")
     parser.add_argument("--data_dir", type=Path, help="default: the demo's folder for the configuration's split")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the stages train")
@@ -185,12 +188,12 @@ def train_stages(cfg, data: Path, args) -> list[dict]:
 
 
 def _train_stages(cfg, data: Path, args, work: Path) -> list[dict]:
-    inputs = args.inputs.split(",")
+    inputs = args.inputs
     teacher, neighbours = work / f"teacher-{inputs[0]}" / "final.pth", work / "neighbours.npy"
     rows = []
-    stages = args.stages.split(",")
+    stages = args.stages
     distilled = any(m in stages for m in ("seed", "bingo"))
-    for method in ("teacher", "moco", "seed", "bingo"):
+    for method in STAGES:
         measured = method in stages
         if not measured and not (method == "teacher" and distilled):
             continue

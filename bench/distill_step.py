@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.flags import counts, names, pairs
 from models.backbones import build_backbone
 from models.distiller import DistillConfig, Embedder
 from models.heads import mlp_head, student_head, swav_head
@@ -198,8 +199,9 @@ def matmul_ceiling(device) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", default="resnet18:resnet50,resnet18:resnet50w2,efficientnet-b0:resnet50w2")
-    parser.add_argument("--batches", default="32,128")
+    parser.add_argument("--pairs", default="resnet18:resnet50,resnet18:resnet50w2,efficientnet-b0:resnet50w2",
+                        type=pairs, help="student:teacher, comma-separated")
+    parser.add_argument("--batches", default="32,128", type=counts(1), help="per GPU, comma-separated")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--queue", type=int, default=65536)
     parser.add_argument("--warmup", type=int, default=3)
@@ -207,23 +209,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--configs", default="official,fast,fast+fused,fast+fused+compile,fast+fused+graphs,"
-                        "fast+eval-teacher-fused",
+                        "fast+eval-teacher-fused", type=names(CONFIGS),
                         help=f"comma-separated, from {list(CONFIGS)} (the compiled ones compile for minutes)")
     parser.add_argument("--json")
     args = parser.parse_args()
-    args.configs = args.configs.split(",")
-    if "official" not in args.configs or not set(args.configs) <= set(CONFIGS):
+    if "official" not in args.configs:
         parser.error(f"--configs: give official and any of {list(CONFIGS)} (each row is compared with official)")
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
     rows = []
-    for pair in args.pairs.split(","):
-        student, teacher = pair.split(":")
-        for batch in map(int, args.batches.split(",")):
+    for student, teacher in args.pairs:
+        for batch in args.batches:
             for row in bench_pair(student, teacher, batch, args, device):
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    ceiling = supervised_resnet50(max(map(int, args.batches.split(","))), args, device)
+    ceiling = supervised_resnet50(max(args.batches), args, device)
     matmul = matmul_ceiling(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\ndevice: {name}; size {args.size} px; queue {args.queue}")

@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 
 from bench.data_pipeline import make_jpegs
+from bench.flags import names
 from datasets.device_views import DeviceViews, EncodedImageFolder, collate_encoded
 from datasets.folders import IndexedImageFolder
 from datasets.transforms import MOCO_V2, eval_transform
 from engine.features import embed
-from models.backbones import build_backbone
+from models.backbones import BACKBONES, build_backbone
 from utils import dist as edist
 
 
@@ -50,12 +51,12 @@ def measure(root: Path, path: str, channels_last: bool, args, ctx: edist.Context
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="resnet50")
+    parser.add_argument("--arch", default="resnet50", choices=sorted(BACKBONES))
     parser.add_argument("--images", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--paths", default="cpu,device")
+    parser.add_argument("--paths", default="cpu,device", type=names(("cpu", "device")))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -65,7 +66,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_jpegs(root, args.images)
-        for path in args.paths.split(","):
+        for path in args.paths:
             for channels_last in (False, True):
                 rate = measure(root, path, channels_last, args, ctx)
                 rows.append({"arch": args.arch, "path": path, "channels_last": channels_last, "images_per_s": rate,

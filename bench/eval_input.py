@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
+from bench.flags import counts
 from datasets.device_views import HeldImages
 from datasets.folders import IndexedImageFolder, open_split
 from datasets.transforms import eval_transform
@@ -68,7 +69,8 @@ def main() -> None:
     parser.add_argument("--png", type=Path, default=Path("demo_data/fmnist-1000-all"))
     parser.add_argument("--release", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
     parser.add_argument("--images", type=int, default=10000, help="images embedded by the loaded path")
-    parser.add_argument("--workers", default="0,2", help="loader processes of the loaded path (comma-separated)")
+    parser.add_argument("--workers", default="0,2", type=counts(0),
+                        help="loader processes of the loaded path (comma-separated)")
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
@@ -76,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     ctx = edist.init("cpu")
-    workers = [int(w) for w in args.workers.split(",")]
+    workers = args.workers
     rows = []
     for name, source in (("png", args.png), ("release", args.release)):
         if not source.exists():

@@ -15,6 +15,8 @@
 # (demo_rates --from_run). demo.log keeps every stage's output.
 # `rates` measures the GPU configuration's stages (2 epochs each) against their compute-only steps, with the views
 # step as written and compiled (--compile_views).
+# Every command below is parsed by its program on the CPU by tests/test_bench.py (a misspelt flag stops the test, not a
+# lent GPU session); what the commands do on a GPU is not tested there.
 set -uo pipefail
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from bench.flags import counts, names
 from engine.features import exact_knn, faiss_info
 
 
@@ -72,21 +73,21 @@ def run(n: int, d: int, k: int, backend: str, device: torch.device) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="10000,100000,1281167")
-    parser.add_argument("--dims", default="2048,4096")
+    parser.add_argument("--sizes", default="10000,100000,1281167", type=counts(2))
+    parser.add_argument("--dims", default="2048,4096", type=counts(1))
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--backends", default="torch,faiss")
+    parser.add_argument("--backends", default="torch,faiss", type=names(("torch", "faiss")))
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     device = torch.device(args.device)
-    backends = [b for b in args.backends.split(",") if b != "faiss" or faiss_info()[0]]
+    backends = [b for b in args.backends if b != "faiss" or faiss_info()[0]]
     floor_rate = matmul_tflops(device) if device.type == "cuda" else None
     rows = []
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; "
           f"fp16 matmul: {floor_rate and round(floor_rate)} TFLOP/s", flush=True)
-    for d in map(int, args.dims.split(",")):
-        for n in map(int, args.sizes.split(",")):
+    for d in args.dims:
+        for n in args.sizes:
             for backend in backends:
                 row = run(n, d, args.k, backend, device)
                 if floor_rate:

@@ -25,7 +25,8 @@ import torch
 
 from bench.data_pipeline import make_jpegs
 from bench.demo_rates import compute_only, data_fed
-from models.backbones import build_backbone
+from bench.flags import names
+from models.backbones import BACKBONES, build_backbone
 from models.heads import mlp_head
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,15 +45,16 @@ def random_teacher(arch: str, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--student", default="resnet18")
-    parser.add_argument("--teacher", default="resnet50")
+    parser.add_argument("--student", default="resnet18", choices=sorted(BACKBONES))
+    parser.add_argument("--teacher", default="resnet50", choices=sorted(BACKBONES))
     parser.add_argument("--images", type=int, default=2560, help="JPEGs made (an epoch)")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="timed synthetic steps")
-    parser.add_argument("--inputs", default="files,device", help=f"comma-separated, from {sorted(INPUTS)}")
+    parser.add_argument("--inputs", default="files,device", type=names(INPUTS),
+                        help=f"comma-separated, from {list(INPUTS)}")
     parser.add_argument("--flags", default="--amp --channels_last", help="further main_distill.py flags")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json")
@@ -81,7 +83,7 @@ def measure(args, work: Path) -> list[dict]:
                     f"--corr_name={work / 'bags.npy'}", "--clus_pos_num=5", f"--device={args.device}"],
                    check=True, capture_output=True)
     rows = []
-    for name in args.inputs.split(","):
+    for name in args.inputs:
         out = work / f"run-{name}"
         run_args = [f"--s_arch={args.student}", f"--t_arch={args.teacher}", f"--pretrain_path={work / 'teacher.pth'}",
                     f"--data_dir={work / 'data'}", f"--corr_npy={work / 'bags.npy'}", f"--output_dir={out}",

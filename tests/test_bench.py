@@ -77,3 +77,83 @@ def test_eval_input_measures_both_paths_on_both_sources(tmp_path):
         ("png", "loaded", 8), ("png", "loaded", 8), ("png", "held", 10),
         ("release", "loaded", 8), ("release", "loaded", 8), ("release", "held", 12)]
     assert all(r["images_per_s"] > 0 for r in rows) and "| release | held |" in result.stdout
+
+
+def test_a_wrong_item_in_a_benchmarks_list_flag_stops_its_parse_with_the_flag_named(capsys):
+    import argparse
+
+    from bench.flags import counts, names, pairs
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--inputs", default="memory", type=names(("memory", "files")))
+    parser.add_argument("--workers", default="0", type=counts(0))
+    parser.add_argument("--pairs", default="resnet18:resnet50", type=pairs)
+    parsed = parser.parse_args(["--inputs", "files,memory", "--workers", "0,4"])
+    assert (parsed.inputs, parsed.workers, parsed.pairs) == (["files", "memory"], [0, 4], [("resnet18", "resnet50")])
+    for argv, said in [(["--inputs", "memory,file"], "argument --inputs: file not among ['memory', 'files']"),
+                       (["--inputs", "memory, files"], "argument --inputs:  files not among"),
+                       (["--workers", "1,-1"], "argument --workers: '1,-1': each at least 0"),
+                       (["--workers", "1,,2"], "argument --workers: '1,,2' has an empty item"),
+                       (["--pairs", "resnet18"], "argument --pairs: 'resnet18': give student:teacher"),
+                       (["--pairs", "resnet18:resnet5"], "argument --pairs: 'resnet18:resnet5': give student:teacher")]:
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args(argv)
+        assert stop.value.code == 2 and said in capsys.readouterr().err, argv
+
+
+# A python3 stand-in that keeps each `python3 -m <module> <args>` it is given and fails, so that the suite's
+# report-only fallbacks run too; and an nvidia-smi that answers nothing.
+PYTHON3_RECORDER = """#!/usr/bin/env bash
+[ "$1" = -m ] && printf '%s\\0' "${@:2}" > "$RECORD_DIR/call.$(date +%s%N)"
+exit 1
+"""
+
+
+def test_every_command_of_the_gpu_suite_takes_its_programs_flags(tmp_path, monkeypatch):
+    """bench/gpu_suite.sh, every part, as a lent GPU session would run it: each program it starts parses its command
+    line (a flag misspelt there would otherwise cost a session's 15 device minutes to find)."""
+    import argparse
+    import importlib
+    import os
+    from collections import Counter
+
+    for name, text in (("python3", PYTHON3_RECORDER), ("nvidia-smi", "#!/usr/bin/env bash\n")):
+        (tmp_path / "bin").mkdir(exist_ok=True)
+        (tmp_path / "bin" / name).write_text(text)
+        (tmp_path / "bin" / name).chmod(0o755)
+    (tmp_path / "calls").mkdir()
+    (tmp_path / "fmnist").mkdir()
+    parts = "checks knn embed pipeline distill loop rates teacher demo bags"
+    env = {**subprocess_env(tmp_path), "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"),
+           "RECORD_DIR": str(tmp_path / "calls"), "FMNIST_DIR": str(tmp_path / "fmnist")}
+    done = subprocess.run(["bash", str(REPO / "bench" / "gpu_suite.sh"), parts], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    calls = [p.read_text().split("\0")[:-1] for p in sorted((tmp_path / "calls").iterdir())]
+    # demo and bags: the run, its report-only fallback, the rates from the run; teacher: the run and its fallback
+    assert Counter(module for module, *_ in calls) == {
+        "bench.gpu_checks": 1, "bench.knn": 1, "bench.embed": 1, "bench.data_pipeline": 1, "bench.distill_step": 1,
+        "bench.loop_rates": 1, "bench.demo_rates": 3, "scripts.demo": 6}, done.stderr
+
+    class Parsed(Exception):
+        pass
+
+    def parse_only(self, args=None, namespace=None):
+        raise Parsed(parse(self, args, namespace))
+
+    parse = argparse.ArgumentParser.parse_args
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_only)
+    parsed = {}
+    for module, *args in calls:
+        if module == "bench.gpu_checks":  # it takes no flags: it runs its checks
+            assert args == []
+            continue
+        main = importlib.import_module(module + (".__main__" if module == "scripts.demo" else "")).main
+        monkeypatch.setattr(sys, "argv", [module, *args])
+        with pytest.raises(Parsed) as stop:  # an unknown flag or a wrong value exits 2 instead, with argparse's line
+            main()
+        parsed[(module, *args)] = stop.value.args[0]
+    teacher = next(v for k, v in parsed.items() if k[0] == "scripts.demo" and "--stop_after" in k)
+    assert (teacher.config, teacher.teacher_epochs, teacher.skip_floors, teacher.device) == ("gpu", 50, True, "cuda")
+    assert str(teacher.fmnist_dir) == str(tmp_path / "fmnist")
+    distill = next(v for k, v in parsed.items() if k[0] == "bench.distill_step")
+    assert (distill.pairs, distill.batches) == ([("resnet18", "resnet50")], [128])
