@@ -129,7 +129,8 @@ def run_profile(root: Path, args, device: torch.device, workers: int) -> list[di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     cores = len(os.sched_getaffinity(0))
     parser.add_argument("--workers", default=f"1,4,{cores}", type=counts(0), help="loader workers, comma-separated")
     parser.add_argument("--paths", default=",".join(PATHS), type=names(PATHS))

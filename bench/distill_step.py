@@ -198,7 +198,8 @@ def matmul_ceiling(device) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--pairs", default="resnet18:resnet50,resnet18:resnet50w2,efficientnet-b0:resnet50w2",
                         type=pairs, help="student:teacher, comma-separated")
     parser.add_argument("--batches", default="32,128", type=counts(1), help="per GPU, comma-separated")

@@ -65,7 +65,8 @@ def measure(source: Path, images: int, workers: list[int], batch: int, size: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--png", type=Path, default=Path("demo_data/fmnist-1000-all"))
     parser.add_argument("--release", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
     parser.add_argument("--images", type=int, default=10000, help="images embedded by the loaded path")

@@ -72,7 +72,8 @@ def run(n: int, d: int, k: int, backend: str, device: torch.device) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--sizes", default="10000,100000,1281167", type=counts(2))
     parser.add_argument("--dims", default="2048,4096", type=counts(1))
     parser.add_argument("--k", type=int, default=5)

@@ -44,7 +44,8 @@ def random_teacher(arch: str, path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--student", default="resnet18", choices=sorted(BACKBONES))
     parser.add_argument("--teacher", default="resnet50", choices=sorted(BACKBONES))
     parser.add_argument("--images", type=int, default=2560, help="JPEGs made (an epoch)")

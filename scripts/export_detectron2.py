@@ -19,7 +19,8 @@ from utils.io import atomic_write
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--arch", required=True, choices=sorted(DETECTRON2_DEPTHS))
     parser.add_argument("--prefix", default=FPN_PREFIX, help="where the detectron2 model holds its ResNet")
     parser.add_argument("checkpoint", type=Path)

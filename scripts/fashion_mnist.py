@@ -86,7 +86,8 @@ def prepare(out: Path, train_per_class: int | None, val_per_class: int | None, s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--out", default="demo_data/fmnist")
     parser.add_argument("--train_per_class", type=int, default=None, help="default: all 6,000")
     parser.add_argument("--val_per_class", type=int, default=None, help="default: all 1,000")

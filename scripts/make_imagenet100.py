@@ -51,7 +51,8 @@ def build(imagenet: Path, out: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--imagenet", type=Path, required=True, help="ImageNet root with train/ and val/ by class")
     parser.add_argument("--out", type=Path, required=True, help="the ImageNet-100 folder to make")
     args = parser.parse_args()

@@ -49,7 +49,8 @@ _DROP = object()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("source", type=Path, help="the checkpoint you trust")
     parser.add_argument("target", type=Path, help="where to write the converted checkpoint")
     args = parser.parse_args()

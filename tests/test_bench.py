@@ -101,6 +101,43 @@ def test_a_wrong_item_in_a_benchmarks_list_flag_stops_its_parse_with_the_flag_na
         assert stop.value.code == 2 and said in capsys.readouterr().err, argv
 
 
+class Parsed(Exception):
+    """What a program's parser made of its command line, raised in place of the program's work."""
+
+
+def parse_only(monkeypatch, module: str, args: list[str]):
+    """``python -m module *args`` up to its parser: the namespace parsed; argparse's exit 2 where it refuses."""
+    import argparse
+    import importlib
+
+    def parse_then_stop(self, args=None, namespace=None):
+        raise Parsed(parse(self, args, namespace))
+
+    parse = argparse.ArgumentParser.parse_args
+    main = importlib.import_module(module + (".__main__" if module == "scripts.demo" else "")).main
+    with monkeypatch.context() as patch:
+        patch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+        patch.setattr(sys, "argv", [module, *args])
+        with pytest.raises(Parsed) as stop:
+            main()
+    return stop.value.args[0]
+
+
+def test_the_programs_take_no_abbreviated_flag(monkeypatch, capsys):
+    """argparse takes a flag's prefix for the flag by default: `--seed 3` was the demo's `--seeds 3`, three student
+    runs a method rather than a seed. Every argparse program here refuses it, as absl's entry points do."""
+    assert parse_only(monkeypatch, "scripts.demo", ["--seeds", "3"]).seeds == 3
+    for module, args in (("scripts.demo", ["--seed", "3"]), ("bench.demo_rates", ["--input", "memory"]),
+                         ("bench.distill_step", ["--pair", "resnet18:resnet50"])):
+        with pytest.raises(SystemExit) as stop:
+            parse_only(monkeypatch, module, args)
+        assert stop.value.code == 2 and f"unrecognized arguments: {args[0]}" in capsys.readouterr().err, module
+    sources = [p for pattern in ("*.py", "*/*.py", "scripts/**/*.py") for p in REPO.glob(pattern)
+               if p.parts[len(REPO.parts)] not in (".venv", "tests")]
+    programs = {p for p in sources if "ArgumentParser(" in p.read_text()}
+    assert len(programs) >= 12 and all("allow_abbrev=False" in p.read_text() for p in programs), programs
+
+
 # A python3 stand-in that keeps each `python3 -m <module> <args>` it is given and fails, so that the suite's
 # report-only fallbacks run too; and an nvidia-smi that answers nothing.
 PYTHON3_RECORDER = """#!/usr/bin/env bash
@@ -112,8 +149,6 @@ exit 1
 def test_every_command_of_the_gpu_suite_takes_its_programs_flags(tmp_path, monkeypatch):
     """bench/gpu_suite.sh, every part, as a lent GPU session would run it: each program it starts parses its command
     line (a flag misspelt there would otherwise cost a session's 15 device minutes to find)."""
-    import argparse
-    import importlib
     import os
     from collections import Counter
 
@@ -134,24 +169,12 @@ def test_every_command_of_the_gpu_suite_takes_its_programs_flags(tmp_path, monke
         "bench.gpu_checks": 1, "bench.knn": 1, "bench.embed": 1, "bench.data_pipeline": 1, "bench.distill_step": 1,
         "bench.loop_rates": 1, "bench.demo_rates": 3, "scripts.demo": 6}, done.stderr
 
-    class Parsed(Exception):
-        pass
-
-    def parse_only(self, args=None, namespace=None):
-        raise Parsed(parse(self, args, namespace))
-
-    parse = argparse.ArgumentParser.parse_args
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_only)
     parsed = {}
     for module, *args in calls:
         if module == "bench.gpu_checks":  # it takes no flags: it runs its checks
             assert args == []
             continue
-        main = importlib.import_module(module + (".__main__" if module == "scripts.demo" else "")).main
-        monkeypatch.setattr(sys, "argv", [module, *args])
-        with pytest.raises(Parsed) as stop:  # an unknown flag or a wrong value exits 2 instead, with argparse's line
-            main()
-        parsed[(module, *args)] = stop.value.args[0]
+        parsed[(module, *args)] = parse_only(monkeypatch, module, args)
     teacher = next(v for k, v in parsed.items() if k[0] == "scripts.demo" and "--stop_after" in k)
     assert (teacher.config, teacher.teacher_epochs, teacher.skip_floors, teacher.device) == ("gpu", 50, True, "cuda")
     assert str(teacher.fmnist_dir) == str(tmp_path / "fmnist")

@@ -18,7 +18,8 @@ from scripts.demo.stages import REPO, load_average, run_stages
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("--quick", action="store_true", help="the smoke configuration the tests run")
     parser.add_argument("--config", choices=sorted(CONFIGS), help="default: gpu when CUDA is available, else cpu")
     parser.add_argument("--seeds", type=int, help="student runs per method (default: the configuration's)")
