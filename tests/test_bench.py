@@ -17,7 +17,7 @@ CASES = {
                         "--steps", "1", "--rounds", "1", "--warmup", "1", "--device", "cpu",
                         "--configs", "official,fast,fast+fused,fast+eval-teacher-fused"],  # compiling takes minutes
     "loop_rates.py": ["--images", "24", "--size", "32", "--batch", "4", "--workers", "0", "--epochs", "2",
-                      "--steps", "1", "--flags=", "--device", "cpu"],
+                      "--steps", "1", "--flags=", "--device", "cpu", "--teacher", "resnet18"],
     "data_pipeline.py": ["--workers", "0,1", "--images", "16", "--batch", "4", "--batches", "2", "--size", "32",
                          "--profile_steps", "2", "--queue", "8", "--device", "cpu", "--pair", "resnet18:resnet18"],
 }
