@@ -195,6 +195,21 @@ def run_cases(module: str, cases: list[list[str]], tmp_path: Path, timeout: int 
     return json.loads(results_file.read_text())
 
 
+def recording_stand_in(bin_dir: Path, command: str, body: str) -> None:
+    """An executable ``bin_dir/command`` (put ``bin_dir`` first on PATH) that runs the bash ``body``, in which
+    ``record "$@"`` keeps the given arguments as one call in the folder ``$RECORD_DIR`` (read by ``recorded_calls``)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    stand_in = bin_dir / command
+    stand_in.write_text("#!/usr/bin/env bash\n"
+                        'record() { printf \'%s\\0\' "$@" > "$RECORD_DIR/call.$(date +%s%N)"; }\n' + body)
+    stand_in.chmod(0o755)
+
+
+def recorded_calls(folder: Path) -> list[list[str]]:
+    """The argument lists the stand-ins of ``recording_stand_in`` kept in ``folder``, in the order of the calls."""
+    return [p.read_text().split("\0")[:-1] for p in sorted(folder.iterdir())]
+
+
 def distill_config(**overrides):
     """``main_distill.py``'s step settings at its flags' defaults (the method's release defaults for ``method``),
     with ``overrides``: how a test builds a method's step without the entry point."""

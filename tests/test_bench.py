@@ -7,7 +7,7 @@ import pytest
 
 from scripts.fashion_mnist import DEBIAN_DIR
 
-from helpers import REPO, subprocess_env
+from helpers import REPO, recorded_calls, recording_stand_in, subprocess_env
 
 CASES = {
     "embed.py": ["--arch", "resnet18", "--images", "16", "--batch", "8", "--size", "32", "--workers", "0",
@@ -138,24 +138,16 @@ def test_the_programs_take_no_abbreviated_flag(monkeypatch, capsys):
     assert len(programs) >= 12 and all("allow_abbrev=False" in p.read_text() for p in programs), programs
 
 
-# A python3 stand-in that keeps each `python3 -m <module> <args>` it is given and fails, so that the suite's
-# report-only fallbacks run too; and an nvidia-smi that answers nothing.
-PYTHON3_RECORDER = """#!/usr/bin/env bash
-[ "$1" = -m ] && printf '%s\\0' "${@:2}" > "$RECORD_DIR/call.$(date +%s%N)"
-exit 1
-"""
-
-
 def test_every_command_of_the_gpu_suite_takes_its_programs_flags(tmp_path, monkeypatch):
     """bench/gpu_suite.sh, every part, as a lent GPU session would run it: each program it starts parses its command
     line (a flag misspelt there would otherwise cost a session's 15 device minutes to find)."""
     import os
     from collections import Counter
 
-    for name, text in (("python3", PYTHON3_RECORDER), ("nvidia-smi", "#!/usr/bin/env bash\n")):
-        (tmp_path / "bin").mkdir(exist_ok=True)
-        (tmp_path / "bin" / name).write_text(text)
-        (tmp_path / "bin" / name).chmod(0o755)
+    # python3 keeps each `python3 -m <module> <args>` it is given and fails, so that the suite's report-only
+    # fallbacks run too; nvidia-smi answers nothing
+    recording_stand_in(tmp_path / "bin", "python3", '[ "$1" = -m ] && record "${@:2}"\nexit 1\n')
+    recording_stand_in(tmp_path / "bin", "nvidia-smi", "")
     (tmp_path / "calls").mkdir()
     (tmp_path / "fmnist").mkdir()
     parts = "checks knn embed pipeline distill loop rates teacher demo bags"
@@ -163,7 +155,7 @@ def test_every_command_of_the_gpu_suite_takes_its_programs_flags(tmp_path, monke
            "RECORD_DIR": str(tmp_path / "calls"), "FMNIST_DIR": str(tmp_path / "fmnist")}
     done = subprocess.run(["bash", str(REPO / "bench" / "gpu_suite.sh"), parts], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
-    calls = [p.read_text().split("\0")[:-1] for p in sorted((tmp_path / "calls").iterdir())]
+    calls = recorded_calls(tmp_path / "calls")
     # demo and bags: the run, its report-only fallback, the rates from the run; teacher: the run and its fallback
     assert Counter(module for module, *_ in calls) == {
         "bench.gpu_checks": 1, "bench.knn": 1, "bench.embed": 1, "bench.data_pipeline": 1, "bench.distill_step": 1,

@@ -4,17 +4,11 @@ the absent ImageNet folder, the first thing it reads). The documented variants i
 import os
 import subprocess
 
-from helpers import REPO, run_cases, subprocess_env
+from helpers import REPO, recorded_calls, recording_stand_in, run_cases, subprocess_env
 
 SCRIPTS = sorted([REPO / "run_knn.sh", *(REPO / "scripts").glob("*/*.sh")])
 # Variants the scripts' comments offer: "$@" takes them.
 VARIANTS = {"SR18-TR50-compress.sh": [[], ["--compress_one_bank"]]}
-# A torchrun stand-in: it keeps the command line it was given (its own --options dropped), one file a call, and
-# lets the script go on, so a script's every command is checked.
-RECORDER = """#!/usr/bin/env bash
-while [[ "$1" == --* ]]; do shift; done
-printf '%s\\0' "$@" > "$(mktemp "$RECORD_DIR/call.XXXXXX")"
-"""
 
 
 def recorded_commands(tmp_path, script, extra: list[str]) -> list[list[str]]:
@@ -27,14 +21,13 @@ def recorded_commands(tmp_path, script, extra: list[str]) -> list[list[str]]:
                                       "PRETRAINED": str(tmp_path / "final.pth")}
     done = subprocess.run(["bash", str(script), *extra], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, (script.name, done.stderr)
-    return [p.read_text().split("\0")[:-1] for p in sorted(record.iterdir())]
+    return recorded_calls(record)
 
 
 def test_every_ready_script_passes_its_entry_points_flag_checks_and_stops_at_the_missing_data(tmp_path):
-    shim = tmp_path / "bin" / "torchrun"
-    shim.parent.mkdir()
-    shim.write_text(RECORDER)
-    shim.chmod(0o755)
+    # torchrun keeps the command line it is given (its own --options dropped) and lets the script go on, so a
+    # script's every command is checked
+    recording_stand_in(tmp_path / "bin", "torchrun", 'while [[ "$1" == --* ]]; do shift; done\nrecord "$@"\n')
     by_entry: dict[str, list[list[str]]] = {}
     for script in SCRIPTS:
         for extra in VARIANTS.get(script.name, [[]]):
