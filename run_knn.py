@@ -22,7 +22,7 @@ from datasets.device_views import DeviceViews, EncodedImageFolder, HeldImages, c
 from datasets.folders import IndexedImageFolder, open_split
 from datasets.neighbours import dataset_fingerprint, neighbour_path, write_neighbours
 from datasets.transforms import eval_transform
-from engine.bags import BAGGINGS, BagError, bag_purity, group_bags, kmeans_assignments, random_bags
+from engine.bags import BAGGINGS, BagError, bag_purity, group_bags, kmeans_assignments, label_bags, random_bags
 from engine.cli import check_minimums, check_stem, refuse_inert_flags, run
 from engine.features import SEARCH_BACKENDS, embed, exact_knn
 from engine.options import KnnStepOptions, from_flags
@@ -61,6 +61,9 @@ flags.DEFINE_enum("bagging", "knn", list(BAGGINGS),
                   "image's k-means cluster of the teacher's features), label (K members of its class folder: an "
                   "oracle that uses labels), random (K other images: the control). label and random load no teacher.")
 flags.DEFINE_integer("kmeans_clusters", None, "--bagging=kmeans: the number of clusters.")
+flags.DEFINE_float("label_bag_purity", 1.0, "--bagging=label: the probability that a bag member is of the image's "
+                   "class (else it is drawn from the other classes); below 1 it makes bags of a chosen purity whose "
+                   "wrong members are unrelated to the image.")
 flags.DEFINE_integer("bag_seed", 0, "Seed of the k-means initialisation and of the members drawn for kmeans, label and "
                      "random bags.")
 flags.mark_flag_as_required("data_dir")
@@ -71,6 +74,7 @@ TEACHER_FLAGS = ("arch", "ckpt_name", "stem", "feature", "search", "batch_size",
                  "device_views", "in_memory", "channels_last")
 FLAG_SCOPE = {name: ("--bagging=knn or kmeans (label and random bags load no teacher)",
                      lambda o: o.bagging in ("knn", "kmeans")) for name in TEACHER_FLAGS}
+FLAG_SCOPE["label_bag_purity"] = ("--bagging=label", lambda o: o.bagging == "label")
 
 
 def check_options(opts: KnnStepOptions) -> None:
@@ -84,6 +88,8 @@ def check_options(opts: KnnStepOptions) -> None:
         raise app.UsageError(f"--kmeans_clusters is a --bagging=kmeans flag; this run is --bagging={opts.bagging}")
     if opts.kmeans_clusters is not None and opts.kmeans_clusters < 1:
         raise app.UsageError(f"--kmeans_clusters={opts.kmeans_clusters}: must be at least 1")
+    if not 0.0 <= opts.label_bag_purity <= 1.0:
+        raise app.UsageError(f"--label_bag_purity={opts.label_bag_purity}: a probability, from 0 to 1")
     if opts.in_memory and opts.device_views:
         raise app.UsageError("--in_memory and --device_views are two ways to make the crops on the device: give one")
     if opts.bagging in ("label", "random") and opts.save_distances:
@@ -130,8 +136,9 @@ def make_bags(opts: KnnStepOptions, ctx: edist.Context, teacher: tuple[nn.Module
     if opts.bagging == "random":
         return (random_bags(len(labels), k, opts.bag_seed) if ctx.is_main else None), info
     if opts.bagging == "label":
+        info["label_bag_purity"] = opts.label_bag_purity
         names = np.array(dataset.classes)[labels]  # errors name the class folder
-        return (group_bags(names, k, opts.bag_seed, "class") if ctx.is_main else None), info
+        return (label_bags(names, k, opts.bag_seed, opts.label_bag_purity) if ctx.is_main else None), info
     network, teacher_sha256 = teacher
     t0 = time.perf_counter()
     features = embed(network, dataset, ctx, opts.batch_size, opts.num_workers,

@@ -3,7 +3,9 @@ writes, row ``i`` the indices of image ``i``'s K bag members (never ``i`` itself
 
 - ``knn``: the K nearest neighbours in the teacher's space (the paper's choice; ``engine.features.exact_knn``).
 - ``kmeans``: K members of the anchor's k-means cluster of the teacher's features, drawn uniformly.
-- ``label``: K members of the anchor's class folder, drawn uniformly: an oracle that uses the labels.
+- ``label``: K members of the anchor's class folder, drawn uniformly: an oracle that uses the labels. With a
+  ``purity`` below 1 (``--label_bag_purity``) each member is of the anchor's class with that probability and else
+  drawn from the other classes: bags of a chosen purity whose wrong members are unrelated to the anchor.
 - ``random``: K images drawn uniformly from all the others: the control with no relation at all.
 """
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 
 from engine.features import import_faiss
 
-__all__ = ["BAGGINGS", "group_bags", "random_bags", "kmeans_assignments", "bag_purity", "BagError"]
+__all__ = ["BAGGINGS", "group_bags", "label_bags", "random_bags", "kmeans_assignments", "bag_purity", "BagError"]
 
 BAGGINGS = ("knn", "kmeans", "label", "random")
 
@@ -39,6 +41,37 @@ def group_bags(groups: np.ndarray, k: int, seed: int, what: str = "group") -> np
         for i in members:
             others = members[members != i]
             bags[i] = rng.choice(others, size=k, replace=False)
+    return bags
+
+
+def label_bags(classes: np.ndarray, k: int, seed: int, purity: float = 1.0) -> np.ndarray:
+    """For each image, ``k`` distinct other images, each of its own class (``classes[i]``) with probability
+    ``purity`` (the number per bag binomial) and else of another class, drawn uniformly with ``seed`` and in a
+    random order. ``purity=1`` is ``group_bags`` by class, draw for draw. Raises ``BagError`` when a class is too
+    small for its in-class members or the other classes too small for the rest."""
+    if not 0.0 <= purity <= 1.0:
+        raise BagError(f"a purity of {purity} is not a probability: give a value from 0 to 1")
+    if purity == 1.0:
+        return group_bags(classes, k, seed, "class")
+    classes = np.asarray(classes)
+    names, counts = np.unique(classes, return_counts=True)
+    if purity > 0 and counts.min() < k + 1:
+        small = names[counts.argmin()]
+        raise BagError(f"class {small} has {counts.min()} member(s), fewer than K + 1 = {k + 1}: an image may draw "
+                       f"all K members from its class")
+    if len(classes) - counts.max() < k:
+        big = names[counts.argmax()]
+        raise BagError(f"the classes other than {big} hold {len(classes) - counts.max()} image(s), fewer than "
+                       f"K = {k}: an image may draw all K members from the other classes")
+    rng = np.random.default_rng(seed)
+    in_class = rng.binomial(k, purity, size=len(classes))
+    bags = np.empty((len(classes), k), dtype=np.int64)
+    for name in names:
+        members, others = np.flatnonzero(classes == name), np.flatnonzero(classes != name)
+        for i in members:
+            inside = rng.choice(members[members != i], size=in_class[i], replace=False)
+            outside = rng.choice(others, size=k - in_class[i], replace=False)
+            bags[i] = rng.permutation(np.concatenate([inside, outside]))
     return bags
 
 

@@ -177,5 +177,6 @@ class KnnStepOptions(_Options):
     channels_last: bool
     bagging: str
     kmeans_clusters: int | None
+    label_bag_purity: float
     bag_seed: int
     explicit: frozenset[str] = field(default_factory=frozenset)

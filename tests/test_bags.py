@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.bags import BagError, bag_purity, group_bags, kmeans_assignments, random_bags
+from engine.bags import BagError, bag_purity, group_bags, kmeans_assignments, label_bags, random_bags
 from engine.evaluation import LOGREG_C
 from models import losses
 from utils.metrics import binomial_interval
@@ -25,6 +25,32 @@ def test_group_bags_draw_k_other_members_of_the_group():
     assert bag_purity(bags, groups) == 100.0
     with pytest.raises(BagError, match="class 1 has 3 member"):
         group_bags(groups, 3, seed=0, what="class")
+
+
+def test_label_bags_of_a_chosen_purity_mix_in_members_of_other_classes():
+    classes = np.arange(2000) % 4
+    assert np.array_equal(label_bags(classes, 5, seed=2), group_bags(classes, 5, seed=2, what="class"))
+    for purity in (0.0, 0.3, 0.75):
+        bags = label_bags(classes, 5, seed=0, purity=purity)
+        assert bags.shape == (2000, 5) and bags.dtype == np.int64 and not (bags == np.arange(2000)[:, None]).any()
+        assert all(len(set(row)) == 5 for row in bags[:200])
+        # 10,000 members, each in class with probability `purity`: the binomial's sd is at most 0.5 points
+        assert abs(bag_purity(bags, classes) - 100 * purity) < 2
+        in_class = (classes[bags] == classes[:, None]).sum(1)
+        assert abs(in_class.var() - 5 * purity * (1 - purity)) < 0.15  # binomial per bag, not a fixed count
+        wrong = bags[classes[bags] != classes[:, None]]
+        assert purity == 0.0 or len(np.unique(classes[wrong])) == 4  # the wrong members spread over the classes
+    first = label_bags(classes, 5, seed=0, purity=0.75)
+    assert np.array_equal(first, label_bags(classes, 5, seed=0, purity=0.75))
+    assert not np.array_equal(first, label_bags(classes, 5, seed=1, purity=0.75))
+    assert (classes[first[:, 0]] == classes).mean() == pytest.approx(0.75, abs=0.04)  # no column holds the in-class
+    small = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    with pytest.raises(BagError, match="class 0 has 3 member"):
+        label_bags(small, 3, seed=0, purity=0.5)
+    with pytest.raises(BagError, match="other than 1 hold 3 image"):
+        label_bags(small, 4, seed=0, purity=0.0)
+    with pytest.raises(BagError, match="not a probability"):
+        label_bags(small, 2, seed=0, purity=1.5)
 
 
 def test_random_bags_never_hold_the_image_and_spread_over_all_others():
@@ -186,7 +212,13 @@ def test_run_knn_writes_each_kind_of_bag_with_its_purity_and_main_distill_trains
     tmp, data = bag_data
     kinds = {"knn": [], "kmeans": ["--kmeans_clusters=2"], "label": [], "random": ["--bag_seed=3"]}
     results = run_cases("run_knn", [_knn(tmp, data, f"{kind}.npy", f"--bagging={kind}", *extra,
-                                         teacher=kind in ("knn", "kmeans")) for kind, extra in kinds.items()], tmp)
+                                         teacher=kind in ("knn", "kmeans")) for kind, extra in kinds.items()]
+                        + [_knn(tmp, data, "label-0.npy", "--bagging=label", "--label_bag_purity=0", teacher=False)],
+                        tmp)
+    mixed = results.pop()
+    assert mixed["status"] == 0, mixed
+    mixed_meta = json.loads((tmp / "label-0.json").read_text())
+    assert mixed_meta["label_bag_purity"] == 0.0 and mixed_meta["bag_purity"] == 0.0  # every member of another class
     labels = np.repeat(np.arange(3), 6)
     for kind, result in zip(kinds, results):
         assert result["status"] == 0, (kind, result)
@@ -225,8 +257,10 @@ def test_bags_that_cannot_be_made_are_refused_before_any_work(bag_data, tmp_path
         # 18 images in bags of K + 1 = 4 make at most 4 clusters: refused before the teacher embeds anything
         "--kmeans_clusters=5: 18 images make at most 4 clusters": ["--bagging=kmeans", "--kmeans_clusters=5"],
         "--arch acts only in --bagging=knn or kmeans (label and random bags load no teacher)": ["--bagging=random"],
+        "--label_bag_purity acts only in --bagging=label": ["--bagging=random", "--label_bag_purity=0.5"],
+        "--label_bag_purity=1.5: a probability, from 0 to 1": ["--bagging=label", "--label_bag_purity=1.5"],
     }
-    teacherless = ("class class_0", "computes no", "--bag_seed")  # cases given no teacher flags
+    teacherless = ("class class_0", "computes no", "--bag_seed", "--label_bag_purity")  # cases given no teacher flags
     results = run_cases("run_knn", [_knn(tmp, data, "x.npy", *extra, teacher=not text.startswith(teacherless))
                                     for text, extra in cases.items()], tmp_path)
     for text, result in zip(cases, results):

@@ -210,6 +210,36 @@ def test_the_gpu_bags_configuration_shares_the_gpu_configurations_floors_and_tea
         share(tmp_path / "third", other)
 
 
+def test_the_purity_configuration_makes_label_bags_of_75_percent_beside_bags_10ks_and_shares_its_teacher(
+        tmp_path, monkeypatch):
+    from scripts.demo import stages
+    from scripts.demo.configs import BAG_FLAGS, BAG_LABELS
+
+    purity, bags_10k = CONFIGS["bags-10k-purity"], CONFIGS["bags-10k"]
+    assert purity.shares == "bags-10k" and floors(purity) == floors(bags_10k) and purity.seeds >= 2
+    for field in ("teacher", "student", "train_per_class", "eval_train_per_class", "input_flags", "image_size"):
+        assert getattr(purity, field) == getattr(bags_10k, field), field
+    assert all(b in BAG_FLAGS and b in BAG_LABELS for cfg in CONFIGS.values() for b in cfg.bags)
+    commands = []
+    monkeypatch.setattr(stages, "training_data", lambda cfg, data_dir, source: data_dir)
+    monkeypatch.setattr(stages, "prepare", lambda folder, *args, **kwargs: folder)
+    monkeypatch.setattr(stages.Runner, "stage", lambda self, name, done, script, args: commands.append((script, args)))
+    monkeypatch.setattr(stages.Runner, "evaluations", lambda self, name, evaluations: None)
+    run = tmp_path / "demo-bags-10k-purity"
+    stages.run_stages(purity, run, tmp_path / "pngs", tmp_path / "eval", "cpu")
+    assert (run / "teacher").resolve() == tmp_path / "demo-bags-10k" / "teacher"  # trained once, by either
+    knn_steps = {next(a for a in args if a.startswith("--corr_name=")).rsplit("/", 1)[1]: args
+                 for script, args in commands if script == "run_knn.py"}
+    assert list(knn_steps) == ["neighbours.npy", "neighbours-label-75.npy", "neighbours-label.npy"]
+    mixed = knn_steps["neighbours-label-75.npy"]
+    assert "--bagging=label" in mixed and "--label_bag_purity=0.75" in mixed
+    assert not any(a.startswith("--ckpt_name=") for a in mixed) and "--label_bag_purity=0.75" not in \
+        knn_steps["neighbours-label.npy"]
+    students = [next(a for a in args if a.startswith("--corr_npy=")).rsplit("/", 1)[1]
+                for script, args in commands if script == "main_distill.py" and "--method=bingo" in args]
+    assert students == ["neighbours.npy", "neighbours-label-75.npy", "neighbours-label.npy"] * purity.seeds
+
+
 def _evaluated(run_dir, folder, knn, linear):
     out = run_dir / folder / "evaluation"
     out.mkdir(parents=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 from datasets.arrays import release_kind
 from datasets.folders import DatasetError, open_split
 from models.backbones import FLOORS
-from scripts.demo.configs import Config, Training, variants
+from scripts.demo.configs import BAG_FLAGS, Config, Training, variants
 from scripts.fashion_mnist import DEBIAN_DIR, prepare
 from utils.io import atomic_json
 
@@ -166,9 +166,9 @@ def run_stages(cfg: Config, run_dir: Path, data_dir: Path, eval_dir: Path, devic
         return data, eval_data
     for bagging in cfg.bags:
         neighbours = neighbours_file(run_dir, bagging)
-        uses_teacher = bagging in ("knn", "kmeans")
+        uses_teacher = BAG_FLAGS[bagging][0] in ("--bagging=knn", "--bagging=kmeans")
         runner.stage(f"kNN step ({bagging} bags)", neighbours.with_suffix(".json"), "run_knn.py",  # .json: last
-                     [f"--data_dir={data}", "--clus_pos_num=5", f"--corr_name={neighbours}", f"--bagging={bagging}",
+                     [f"--data_dir={data}", "--clus_pos_num=5", f"--corr_name={neighbours}", *BAG_FLAGS[bagging],
                       *([f"--arch={cfg.teacher.arch}", f"--ckpt_name={teacher}", f"--stem={cfg.stem}",
                          f"--image_size={cfg.image_size}", f"--num_workers={cfg.workers}",
                          f"--batch_size={cfg.teacher.batch_size}", *cfg.knn_step_flags] if uses_teacher else []),
