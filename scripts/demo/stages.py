@@ -166,13 +166,14 @@ def run_stages(cfg: Config, run_dir: Path, data_dir: Path, eval_dir: Path, devic
         return data, eval_data
     for bagging in cfg.bags:
         neighbours = neighbours_file(run_dir, bagging)
-        uses_teacher = BAG_FLAGS[bagging][0] in ("--bagging=knn", "--bagging=kmeans")
+        kind = BAG_FLAGS[bagging][0].removeprefix("--bagging=")  # label-75 is a kind of label bags
+        uses_teacher = kind in ("knn", "kmeans")
         runner.stage(f"kNN step ({bagging} bags)", neighbours.with_suffix(".json"), "run_knn.py",  # .json: last
                      [f"--data_dir={data}", "--clus_pos_num=5", f"--corr_name={neighbours}", *BAG_FLAGS[bagging],
                       *([f"--arch={cfg.teacher.arch}", f"--ckpt_name={teacher}", f"--stem={cfg.stem}",
                          f"--image_size={cfg.image_size}", f"--num_workers={cfg.workers}",
                          f"--batch_size={cfg.teacher.batch_size}", *cfg.knn_step_flags] if uses_teacher else []),
-                      *([f"--kmeans_clusters={cfg.kmeans_clusters}"] if bagging == "kmeans" else [])])
+                      *([f"--kmeans_clusters={cfg.kmeans_clusters}"] if kind == "kmeans" else [])])
     for seed in range(cfg.seeds):
         for model, method, bagging in variants(cfg):
             folder = student_folder(model, seed)
