@@ -89,8 +89,9 @@ def test_quick_demo_runs_the_whole_chain_with_floors_and_resumes(tmp_path):
     again = _demo(tmp_path)  # everything is done: every stage is skipped, the report is rebuilt
     assert again.returncode == 0 and again.stdout.count("done already") == 14  # the floors are one stage
     ran = json.loads((run / "results.json").read_text())
-    rewritten = subprocess.run([*_demo_command(tmp_path), "--report_only"], cwd=tmp_path, env=subprocess_env(tmp_path),
-                               capture_output=True, text=True, timeout=600)
+    report_command = [*_demo_command(tmp_path)[:-1], "--report_only"]  # the report reads the run folder, no data
+    rewritten = subprocess.run(report_command, cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True,
+                               text=True, timeout=600)
     assert rewritten.returncode == 0, rewritten.stderr[-3000:]
     kept = json.loads((run / "results.json").read_text())  # the scores again, the run's own record kept
     assert kept["wall_seconds"] == ran["wall_seconds"] is not None and kept["command"] == ran["command"]

@@ -362,14 +362,16 @@ def test_a_neighbour_json_that_is_not_an_object_is_named(cases_rig, tmp_path):
         read_neighbours(tmp_path / "nn.npy", dataset, 2, check_meta=True)
 
 
-def test_the_demo_refuses_quick_with_a_config_or_an_eval_dir_and_a_missing_fashion_mnist_folder(tmp_path):
+def test_the_demo_refuses_flags_that_contradict_or_would_not_act_before_any_work(tmp_path):
     import sys
 
     from helpers import REPO, subprocess_env
 
     for args, text in ((["--quick", "--config", "cpu"], "--quick is a configuration of its own"),
                        (["--quick", "--fmnist_dir", str(tmp_path / "none")], "is not a folder"),
-                       (["--quick", "--eval_dir", str(tmp_path / "eval")], "training images (--data_dir): drop")):
+                       (["--quick", "--eval_dir", str(tmp_path / "eval")], "training images (--data_dir): drop"),
+                       (["--quick", "--report_only", "--skip_floors", "--device=cpu"],
+                        "--report_only runs nothing, so --skip_floors, --device would not act: drop them")):
         done = subprocess.run([sys.executable, "-m", "scripts.demo", *args, "--run_dir", str(tmp_path / "run")],
                               cwd=REPO, env=subprocess_env(tmp_path), capture_output=True, text=True)
         assert done.returncode == 2 and text in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -44,6 +44,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick and args.config:
         parser.error(f"--quick is a configuration of its own: drop --quick or --config={args.config}")
+    run_only = [f"--{name}" for name in ("skip_floors", "stop_after", "data_dir", "eval_dir", "fmnist_dir")
+                if getattr(args, name) not in (None, False)] + (["--device"] if args.device != "auto" else [])
+    if args.report_only and run_only:
+        parser.error(f"--report_only runs nothing, so {', '.join(run_only)} would not act: drop "
+                     f"{'it' if len(run_only) == 1 else 'them'} (the run folder follows --config, --seeds, "
+                     "--teacher_epochs and --run_dir)")
     if args.fmnist_dir is not None and not args.fmnist_dir.is_dir():
         parser.error(f"--fmnist_dir={args.fmnist_dir} is not a folder: give the folder holding the four "
                      "Fashion-MNIST .gz files (train-images-idx3-ubyte.gz and the three others)")
