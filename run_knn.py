@@ -22,7 +22,17 @@ from datasets.device_views import DeviceViews, EncodedImageFolder, HeldImages, c
 from datasets.folders import IndexedImageFolder, open_split
 from datasets.neighbours import dataset_fingerprint, neighbour_path, write_neighbours
 from datasets.transforms import eval_transform
-from engine.bags import BAGGINGS, BagError, bag_purity, group_bags, kmeans_assignments, label_bags, random_bags
+from engine.bags import (
+    BAGGINGS,
+    REDRAWS,
+    BagError,
+    bag_purity,
+    group_bags,
+    kmeans_assignments,
+    label_bags,
+    random_bags,
+    redraw_members,
+)
 from engine.cli import check_minimums, check_stem, refuse_inert_flags, run
 from engine.features import SEARCH_BACKENDS, embed, exact_knn
 from engine.options import KnnStepOptions, from_flags
@@ -64,8 +74,12 @@ flags.DEFINE_integer("kmeans_clusters", None, "--bagging=kmeans: the number of c
 flags.DEFINE_float("label_bag_purity", 1.0, "--bagging=label: the probability that a bag member is of the image's "
                    "class (else it is drawn from the other classes); below 1 it makes bags of a chosen purity whose "
                    "wrong members are unrelated to the image.")
+flags.DEFINE_enum("redraw_members", "none", list(REDRAWS),
+                  "--bagging=knn, an ablation that reads the labels: redraw each bag member of the image's class from "
+                  "its class (same_class: the teacher's mistakes kept) or each member of another class from the other "
+                  "classes (other_class: the teacher's right members kept), in place; the bags' purity is unchanged.")
 flags.DEFINE_integer("bag_seed", 0, "Seed of the k-means initialisation and of the members drawn for kmeans, label and "
-                     "random bags.")
+                     "random bags and by --redraw_members.")
 flags.mark_flag_as_required("data_dir")
 
 
@@ -75,6 +89,7 @@ TEACHER_FLAGS = ("arch", "ckpt_name", "stem", "feature", "search", "batch_size",
 FLAG_SCOPE = {name: ("--bagging=knn or kmeans (label and random bags load no teacher)",
                      lambda o: o.bagging in ("knn", "kmeans")) for name in TEACHER_FLAGS}
 FLAG_SCOPE["label_bag_purity"] = ("--bagging=label", lambda o: o.bagging == "label")
+FLAG_SCOPE["redraw_members"] = ("--bagging=knn", lambda o: o.bagging == "knn")
 
 
 def check_options(opts: KnnStepOptions) -> None:
@@ -94,6 +109,9 @@ def check_options(opts: KnnStepOptions) -> None:
         raise app.UsageError("--in_memory and --device_views are two ways to make the crops on the device: give one")
     if opts.bagging in ("label", "random") and opts.save_distances:
         raise app.UsageError(f"--save_distances: --bagging={opts.bagging} computes no similarities")
+    if opts.redraw_members != "none" and opts.save_distances:
+        raise app.UsageError(f"--save_distances: --redraw_members={opts.redraw_members} replaces members whose "
+                             "similarities were computed; drop one")
     refuse_inert_flags(opts, FLAG_SCOPE, f"this run (--bagging={opts.bagging})")
 
 
@@ -132,7 +150,8 @@ def make_bags(opts: KnnStepOptions, ctx: edist.Context, teacher: tuple[nn.Module
     ``teacher`` (the network and its file's sha256) embeds for knn and kmeans bags; ``labels`` are the images'
     classes (label bags)."""
     k = opts.clus_pos_num
-    info = {"bagging": opts.bagging, "bag_seed": opts.bag_seed, "uses_labels": opts.bagging == "label"}
+    info = {"bagging": opts.bagging, "bag_seed": opts.bag_seed,
+            "uses_labels": opts.bagging == "label" or opts.redraw_members != "none"}
     if opts.bagging == "random":
         return (random_bags(len(labels), k, opts.bag_seed) if ctx.is_main else None), info
     if opts.bagging == "label":
@@ -152,9 +171,12 @@ def make_bags(opts: KnnStepOptions, ctx: edist.Context, teacher: tuple[nn.Module
     if opts.bagging == "knn":
         bags, sims, backend = exact_knn(features, k, opts.search, ctx.device, report=log)
         info["search_backend"] = backend
-        if opts.save_distances:
-            info["sims"] = sims.numpy()
         bags = bags.numpy()
+        if opts.redraw_members != "none":  # the similarities would no longer be the members'
+            info["redraw_members"] = opts.redraw_members
+            bags = redraw_members(bags, np.array(dataset.classes)[labels], opts.redraw_members, opts.bag_seed)
+        elif opts.save_distances:
+            info["sims"] = sims.numpy()
     else:
         clusters, backend = kmeans_assignments(features, opts.kmeans_clusters, opts.bag_seed)
         info.update(kmeans_clusters=opts.kmeans_clusters, kmeans_backend=backend,
@@ -193,6 +215,9 @@ def make_neighbour_file(opts: KnnStepOptions) -> None:
                              f"clusters of K + 1 = {k + 1} (every image needs K others in its cluster)")
     if opts.bagging == "label" and not dataset.labelled:
         raise app.UsageError(f"--bagging=label: {dataset.describe()}; label bags need labels")
+    if opts.redraw_members != "none" and not dataset.labelled:
+        raise app.UsageError(f"--redraw_members={opts.redraw_members}: {dataset.describe()}; redrawing by class needs "
+                             "labels")
     log(f"{dataset.describe()}; K={k}; bags: {opts.bagging}; {ctx.world_size} process(es)", ctx.is_main)
     labels = np.asarray(dataset.targets)
     try:

@@ -7,6 +7,10 @@ writes, row ``i`` the indices of image ``i``'s K bag members (never ``i`` itself
   ``purity`` below 1 (``--label_bag_purity``) each member is of the anchor's class with that probability and else
   drawn from the other classes: bags of a chosen purity whose wrong members are unrelated to the anchor.
 - ``random``: K images drawn uniformly from all the others: the control with no relation at all.
+
+``redraw_members`` (``--redraw_members``) takes the teacher's k-NN bags apart at unchanged purity, member by member:
+the members of the image's class redrawn from its class (the teacher's mistakes kept) or the members of other classes
+redrawn from the other classes (the teacher's right members kept).
 """
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ import torch
 
 from engine.features import import_faiss
 
-__all__ = ["BAGGINGS", "group_bags", "label_bags", "random_bags", "kmeans_assignments", "bag_purity", "BagError"]
+__all__ = ["BAGGINGS", "REDRAWS", "group_bags", "label_bags", "random_bags", "redraw_members", "kmeans_assignments",
+           "bag_purity", "BagError"]
 
 BAGGINGS = ("knn", "kmeans", "label", "random")
+REDRAWS = ("none", "same_class", "other_class")
 
 
 class BagError(ValueError):
@@ -85,6 +91,40 @@ def random_bags(n: int, k: int, seed: int) -> np.ndarray:
         draw = rng.choice(n - 1, size=k, replace=False)
         bags[i] = draw + (draw >= i)  # skip i itself
     return bags
+
+
+def redraw_members(bags: np.ndarray, classes: np.ndarray, which: str, seed: int) -> np.ndarray:
+    """``bags`` with one kind of member redrawn in place and the other kept: ``which="same_class"`` replaces each
+    member of the image's class (``classes[i]``) with one drawn uniformly from that class, ``"other_class"`` each
+    member of another class with one drawn uniformly from the other classes; which members share the image's class is
+    unchanged, position by position. The redrawn members of a bag are distinct, never the image and never a kept
+    member. Raises ``BagError`` when a class is too small for its redrawn members."""
+    if which not in REDRAWS:
+        raise BagError(f"redraw {which!r}: give one of {', '.join(REDRAWS)}")
+    classes = np.asarray(classes)
+    bags = np.asarray(bags)
+    if which == "none":
+        return bags.copy()
+    k = bags.shape[1]
+    names, counts = np.unique(classes, return_counts=True)
+    small = (counts.min() < k + 1) if which == "same_class" else (len(classes) - counts.max() < k)
+    if small:
+        name = names[counts.argmin() if which == "same_class" else counts.argmax()]
+        held = counts.min() if which == "same_class" else len(classes) - counts.max()
+        where = f"class {name} holds" if which == "same_class" else f"the classes other than {name} hold"
+        raise BagError(f"{where} {held} image(s), fewer than the up to K = {k} members a bag may redraw from them")
+    rng = np.random.default_rng(seed)
+    redrawn = bags.copy()
+    same = classes[bags] == classes[:, None]  # [N, K]
+    replace = same if which == "same_class" else ~same
+    for name in names:
+        members = np.flatnonzero(classes == name)
+        pool = members if which == "same_class" else np.flatnonzero(classes != name)
+        for i in members[replace[members].any(axis=1)]:
+            slots = np.flatnonzero(replace[i])
+            choices = pool[pool != i] if which == "same_class" else pool  # kept members are of the other kind
+            redrawn[i, slots] = rng.choice(choices, size=len(slots), replace=False)
+    return redrawn
 
 
 def kmeans_assignments(features: torch.Tensor, clusters: int, seed: int, iterations: int = 25, restarts: int = 3

@@ -178,5 +178,6 @@ class KnnStepOptions(_Options):
     bagging: str
     kmeans_clusters: int | None
     label_bag_purity: float
+    redraw_members: str
     bag_seed: int
     explicit: frozenset[str] = field(default_factory=frozenset)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.bags import BagError, bag_purity, group_bags, kmeans_assignments, label_bags, random_bags
+from engine.bags import BagError, bag_purity, group_bags, kmeans_assignments, label_bags, random_bags, redraw_members
 from engine.evaluation import LOGREG_C
 from models import losses
 from utils.metrics import binomial_interval
@@ -51,6 +51,34 @@ def test_label_bags_of_a_chosen_purity_mix_in_members_of_other_classes():
         label_bags(small, 4, seed=0, purity=0.0)
     with pytest.raises(BagError, match="not a probability"):
         label_bags(small, 2, seed=0, purity=1.5)
+
+
+def test_redrawn_members_keep_the_bags_purity_place_by_place_and_the_other_kind_of_member():
+    classes = np.arange(400) % 4
+    rng = np.random.default_rng(5)
+    bags = np.stack([rng.choice(np.delete(np.arange(400), i), size=6, replace=False) for i in range(400)])
+    same = classes[bags] == classes[:, None]
+    assert 0 < same.mean() < 0.5
+    for which, redrawn_kind in (("same_class", same), ("other_class", ~same)):
+        redrawn = redraw_members(bags, classes, which, seed=0)
+        assert redrawn.shape == bags.shape and redrawn.dtype == np.int64
+        assert np.array_equal(classes[redrawn] == classes[:, None], same)  # which members are right: unchanged
+        assert np.array_equal(redrawn[~redrawn_kind], bags[~redrawn_kind])  # the other kind kept in place
+        assert not (redrawn == np.arange(400)[:, None]).any() and all(len(set(row)) == 6 for row in redrawn)
+        # each redrawn member a fresh uniform draw from 99 (same class) or 300 (other classes) images
+        assert (redrawn[redrawn_kind] != bags[redrawn_kind]).mean() > 0.95
+        assert np.array_equal(redrawn, redraw_members(bags, classes, which, seed=0))
+        assert not np.array_equal(redrawn, redraw_members(bags, classes, which, seed=1))
+    wrong = redraw_members(bags, classes, "other_class", seed=0)[~same]
+    counts = np.bincount(wrong, minlength=400)
+    assert (counts > 0).mean() > 0.95  # spread over the other classes' images, not a few of them
+    assert np.array_equal(redraw_members(bags, classes, "none", seed=0), bags)
+    small = np.array([0, 0, 0, 1, 1, 1, 1, 1])
+    three = np.array([[1, 2, 3]] + [[0, 1, 2]] * 7)
+    with pytest.raises(BagError, match="class 0 holds 3 image"):
+        redraw_members(three, small, "same_class", seed=0)
+    with pytest.raises(BagError, match="give one of none, same_class, other_class"):
+        redraw_members(three, small, "right", seed=0)
 
 
 def test_random_bags_never_hold_the_image_and_spread_over_all_others():
@@ -213,13 +241,22 @@ def test_run_knn_writes_each_kind_of_bag_with_its_purity_and_main_distill_trains
     kinds = {"knn": [], "kmeans": ["--kmeans_clusters=2"], "label": [], "random": ["--bag_seed=3"]}
     results = run_cases("run_knn", [_knn(tmp, data, f"{kind}.npy", f"--bagging={kind}", *extra,
                                          teacher=kind in ("knn", "kmeans")) for kind, extra in kinds.items()]
-                        + [_knn(tmp, data, "label-0.npy", "--bagging=label", "--label_bag_purity=0", teacher=False)],
+                        + [_knn(tmp, data, "label-0.npy", "--bagging=label", "--label_bag_purity=0", teacher=False),
+                           _knn(tmp, data, "knn-other.npy", "--redraw_members=other_class", "--bag_seed=1")],
                         tmp)
+    redrawn = results.pop()
+    assert redrawn["status"] == 0, redrawn
+    knn, other = np.load(tmp / "knn.npy"), np.load(tmp / "knn-other.npy")
+    labels = np.repeat(np.arange(3), 6)
+    right = labels[knn] == labels[:, None]
+    assert np.array_equal(labels[other] == labels[:, None], right) and np.array_equal(other[right], knn[right])
+    redrawn_meta = json.loads((tmp / "knn-other.json").read_text())
+    assert redrawn_meta["redraw_members"] == "other_class" and redrawn_meta["uses_labels"] is True
+    assert redrawn_meta["bag_purity"] == json.loads((tmp / "knn.json").read_text())["bag_purity"]
     mixed = results.pop()
     assert mixed["status"] == 0, mixed
     mixed_meta = json.loads((tmp / "label-0.json").read_text())
     assert mixed_meta["label_bag_purity"] == 0.0 and mixed_meta["bag_purity"] == 0.0  # every member of another class
-    labels = np.repeat(np.arange(3), 6)
     for kind, result in zip(kinds, results):
         assert result["status"] == 0, (kind, result)
         bags, meta = np.load(tmp / f"{kind}.npy"), json.loads((tmp / f"{kind}.json").read_text())
@@ -259,8 +296,11 @@ def test_bags_that_cannot_be_made_are_refused_before_any_work(bag_data, tmp_path
         "--arch acts only in --bagging=knn or kmeans (label and random bags load no teacher)": ["--bagging=random"],
         "--label_bag_purity acts only in --bagging=label": ["--bagging=random", "--label_bag_purity=0.5"],
         "--label_bag_purity=1.5: a probability, from 0 to 1": ["--bagging=label", "--label_bag_purity=1.5"],
+        "--redraw_members acts only in --bagging=knn": ["--bagging=label", "--redraw_members=same_class"],
+        "replaces members whose similarities were computed": ["--redraw_members=other_class", "--save_distances"],
     }
-    teacherless = ("class class_0", "computes no", "--bag_seed", "--label_bag_purity")  # cases given no teacher flags
+    # the cases given no teacher flags
+    teacherless = ("class class_0", "computes no", "--bag_seed", "--label_bag_purity", "--redraw_members")
     results = run_cases("run_knn", [_knn(tmp, data, "x.npy", *extra, teacher=not text.startswith(teacherless))
                                     for text, extra in cases.items()], tmp_path)
     for text, result in zip(cases, results):

@@ -117,6 +117,13 @@ def test_the_report_compares_each_kind_of_bag_with_the_next_purer_and_the_papers
     assert comparisons([*rows[:3], student("bingo", "bingo", 74.9), student("disco", "disco")]) == [
         ("bingo", "moco"), ("bingo", "seed"), ("bingo", "disco")]
     assert comparisons(rows[:3]) == []
+    # the teacher's bags with members redrawn (the same purity): each against the next in order and against them
+    redrawn = [student("bingo", "bingo", 74.9), {**student("bingo-knn-redraw-same", "bingo", 74.9),
+                                                 "bagging": "knn-redraw-same"},
+               {**student("bingo-knn-redraw-other", "bingo", 74.9), "bagging": "knn-redraw-other"}]
+    assert comparisons(redrawn) == [("bingo-knn-redraw-same", "bingo"), ("bingo-knn-redraw-other",
+                                                                          "bingo-knn-redraw-same"),
+                                    ("bingo-knn-redraw-other", "bingo")]
 
 
 def test_demo_outcomes_read_the_evaluations_predictions(tmp_path):
@@ -230,14 +237,20 @@ def test_the_purity_configuration_makes_label_bags_of_75_percent_beside_bags_10k
     assert (run / "teacher").resolve() == tmp_path / "demo-bags-10k" / "teacher"  # trained once, by either
     knn_steps = {next(a for a in args if a.startswith("--corr_name=")).rsplit("/", 1)[1]: args
                  for script, args in commands if script == "run_knn.py"}
-    assert list(knn_steps) == ["neighbours.npy", "neighbours-label-75.npy", "neighbours-label.npy"]
+    files = ["neighbours.npy", "neighbours-label-75.npy", "neighbours-label.npy", "neighbours-knn-redraw-same.npy",
+             "neighbours-knn-redraw-other.npy"]
+    assert list(knn_steps) == files
     mixed = knn_steps["neighbours-label-75.npy"]
     assert "--bagging=label" in mixed and "--label_bag_purity=0.75" in mixed
     assert not any(a.startswith("--ckpt_name=") for a in mixed) and "--label_bag_purity=0.75" not in \
         knn_steps["neighbours-label.npy"]
+    for which in ("same", "other"):  # the teacher's bags, redrawn: the teacher's flags and the redraw
+        redrawn = knn_steps[f"neighbours-knn-redraw-{which}.npy"]
+        assert f"--redraw_members={which}_class" in redrawn and "--bagging=knn" in redrawn
+        assert any(a.startswith("--ckpt_name=") for a in redrawn)
     students = [next(a for a in args if a.startswith("--corr_npy=")).rsplit("/", 1)[1]
                 for script, args in commands if script == "main_distill.py" and "--method=bingo" in args]
-    assert students == ["neighbours.npy", "neighbours-label-75.npy", "neighbours-label.npy"] * purity.seeds
+    assert students == files * purity.seeds
 
 
 def _evaluated(run_dir, folder, knn, linear):

@@ -21,11 +21,16 @@ METHODS = ("moco", "seed", "disco", "compress", "bingo")
 METHOD_LABELS = {"moco": "MoCo-v2 (no teacher)", "seed": "SEED", "disco": "DisCo", "compress": "CompRess",
                  "bingo": "BINGO"}
 BAG_LABELS = {"random": "random", "kmeans": "k-means", "knn": "teacher k-NN", "label": "label (oracle)",
-              "label-75": "label, 75 % pure"}
+              "label-75": "label, 75 % pure", "knn-redraw-same": "teacher k-NN, same-class members redrawn",
+              "knn-redraw-other": "teacher k-NN, other-class members redrawn"}
 # run_knn.py's flags for each kind of bag a configuration names: ``label-75`` is the oracle's label bags with a quarter
-# of their members drawn from the other classes (unrelated to the image), about the teacher's k-NN bags' purity
+# of their members drawn from the other classes (unrelated to the image), about the teacher's k-NN bags' purity;
+# ``knn-redraw-same`` and ``knn-redraw-other`` the teacher's k-NN bags with the members of the image's class, or those
+# of the other classes, redrawn at random from where they were (the purity unchanged, position by position)
 BAG_FLAGS = {"random": ("--bagging=random",), "kmeans": ("--bagging=kmeans",), "knn": ("--bagging=knn",),
-             "label": ("--bagging=label",), "label-75": ("--bagging=label", "--label_bag_purity=0.75")}
+             "label": ("--bagging=label",), "label-75": ("--bagging=label", "--label_bag_purity=0.75"),
+             "knn-redraw-same": ("--bagging=knn", "--redraw_members=same_class"),
+             "knn-redraw-other": ("--bagging=knn", "--redraw_members=other_class")}
 
 
 @dataclass(frozen=True)
@@ -151,9 +156,12 @@ CONFIGS = {
     "bags-10k": BAGS_10K,
     # At about equal purity, does it matter which members are wrong? BINGO on the teacher's k-NN bags (75 % pure in
     # bags-10k's run, their wrong members the teacher's nearest images of other classes), on label bags of 75 % purity
-    # (their wrong members drawn from the other classes, unrelated to the image) and on pure label bags, 2 seeds, with
-    # the floors and teacher of bags-10k (shared, trained once by whichever runs first).
-    "bags-10k-purity": replace(BAGS_10K, name="bags-10k-purity", methods=("bingo",), bags=("knn", "label-75", "label"),
+    # (their wrong members drawn from the other classes, unrelated to the image), on pure label bags, and on the
+    # teacher's bags with their right members, or their wrong ones, redrawn at random (which of the two kinds of
+    # member makes the difference), 2 seeds, with the floors and teacher of bags-10k (shared, trained once by
+    # whichever runs first).
+    "bags-10k-purity": replace(BAGS_10K, name="bags-10k-purity", methods=("bingo",),
+                               bags=("knn", "label-75", "label", "knn-redraw-same", "knn-redraw-other"),
                                shares="bags-10k"),
     # The paper's shape of experiment in one sitting on one GPU: all 60,000 images, the small-image stem (why:
     # docs/demo.md), the floors, a ResNet-50 teacher trained almost 4 times longer than its ResNet-18 students (so that

@@ -197,11 +197,14 @@ def keep_run_record(results: dict, previous: dict | None) -> dict:
 
 def comparisons(rows: list[dict]) -> list[tuple[str, str]]:
     """The pairs the report compares: BINGO against every baseline; with several kinds of bag, each kind against
-    the next purer one, and the paper's (the teacher's k-NN bags) and the purest against SEED and MoCo-v2."""
+    the next purer one, the teacher's k-NN bags with members redrawn against them, and the paper's (the teacher's
+    k-NN bags) and the purest against SEED and MoCo-v2."""
     models = {r["model"]: r for r in rows if r["kind"] == "student"}
     bingos = sorted((r for r in models.values() if r.get("method") == "bingo"), key=lambda r: r.get("bag_purity") or 0)
     if len(bingos) > 1:
         steps = [(b["model"], a["model"]) for a, b in zip(bingos, bingos[1:])]
+        steps += [(r["model"], "bingo") for r in bingos if str(r.get("bagging")).startswith("knn-") and "bingo" in
+                  models and (r["model"], "bingo") not in steps and ("bingo", r["model"]) not in steps]
         against_baselines = dict.fromkeys(m for m in ("bingo", bingos[-1]["model"]) if m in models)  # once each
         return steps + [(m, other) for m in against_baselines for other in ("seed", "moco") if other in models]
     if "bingo" not in models:
