@@ -375,3 +375,35 @@ def test_the_seed_paired_bound_pairs_each_seed_with_its_own_and_needs_the_same_s
     assert found["seed_paired_half_width"] == pytest.approx(half)
     assert "(seeds paired: ±0.6)" in summary({"rows": [{**r, "kind": "student", "label": r["model"]} for r in rows],
                                              "differences": [found]})[-1]
+
+
+def test_several_kinds_of_bag_get_a_purity_plot_and_a_row_per_kind_seed_by_seed(tmp_path):
+    from PIL import Image
+
+    from scripts.demo.plots import plot
+
+    def run(seed: int, knn: float, linear: float) -> dict:
+        return {"seed": seed, "knn10_top1": knn, "linear_top1": linear, "knn_curve": [[0, 70.0], [1, knn]],
+                "loss_curve": [8.0, 7.5]}
+
+    def row(model: str, bagging: str | None, purity: float | None, scores: list[tuple[float, float]]) -> dict:
+        runs = [run(s, k, lin) for s, (k, lin) in enumerate(scores)]
+        knn, linear = (sum(r[key] for r in runs) / len(runs) for key in ("knn10_top1", "linear_top1"))
+        return {"kind": "student", "model": model, "label": model, "method": "bingo" if bagging else "seed",
+                "bagging": bagging, "bag_purity": purity, "seeds": len(runs), "runs": runs, "knn10_top1": knn,
+                "linear_top1": linear, "knn10_top1_std": 0.2, "linear_top1_std": 0.2, "knn10_top1_half": 0.8,
+                "linear_top1_half": 0.7, "knn_curve": runs[0]["knn_curve"], "loss_curve": runs[0]["loss_curve"]}
+
+    rows = [{"kind": "floor", "model": "pixels", "label": "raw pixels", "knn10_top1": 80.9, "linear_top1": 82.3,
+             "seeds": 1},
+            row("seed", None, None, [(80.0, 83.0), (80.2, 83.1)]),
+            row("bingo", "knn", 74.7, [(80.6, 84.2), (80.7, 84.4)]),
+            row("bingo-knn-redraw-other", "knn-redraw-other", 74.7, [(81.0, 84.5), (81.2, 84.6)]),
+            row("bingo-label", "label", 100.0, [(82.0, 84.8), (82.1, 85.3)])]
+    written = plot({"rows": rows}, tmp_path)
+    assert [p.name for p in written] == ["learning_curves.png", "accuracy.png", "loss_curves.png", "purity.png",
+                                         "bags.png"]
+    assert Image.open(tmp_path / "bags.png").size[1] == round(120 * (1.5 + 0.5 * 3))  # one row per kind of bag
+    (tmp_path / "one").mkdir()
+    assert [p.name for p in plot({"rows": rows[:3]}, tmp_path / "one")] == ["learning_curves.png", "accuracy.png",
+                                                                            "loss_curves.png"]

@@ -15,7 +15,9 @@ interrupted demo resumes where it stopped (training stages continue from their l
 with results.md, results.json and PNG plots. `--quick` is the smoke version the tests run; `--config long` is the
 longer CPU configuration; `--config bags` the bagging ablation (BINGO on random, k-means, teacher k-NN and label
 bags, beside SEED and MoCo-v2, 3 seeds); `--config bags-10k` the same question on 10,000 training images with a
-teacher of four times the students' schedule (the same four kinds of bag, 2 seeds, about 160 minutes); with a GPU the
+teacher of four times the students' schedule (the same four kinds of bag, 2 seeds, about 160 minutes), and
+`--config bags-10k-purity` its bags at equal purity (the teacher's k-NN bags, 75 %-pure label bags, the teacher's bags
+with their right or wrong members redrawn, and pure label bags; 2 seeds); with a GPU the
 default configuration is `gpu` (all 60,000 images of the release read in place and held on the GPU, the five
 students, every network scored on all 60,000 labelled images and the 10,000 test images), and `gpu-bags` its bagging
 ablation (2 seeds).

@@ -1,5 +1,5 @@
 """The demo's plots: k-NN learning curves against the floors, accuracy bars, loss curves, and (with several kinds of
-bag) accuracy against bag purity."""
+bag) accuracy against bag purity and each kind of bag's students seed by seed."""
 from __future__ import annotations
 
 import statistics
@@ -95,7 +95,37 @@ def plot(results: dict, run_dir: Path) -> list[Path]:
         written.append(run_dir / "purity.png")
         purity_plot(bingos, [r for r in trained if r["kind"] == "student" and not r.get("bagging")],
                     [r for r in floors_ if r["model"] == "pixels"], written[-1], plt)
+        written.append(run_dir / "bags.png")
+        bags_plot(bingos, [r for r in rows if r["kind"] != "student" or not r.get("bagging")], written[-1], plt)
     return written
+
+
+def bags_plot(bingos: list[dict], others: list[dict], path: Path, plt) -> None:
+    """Each kind of bag's BINGO students, one row each (purest at the top): every seed a dot, the mean a bar with one
+    run's 95 % interval around it, and the other rows (baselines, teacher, floors) as vertical lines. Kinds of bag of
+    about the same purity, which the purity plot draws on top of each other, stand apart here."""
+    from scripts.demo.configs import BAG_LABELS
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 1.5 + 0.5 * len(bingos)), sharey=True)
+    names = [f"{BAG_LABELS.get(r['bagging'], r['bagging'])} ({r['bag_purity']:.1f} %)" for r in bingos]
+    for ax, key, title in zip(axes, ("knn10_top1", "linear_top1"), ("10-NN top-1", "linear top-1")):
+        for y, r in enumerate(bingos):
+            ax.errorbar(r[key], y, xerr=r.get(f"{key}_half", 0.0), fmt="D", color="tab:blue", capsize=4,
+                        label="mean, one run's 95 % interval" if y == 0 else None)
+            seeds = [run[key] for run in r["runs"]]
+            ax.plot(seeds, [y] * len(seeds), "o", color="tab:orange", alpha=0.8, markersize=5,
+                    label="each seed" if y == 0 else None)
+        for r, style in zip(others, ("--", "-.", ":", (0, (1, 3)), (0, (5, 2)), (0, (3, 1, 1, 1)))):
+            ax.axvline(r[key], color="gray", linestyle=style, linewidth=1, label=r["label"])
+        ax.set_xlabel(f"{title} (%)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(bingos)), names, fontsize=7)  # the axis is shared: once
+    axes[0].set_ylim(-0.5, len(bingos) - 0.5)
+    axes[1].legend(fontsize=6, loc="best")
+    fig.suptitle("BINGO students by kind of bag (bag purity in brackets)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def purity_plot(bingos: list[dict], others: list[dict], floors_: list[dict], path: Path, plt) -> None:

@@ -128,12 +128,17 @@ def partial_line(results: dict) -> str:
             "--skip_floors, where given, to run them all).")
 
 
+PLOT_CAPTIONS = {"learning_curves.png": "learning curves", "accuracy.png": "accuracy", "loss_curves.png": "loss curves",
+                 "purity.png": "accuracy against bag purity", "bags.png": "each kind of bag's students, seed by seed"}
+
+
 def report(results: dict, run_dir: Path) -> None:
     cfg = results["config"]
     if not results["rows"]:
         raise SystemExit(f"nothing in {run_dir} has been evaluated yet: run the demo first")
     queries, memory = results["rows"][0]["num_queries"], results["rows"][0]["num_memory"]
     partial, purity = partial_line(results), purity_line(results)
+    written = plot(results, run_dir)  # first, so that results.md shows the plots there are
     text = (f"# BINGO demo on Fashion-MNIST ({cfg['name']} configuration)\n\n"
             + (f"{partial}\n\n" if partial else "") + f"{table(results)}\n\n"
             "† not above the same network untrained; ‡ not above it untrained with BatchNorm statistics of the "
@@ -145,12 +150,10 @@ def report(results: dict, run_dir: Path) -> None:
             "(majority vote), and the linear probe as an L-BFGS logistic regression on the frozen features "
             f"(`main_lincls.py --protocol=logreg`). {purity + '. ' if purity else ''}All stages together: "
             f"{results['total_stage_seconds'] / 60:.1f} min.\n\n"
-            "![learning curves](learning_curves.png)\n![accuracy](accuracy.png)\n![loss curves](loss_curves.png)\n"
-            + ("![accuracy against bag purity](purity.png)\n" if len(results["bag_purity"]) > 1 else "")
+            + "".join(f"![{PLOT_CAPTIONS[p.name]}]({p.name})\n" for p in written)
             + f"\n## Where the time went\n\n{time_table(results)}\n")
     (run_dir / "results.md").write_text(text)
     atomic_json(results, run_dir / "results.json")
-    written = plot(results, run_dir)
     print("\n" + (f"{partial}\n" if partial else "") + table(results) + "\n\n" + "\n".join(summary(results))
           + f"\n{purity}"
           + f"\n\nwritten: {run_dir / 'results.md'}, results.json, {', '.join(p.name for p in written)}", flush=True)
