@@ -25,12 +25,19 @@ ablation (2 seeds).
 Modules: `configs` (what runs), `stages` (running it), `evaluations` (the floors' evaluations in one process),
 `results` (gathering the numbers), `report` (the table and results.md), `plots`.
 """
-from scripts.demo.configs import CONFIGS, CPU_INPUT, METHODS, Config, Training, data_folder, eval_folder, variants
-from scripts.demo.plots import mean_curve
-from scripts.demo.report import cell, summary, table
-from scripts.demo.results import aggregate, differences, training_record
-from scripts.demo.stages import REPO, floors, train_args
+import importlib
 
-__all__ = ["CONFIGS", "CPU_INPUT", "METHODS", "Config", "Training", "data_folder", "eval_folder", "variants",
-           "mean_curve", "cell", "summary", "table", "aggregate", "differences", "training_record", "REPO", "floors",
-           "train_args"]
+# The names other code imports from the package, each from its module; loaded on first use (PEP 562), so that
+# ``python -m scripts.demo`` checks its flags before torch is imported.
+_EXPORTS = {**dict.fromkeys(("CONFIGS", "CPU_INPUT", "METHODS", "Config", "Training", "data_folder", "eval_folder",
+                             "variants"), "configs"),
+            "mean_curve": "plots", **dict.fromkeys(("cell", "summary", "table"), "report"),
+            **dict.fromkeys(("aggregate", "differences", "training_record"), "results"),
+            **dict.fromkeys(("REPO", "floors", "train_args"), "stages")}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

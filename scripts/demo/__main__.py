@@ -9,16 +9,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from datasets.folders import DatasetError
 from scripts.demo import __doc__ as DESCRIPTION
 from scripts.demo.configs import CONFIGS, data_folder, eval_folder
-from scripts.demo.report import report
-from scripts.demo.results import collect, keep_run_record
-from scripts.demo.stages import REPO, load_average, run_stages
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = argparse.ArgumentParser(prog="python -m scripts.demo", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("--quick", action="store_true", help="the smoke configuration the tests run")
     parser.add_argument("--config", choices=sorted(CONFIGS), help="default: gpu when CUDA is available, else cpu")
@@ -54,7 +51,8 @@ def main() -> None:
         parser.error(f"--fmnist_dir={args.fmnist_dir} is not a folder: give the folder holding the four "
                      "Fashion-MNIST .gz files (train-images-idx3-ubyte.gz and the three others)")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM); run the same command again to resume"))
-    import torch
+    import torch  # after the flags' own checks: a mistyped command answers in a second
+
 
     name = "quick" if args.quick else args.config or ("gpu" if torch.cuda.is_available() else "cpu")
     cfg = CONFIGS[name]
@@ -71,6 +69,11 @@ def main() -> None:
                      "its folder with --fmnist_dir, not --data_dir or --eval_dir")
     if cfg.evaluate_in_training and args.eval_dir:
         parser.error(f"--config={name} scores every network on its training images (--data_dir): drop --eval_dir")
+    from datasets.folders import DatasetError
+    from scripts.demo.report import report
+    from scripts.demo.results import collect, keep_run_record
+    from scripts.demo.stages import REPO, load_average, run_stages
+
     default_run = (f"demo-{name}" + (f"-{cfg.seeds}seeds" if cfg.seeds != CONFIGS[name].seeds else "")
                    + (f"-teacher{cfg.teacher.epochs}" if cfg.teacher.epochs != CONFIGS[name].teacher.epochs else ""))
     run_dir = (args.run_dir or REPO / "runs" / default_run).resolve()
