@@ -50,6 +50,19 @@ def group_bags(groups: np.ndarray, k: int, seed: int, what: str = "group") -> np
     return bags
 
 
+def _check_class_room(classes: np.ndarray, k: int, own: bool, others: bool, verb: str) -> None:
+    """Raises ``BagError`` naming the class when an image could need all ``k`` members from its own class (``own``:
+    every class needs ``k + 1`` images) or from the other classes (``others``: the classes but the largest need
+    ``k``); ``verb`` says what the members undergo (drawn, redrawn)."""
+    names, counts = np.unique(classes, return_counts=True)
+    if own and counts.min() < k + 1:
+        raise BagError(f"class {names[counts.argmin()]} has {counts.min()} member(s), fewer than K + 1 = {k + 1}: an "
+                       f"image may {verb} all K members from its class")
+    if others and len(classes) - counts.max() < k:
+        raise BagError(f"the classes other than {names[counts.argmax()]} hold {len(classes) - counts.max()} image(s), "
+                       f"fewer than K = {k}: an image may {verb} all K members from the other classes")
+
+
 def label_bags(classes: np.ndarray, k: int, seed: int, purity: float = 1.0) -> np.ndarray:
     """For each image, ``k`` distinct other images, each of its own class (``classes[i]``) with probability
     ``purity`` (the number per bag binomial) and else of another class, drawn uniformly with ``seed`` and in a
@@ -60,19 +73,11 @@ def label_bags(classes: np.ndarray, k: int, seed: int, purity: float = 1.0) -> n
     if purity == 1.0:
         return group_bags(classes, k, seed, "class")
     classes = np.asarray(classes)
-    names, counts = np.unique(classes, return_counts=True)
-    if purity > 0 and counts.min() < k + 1:
-        small = names[counts.argmin()]
-        raise BagError(f"class {small} has {counts.min()} member(s), fewer than K + 1 = {k + 1}: an image may draw "
-                       f"all K members from its class")
-    if len(classes) - counts.max() < k:
-        big = names[counts.argmax()]
-        raise BagError(f"the classes other than {big} hold {len(classes) - counts.max()} image(s), fewer than "
-                       f"K = {k}: an image may draw all K members from the other classes")
+    _check_class_room(classes, k, own=purity > 0, others=True, verb="draw")
     rng = np.random.default_rng(seed)
     in_class = rng.binomial(k, purity, size=len(classes))
     bags = np.empty((len(classes), k), dtype=np.int64)
-    for name in names:
+    for name in np.unique(classes):
         members, others = np.flatnonzero(classes == name), np.flatnonzero(classes != name)
         for i in members:
             inside = rng.choice(members[members != i], size=in_class[i], replace=False)
@@ -105,19 +110,12 @@ def redraw_members(bags: np.ndarray, classes: np.ndarray, which: str, seed: int)
     bags = np.asarray(bags)
     if which == "none":
         return bags.copy()
-    k = bags.shape[1]
-    names, counts = np.unique(classes, return_counts=True)
-    small = (counts.min() < k + 1) if which == "same_class" else (len(classes) - counts.max() < k)
-    if small:
-        name = names[counts.argmin() if which == "same_class" else counts.argmax()]
-        held = counts.min() if which == "same_class" else len(classes) - counts.max()
-        where = f"class {name} holds" if which == "same_class" else f"the classes other than {name} hold"
-        raise BagError(f"{where} {held} image(s), fewer than the up to K = {k} members a bag may redraw from them")
+    _check_class_room(classes, bags.shape[1], own=which == "same_class", others=which == "other_class", verb="redraw")
     rng = np.random.default_rng(seed)
     redrawn = bags.copy()
     same = classes[bags] == classes[:, None]  # [N, K]
     replace = same if which == "same_class" else ~same
-    for name in names:
+    for name in np.unique(classes):
         members = np.flatnonzero(classes == name)
         pool = members if which == "same_class" else np.flatnonzero(classes != name)
         for i in members[replace[members].any(axis=1)]:

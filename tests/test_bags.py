@@ -75,8 +75,10 @@ def test_redrawn_members_keep_the_bags_purity_place_by_place_and_the_other_kind_
     assert np.array_equal(redraw_members(bags, classes, "none", seed=0), bags)
     small = np.array([0, 0, 0, 1, 1, 1, 1, 1])
     three = np.array([[1, 2, 3]] + [[0, 1, 2]] * 7)
-    with pytest.raises(BagError, match="class 0 holds 3 image"):
+    with pytest.raises(BagError, match="class 0 has 3 member.*may redraw all K members from its class"):
         redraw_members(three, small, "same_class", seed=0)
+    with pytest.raises(BagError, match="other than 1 hold 3 image.*may redraw all K members from the other"):
+        redraw_members(np.array([[1, 2, 3, 4]] * 8), small, "other_class", seed=0)
     with pytest.raises(BagError, match="give one of none, same_class, other_class"):
         redraw_members(three, small, "right", seed=0)
 
