@@ -150,14 +150,14 @@ def make_bags(opts: KnnStepOptions, ctx: edist.Context, teacher: tuple[nn.Module
     ``teacher`` (the network and its file's sha256) embeds for knn and kmeans bags; ``labels`` are the images'
     classes (label bags)."""
     k = opts.clus_pos_num
+    class_names = np.array(dataset.classes)[labels]  # label bags and redrawn members: errors name the class folder
     info = {"bagging": opts.bagging, "bag_seed": opts.bag_seed,
             "uses_labels": opts.bagging == "label" or opts.redraw_members != "none"}
     if opts.bagging == "random":
         return (random_bags(len(labels), k, opts.bag_seed) if ctx.is_main else None), info
     if opts.bagging == "label":
         info["label_bag_purity"] = opts.label_bag_purity
-        names = np.array(dataset.classes)[labels]  # errors name the class folder
-        return (label_bags(names, k, opts.bag_seed, opts.label_bag_purity) if ctx.is_main else None), info
+        return (label_bags(class_names, k, opts.bag_seed, opts.label_bag_purity) if ctx.is_main else None), info
     network, teacher_sha256 = teacher
     t0 = time.perf_counter()
     features = embed(network, dataset, ctx, opts.batch_size, opts.num_workers,
@@ -174,7 +174,7 @@ def make_bags(opts: KnnStepOptions, ctx: edist.Context, teacher: tuple[nn.Module
         bags = bags.numpy()
         if opts.redraw_members != "none":  # the similarities would no longer be the members'
             info["redraw_members"] = opts.redraw_members
-            bags = redraw_members(bags, np.array(dataset.classes)[labels], opts.redraw_members, opts.bag_seed)
+            bags = redraw_members(bags, class_names, opts.redraw_members, opts.bag_seed)
         elif opts.save_distances:
             info["sims"] = sims.numpy()
     else:

@@ -53,7 +53,6 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM); run the same command again to resume"))
     import torch  # after the flags' own checks: a mistyped command answers in a second
 
-
     name = "quick" if args.quick else args.config or ("gpu" if torch.cuda.is_available() else "cpu")
     cfg = CONFIGS[name]
     if args.seeds is not None:
