@@ -61,8 +61,9 @@ def method_step(rank: int, world: int, port: int, method: str, batch: list[torch
 
     from helpers import distill_config
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    if world > 1:  # one process runs as the loop runs it without torchrun: no process group
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
     per = batch[0].shape[0] // world
     headless = method == "compress"
     student = per_image_embedder(seed=1, hidden=32, head=not headless)
@@ -81,7 +82,8 @@ def method_step(rank: int, world: int, port: int, method: str, batch: list[torch
         loss, _ = distiller(tuple(mine), epoch=0)
         loss.backward()
         mean = loss.detach().clone()
-        dist.all_reduce(mean)
+        if world > 1:
+            dist.all_reduce(mean)
         saved["loss"].append(mean / world)
         saved["grads"].append([p.grad.clone() for p in distiller.student.parameters()])
         with torch.no_grad():
@@ -91,13 +93,14 @@ def method_step(rank: int, world: int, port: int, method: str, batch: list[torch
     saved["memories"] = {name: (m.keys.clone(), m.ptr) for name, m in distiller.memories().items()}
     if rank == 0:
         torch.save(saved, out_path)
-    dist.destroy_process_group()
+    if world > 1:
+        dist.destroy_process_group()
 
 
-def teacher_keys_worker(rank: int, world: int, port: int, views: list[torch.Tensor], out_path: str,
-                        fuse: bool) -> None:
+def teacher_keys_worker(rank: int, world: int, port: int, views: list[torch.Tensor], out_dir: str) -> None:
     """The train-mode teacher's keys of this rank's slice of each view through group shuffle-BN, with one forward
-    per view or one for both (``fuse``); each rank saves its keys to ``out_path`` + its rank."""
+    per view and with one for both (``fuse_teacher``), each from a fresh distiller; rank 0 saves the gathered keys
+    to ``out_dir/<fuse>.pt``."""
     from models.methods import build_method
 
     from helpers import distill_config
@@ -106,14 +109,15 @@ def teacher_keys_worker(rank: int, world: int, port: int, views: list[torch.Tens
     dist.init_process_group("gloo", rank=rank, world_size=world)
     per = views[0].shape[0] // world
     mine = [v[rank * per:(rank + 1) * per] for v in views]
-    config = distill_config(dim=16, queue_size=4 * views[0].shape[0], teacher_mode="train", fuse_teacher=fuse,
-                            subgroup=8)
-    distiller = build_method(tiny_embedder(seed=1), tiny_embedder(seed=2), config)
-    distiller.set_epoch(0, 0, rank)
-    keys = distiller.teacher_keys(*mine)
-    gathered = [[torch.empty_like(k) for _ in range(world)] for k in keys]
-    for slot, k in zip(gathered, keys):
-        dist.all_gather(slot, k)
-    if rank == 0:
-        torch.save([torch.cat(slot) for slot in gathered], out_path)
+    for fuse in (False, True):
+        config = distill_config(dim=16, queue_size=4 * views[0].shape[0], teacher_mode="train", fuse_teacher=fuse,
+                                subgroup=8)
+        distiller = build_method(tiny_embedder(seed=1), tiny_embedder(seed=2), config)
+        distiller.set_epoch(0, 0, rank)
+        keys = distiller.teacher_keys(*mine)
+        gathered = [[torch.empty_like(k) for _ in range(world)] for k in keys]
+        for slot, k in zip(gathered, keys):
+            dist.all_gather(slot, k)
+        if rank == 0:
+            torch.save([torch.cat(slot) for slot in gathered], os.path.join(out_dir, f"{fuse}.pt"))
     dist.destroy_process_group()

@@ -99,7 +99,7 @@ def test_moco_baseline_momentum_encoder_follows_k_equals_m_k_plus_1_minus_m_q():
 def test_two_process_queue_equals_one_process_global_batch(tmp_path, teacher_mode):
     torch.manual_seed(3)
     batch = [torch.randn(8, 3, 8, 8) for _ in range(4)]
-    mp.spawn(distiller_step, args=(1, free_port(), batch, str(tmp_path / "one.pt"), teacher_mode), nprocs=1)
+    distiller_step(0, 1, 0, batch, str(tmp_path / "one.pt"), teacher_mode)  # one process: this one
     mp.spawn(distiller_step, args=(2, free_port(), batch, str(tmp_path / "two.pt"), teacher_mode), nprocs=2)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert one["ptr"] == two["ptr"] == 8
@@ -250,13 +250,13 @@ def test_knn_monitor_needs_matching_val_classes(tmp_path):
 
 def test_every_method_starts_from_the_same_student_under_one_seed(distill_data):
     tmp, data = distill_data
-    finals = {}
-    for method in ("bingo", "moco"):
-        out = tmp / f"init-{method}"
-        drop = () if method == "bingo" else (*BAG_FLAGS, *TEACHER_FLAGS)
-        run_script("main_distill.py", without(_args(tmp, data, out, 1, [f"--method={method}", "--init_lr=0"]),
-                                              *drop), tmp)
-        finals[method] = torch.load(out / "final.pth", weights_only=True)["state_dict"]
+    methods = {"bingo": (), "moco": (*BAG_FLAGS, *TEACHER_FLAGS)}  # method: the flags it refuses
+    results = run_cases("main_distill", [without(_args(tmp, data, tmp / f"init-{method}", 1,
+                                                       [f"--method={method}", "--init_lr=0"]), *drop)
+                                         for method, drop in methods.items()], tmp)
+    assert [r["status"] for r in results] == [0, 0], results
+    finals = {method: torch.load(tmp / f"init-{method}" / "final.pth", weights_only=True)["state_dict"]
+              for method in methods}
     # at lr 0 the weights stay as initialised (BN statistics still follow the batches, so they are left out)
     weights = [k for k in finals["bingo"] if k.startswith("module.encoder_q.") and "running" not in k
                and "num_batches" not in k]
