@@ -90,9 +90,12 @@ def test_quick_demo_runs_the_whole_chain_with_floors_and_resumes(tmp_path):
     assert again.returncode == 0 and again.stdout.count("done already") == 14  # the floors are one stage
     ran = json.loads((run / "results.json").read_text())
     report_command = [*_demo_command(tmp_path)[:-1], "--report_only"]  # the report reads the run folder, no data
+    (run / "students" / "moco" / "seed2").mkdir()  # as a run with --seeds=3 into this folder would leave it
     rewritten = subprocess.run(report_command, cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True,
                                text=True, timeout=600)
     assert rewritten.returncode == 0, rewritten.stderr[-3000:]
+    assert "also holds student runs of seed 2, which this report leaves out" in rewritten.stdout
+    assert "give --seeds=3 to include them" in rewritten.stdout
     kept = json.loads((run / "results.json").read_text())  # the scores again, the run's own record kept
     assert kept["wall_seconds"] == ran["wall_seconds"] is not None and kept["command"] == ran["command"]
     assert "--report_only" not in kept["command"] and kept["rows"] == ran["rows"]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from scripts.demo import CONFIGS, aggregate, cell, differences, floors, mean_curve, summary, train_args, training_record
+from scripts.demo.configs import run_folder_name
 from scripts.demo.results import (
     comparisons,
     keep_run_record,
@@ -15,6 +16,7 @@ from scripts.demo.results import (
     outcomes,
     paired_half_width,
     seed_paired_half_width,
+    seeds_beyond,
     seeds_bound,
 )
 from scripts.demo.stages import share
@@ -407,3 +409,18 @@ def test_several_kinds_of_bag_get_a_purity_plot_and_a_row_per_kind_seed_by_seed(
     (tmp_path / "one").mkdir()
     assert [p.name for p in plot({"rows": rows[:3]}, tmp_path / "one")] == ["learning_curves.png", "accuracy.png",
                                                                             "loss_curves.png"]
+
+
+def test_more_seeds_go_into_the_configurations_folder_and_a_report_names_the_seeds_it_leaves_out(tmp_path):
+    cpu = CONFIGS["cpu"]
+    assert run_folder_name("cpu", cpu) == run_folder_name("cpu", replace(cpu, seeds=3)) == "demo-cpu"
+    longer = replace(cpu, teacher=replace(cpu.teacher, epochs=cpu.teacher.epochs + 8))  # another teacher: its own
+    assert run_folder_name("cpu", longer) == f"demo-cpu-teacher{cpu.teacher.epochs + 8}"
+    for folder in ("students/moco/seed0", "students/moco/seed1", "students/bingo/seed0", "students/bingo/seed3",
+                   "students/bingo/seedling", "teacher"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "students" / "seed" / "seed7").parent.mkdir()
+    (tmp_path / "students" / "seed" / "seed7").write_text("a file, not a run")
+    assert seeds_beyond(tmp_path, 1) == [1, 3] and seeds_beyond(tmp_path, 2) == [3] and seeds_beyond(tmp_path, 4) == []
+    assert seeds_beyond(tmp_path / "absent", 1) == []
+

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from scripts.demo import __doc__ as DESCRIPTION
-from scripts.demo.configs import CONFIGS, data_folder, eval_folder
+from scripts.demo.configs import CONFIGS, data_folder, eval_folder, run_folder_name
 
 
 def main() -> None:
@@ -25,7 +25,8 @@ def main() -> None:
                         help="train without scoring the floors first (the report then compares with none)")
     parser.add_argument("--stop_after", choices=["teacher"],
                         help="stop once the teacher is trained and scored (its k-NN curve is the question)")
-    parser.add_argument("--run_dir", type=Path, help="default: runs/demo-<config>[-<seeds>seeds]")
+    parser.add_argument("--run_dir", type=Path, help="default: runs/demo-<config>[-teacher<epochs>], for any --seeds: "
+                        "a run with more seeds keeps the folder's finished stages and trains the missing seeds")
     parser.add_argument("--data_dir", type=Path, help="training images (default: demo_data/fmnist-<split>; the gpu "
                         "configurations read the release in place: --fmnist_dir)")
     parser.add_argument("--eval_dir", type=Path, help="evaluation images (default: demo_data/fmnist-<split>; not for "
@@ -45,8 +46,8 @@ def main() -> None:
                 if getattr(args, name) not in (None, False)] + (["--device"] if args.device != "auto" else [])
     if args.report_only and run_only:
         parser.error(f"--report_only runs nothing, so {', '.join(run_only)} would not act: drop "
-                     f"{'it' if len(run_only) == 1 else 'them'} (the run folder follows --config, --seeds, "
-                     "--teacher_epochs and --run_dir)")
+                     f"{'it' if len(run_only) == 1 else 'them'} (the run folder follows --config, "
+                     "--teacher_epochs and --run_dir; the report, --seeds)")
     if args.fmnist_dir is not None and not args.fmnist_dir.is_dir():
         parser.error(f"--fmnist_dir={args.fmnist_dir} is not a folder: give the folder holding the four "
                      "Fashion-MNIST .gz files (train-images-idx3-ubyte.gz and the three others)")
@@ -70,12 +71,15 @@ def main() -> None:
         parser.error(f"--config={name} scores every network on its training images (--data_dir): drop --eval_dir")
     from datasets.folders import DatasetError
     from scripts.demo.report import report
-    from scripts.demo.results import collect, keep_run_record
+    from scripts.demo.results import collect, keep_run_record, seeds_beyond
     from scripts.demo.stages import REPO, load_average, run_stages
 
-    default_run = (f"demo-{name}" + (f"-{cfg.seeds}seeds" if cfg.seeds != CONFIGS[name].seeds else "")
-                   + (f"-teacher{cfg.teacher.epochs}" if cfg.teacher.epochs != CONFIGS[name].teacher.epochs else ""))
-    run_dir = (args.run_dir or REPO / "runs" / default_run).resolve()
+    run_dir = (args.run_dir or REPO / "runs" / run_folder_name(name, cfg)).resolve()
+    beyond = seeds_beyond(run_dir, cfg.seeds)
+    if beyond:
+        covered = "seed 0" if cfg.seeds == 1 else f"seeds 0-{cfg.seeds - 1}"
+        print(f"note: {run_dir} also holds student runs of seed {', '.join(map(str, beyond))}, which this report "
+              f"leaves out (it covers {covered}): give --seeds={beyond[-1] + 1} to include them", flush=True)
     started, load_before = time.perf_counter(), load_average()
     if not args.report_only:
         try:

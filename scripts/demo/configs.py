@@ -178,6 +178,14 @@ CONFIGS = {
 }
 
 
+def run_folder_name(name: str, cfg: Config) -> str:
+    """The default run folder of configuration ``name`` run as ``cfg``: ``demo-<name>``, and ``-teacher<epochs>``
+    where the teacher's epochs differ from the configuration's (a different teacher, so nothing could be shared). The
+    number of seeds is not in the name: a run with more seeds keeps the folder's finished stages."""
+    default = CONFIGS[name]
+    return f"demo-{name}" + (f"-teacher{cfg.teacher.epochs}" if cfg.teacher.epochs != default.teacher.epochs else "")
+
+
 def data_folder(cfg: Config) -> str:
     """The training stages' images; configurations with the same split share the folder."""
     return f"fmnist-{cfg.train_per_class or 'all'}-{cfg.val_per_class or 'all'}"

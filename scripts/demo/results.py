@@ -128,6 +128,14 @@ def bag_purity(run_dir: Path, bagging: str) -> float | None:
     return json.loads(neighbours_file(run_dir, bagging).with_suffix(".json").read_text()).get("bag_purity")
 
 
+def seeds_beyond(run_dir: Path, seeds: int) -> list[int]:
+    """The seeds, ``seeds`` or higher, of the student runs ``run_dir`` holds (``students/<model>/seed<k>``): runs a
+    report of ``seeds`` seeds leaves out."""
+    found = {int(folder.name[4:]) for folder in run_dir.glob("students/*/seed*")
+             if folder.is_dir() and folder.name[4:].isdigit()}
+    return sorted(seed for seed in found if seed >= seeds)
+
+
 def collect(cfg: Config, run_dir: Path, seconds: float | None, load_before: list[float]) -> dict:
     """Every row of the report (floors, teacher, students), each trained row compared with its untrained network.
     A stopped run reports what finished: a student row holds its evaluated seeds (``seeds``, of ``planned_seeds``),
