@@ -413,9 +413,10 @@ def test_several_kinds_of_bag_get_a_purity_plot_and_a_row_per_kind_seed_by_seed(
 
 def test_more_seeds_go_into_the_configurations_folder_and_a_report_names_the_seeds_it_leaves_out(tmp_path):
     cpu = CONFIGS["cpu"]
-    assert run_folder_name("cpu", cpu) == run_folder_name("cpu", replace(cpu, seeds=3)) == "demo-cpu"
+    assert all(run_folder_name(cfg) == f"demo-{name}" for name, cfg in CONFIGS.items())
+    assert run_folder_name(cpu) == run_folder_name(replace(cpu, seeds=3)) == "demo-cpu"
     longer = replace(cpu, teacher=replace(cpu.teacher, epochs=cpu.teacher.epochs + 8))  # another teacher: its own
-    assert run_folder_name("cpu", longer) == f"demo-cpu-teacher{cpu.teacher.epochs + 8}"
+    assert run_folder_name(longer) == f"demo-cpu-teacher{cpu.teacher.epochs + 8}"
     for folder in ("students/moco/seed0", "students/moco/seed1", "students/bingo/seed0", "students/bingo/seed3",
                    "students/bingo/seedling", "teacher"):
         (tmp_path / folder).mkdir(parents=True)

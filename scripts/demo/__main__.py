@@ -74,12 +74,13 @@ def main() -> None:
     from scripts.demo.results import collect, keep_run_record, seeds_beyond
     from scripts.demo.stages import REPO, load_average, run_stages
 
-    run_dir = (args.run_dir or REPO / "runs" / run_folder_name(name, cfg)).resolve()
+    run_dir = (args.run_dir or REPO / "runs" / run_folder_name(cfg)).resolve()
     beyond = seeds_beyond(run_dir, cfg.seeds)
     if beyond:
         covered = "seed 0" if cfg.seeds == 1 else f"seeds 0-{cfg.seeds - 1}"
-        print(f"note: {run_dir} also holds student runs of seed {', '.join(map(str, beyond))}, which this report "
-              f"leaves out (it covers {covered}): give --seeds={beyond[-1] + 1} to include them", flush=True)
+        print(f"note: {run_dir} also holds student runs of seed{'s' * (len(beyond) > 1)} "
+              f"{', '.join(map(str, beyond))}, which this report leaves out (it covers {covered}): give "
+              f"--seeds={beyond[-1] + 1} to include them", flush=True)
     started, load_before = time.perf_counter(), load_average()
     if not args.report_only:
         try:

@@ -178,12 +178,12 @@ CONFIGS = {
 }
 
 
-def run_folder_name(name: str, cfg: Config) -> str:
-    """The default run folder of configuration ``name`` run as ``cfg``: ``demo-<name>``, and ``-teacher<epochs>``
-    where the teacher's epochs differ from the configuration's (a different teacher, so nothing could be shared). The
-    number of seeds is not in the name: a run with more seeds keeps the folder's finished stages."""
-    default = CONFIGS[name]
-    return f"demo-{name}" + (f"-teacher{cfg.teacher.epochs}" if cfg.teacher.epochs != default.teacher.epochs else "")
+def run_folder_name(cfg: Config) -> str:
+    """The default run folder of ``cfg``: ``demo-<name>``, and ``-teacher<epochs>`` where the teacher's epochs differ
+    from its configuration's (a different teacher, so nothing could be shared). The number of seeds is not in the
+    name: a run with more seeds keeps the folder's finished stages."""
+    epochs = cfg.teacher.epochs
+    return f"demo-{cfg.name}" + (f"-teacher{epochs}" if epochs != CONFIGS[cfg.name].teacher.epochs else "")
 
 
 def data_folder(cfg: Config) -> str:
