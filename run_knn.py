@@ -150,9 +150,10 @@ def make_bags(opts: KnnStepOptions, ctx: edist.Context, teacher: tuple[nn.Module
     ``teacher`` (the network and its file's sha256) embeds for knn and kmeans bags; ``labels`` are the images'
     classes (label bags)."""
     k = opts.clus_pos_num
-    class_names = np.array(dataset.classes)[labels]  # label bags and redrawn members: errors name the class folder
     info = {"bagging": opts.bagging, "bag_seed": opts.bag_seed,
             "uses_labels": opts.bagging == "label" or opts.redraw_members != "none"}
+    # label bags and redrawn members only: their errors name the class folder
+    class_names = np.array(dataset.classes)[labels] if info["uses_labels"] else None
     if opts.bagging == "random":
         return (random_bags(len(labels), k, opts.bag_seed) if ctx.is_main else None), info
     if opts.bagging == "label":

@@ -424,4 +424,3 @@ def test_more_seeds_go_into_the_configurations_folder_and_a_report_names_the_see
     (tmp_path / "students" / "seed" / "seed7").write_text("a file, not a run")
     assert seeds_beyond(tmp_path, 1) == [1, 3] and seeds_beyond(tmp_path, 2) == [3] and seeds_beyond(tmp_path, 4) == []
     assert seeds_beyond(tmp_path / "absent", 1) == []
-
